@@ -1,0 +1,5 @@
+import sys
+
+from steadylm.cli import main
+
+sys.exit(main())

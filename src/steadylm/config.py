@@ -1,0 +1,324 @@
+"""Typed configuration: one small dataclass per section, TOML presets, `--set` overrides.
+
+A config is built in one place (`load_config`): preset or TOML file, then `--set section.key=value`
+overrides, then validation. Every error is a `ConfigError` whose message is one line naming the
+key and what would have been valid, so the CLI can print it and exit 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from steadylm.errors import SteadyLMError
+
+
+class ConfigError(SteadyLMError):
+    """A configuration problem, phrased as one line for the user."""
+
+
+def _suggest(word: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@dataclass
+class ModelConfig:
+    """GPT-2 shape and the stability variant; names follow Hugging Face GPT2Config."""
+
+    n_layer: int = 12
+    n_embd: int = 768
+    n_head: int = 12
+    vocab_size: int = 0  # 0: take it from the tokenizer
+    block_size: int = 1024
+    dropout: float = 0.0
+    bias: bool = True
+    layer_norm_epsilon: float = 1e-5
+    attention: str = "mha"
+    mlra_mode: str = "shared"
+    mlra_rank: int = 0  # 0: the parameter-matched default of the mode
+    mlra_init: str = "gpt2"
+    mlra_out: bool = False  # also factorise the attention output projection
+    qkv_init_scale: float = 1.0
+    norm_layout: str = "pre_ln"
+    embed_norm: str = "none"
+    reparam: str = "none"
+    qk_norm: bool = False
+
+    CHOICES = {
+        "attention": ("mha", "mlra"),
+        "mlra_mode": ("shared", "per_head"),
+        "mlra_init": ("gpt2", "variance_preserving"),
+        "norm_layout": ("pre_ln", "post_ln", "sub_ln", "deepnorm"),
+        "embed_norm": ("none", "scaled", "layernorm"),
+        "reparam": ("none", "sigma"),
+    }
+
+    def validate(self) -> None:
+        for key in ("n_layer", "n_embd", "n_head", "block_size"):
+            _positive(self, "model", key)
+        _at_least(self, "model", "vocab_size", 0)
+        _at_least(self, "model", "mlra_rank", 0)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+        if self.layer_norm_epsilon <= 0:
+            raise ConfigError(f"model.layer_norm_epsilon: must be > 0, got {self.layer_norm_epsilon}")
+        if self.qkv_init_scale <= 0:
+            raise ConfigError(f"model.qkv_init_scale: must be > 0, got {self.qkv_init_scale}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"model.n_embd: {self.n_embd} is not divisible by model.n_head={self.n_head}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it is tokenised."""
+
+    path: str | list[str] = "default"  # "default" corpus, or .txt/.jsonl/.parquet files and folders
+    tokenizer: str = "gpt2"  # "gpt2" or "bpe:N" (byte-level BPE trained on the training split)
+    text_field: str = "text"  # field holding the text in .jsonl/.parquet records
+    val_fraction: float = 0.05  # share of documents held out for validation
+
+    def validate(self) -> None:
+        paths = [self.path] if isinstance(self.path, str) else self.path
+        if not paths or any(not p for p in paths):
+            raise ConfigError("data.path: must be 'default' or a non-empty list of files/folders")
+        tok = self.tokenizer
+        if tok != "gpt2":
+            n = tok.removeprefix("bpe:")
+            if not tok.startswith("bpe:") or not n.isdigit() or not 257 <= int(n) <= 2**31 - 1:
+                raise ConfigError(
+                    f"data.tokenizer: {tok!r} is not valid; choose 'gpt2' or 'bpe:N' with N >= 257"
+                )
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction: must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, precision, evaluation and checkpointing."""
+
+    max_steps: int = 1000
+    seed: int = 1337
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.1  # applied to matrices only (embeddings included), never to biases or norms
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 disables clipping; the pre-clip norm is logged either way
+    z_loss: float = 0.0
+    batch_size: int = 32  # global sequences per optimizer step, whatever the world size
+    micro_batch_size: int = 8  # sequences per forward pass per rank
+    precision: str = "auto"
+    compile: bool = False
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    eval_every: int = 100  # 0 disables evaluation
+    eval_batches: int = 10  # validation micro-batches per evaluation
+    checkpoint_every: int = 500  # 0: only the final checkpoint
+    keep_checkpoints: int = 0  # 0 keeps all; otherwise the newest N
+    log_every: int = 10  # steps between host syncs that flush metrics
+
+    CHOICES = {"precision": ("auto", "fp32", "bf16", "fp16")}
+
+    def validate(self) -> None:
+        for key in ("max_steps", "batch_size", "micro_batch_size", "log_every"):
+            _positive(self, "train", key)
+        for key in ("warmup_steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "seed"):
+            _at_least(self, "train", key, 0)
+        for key in ("lr", "eps"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"train.{key}: must be > 0, got {getattr(self, key)}")
+        for key in ("min_lr", "weight_decay", "grad_clip", "z_loss"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key}: must be >= 0, got {getattr(self, key)}")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"train.min_lr: {self.min_lr} exceeds train.lr={self.lr}")
+        for key in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"train.{key}: must be in [0, 1), got {getattr(self, key)}")
+        if self.batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"train.batch_size: {self.batch_size} is not divisible by "
+                f"train.micro_batch_size={self.micro_batch_size}"
+            )
+
+
+@dataclass
+class MonitorConfig:
+    """Always-on stability monitoring."""
+
+    tev_every: int = 1  # steps between TEV readings; 0 disables
+
+    def validate(self) -> None:
+        _at_least(self, "monitor", "tev_every", 0)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+
+    def validate(self) -> "Config":
+        for section in SECTIONS:
+            sub = getattr(self, section)
+            for key, options in getattr(sub, "CHOICES", {}).items():
+                value = getattr(sub, key)
+                if value not in options:
+                    raise ConfigError(
+                        f"{section}.{key}: {value!r} is not one of {', '.join(options)}"
+                        + _suggest(str(value), options)
+                    )
+            sub.validate()
+        return self
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
+
+    def to_toml(self) -> str:
+        lines: list[str] = []
+        for section, values in self.to_dict().items():
+            lines.append(f"[{section}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
+            lines.append("")
+        return "\n".join(lines)
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "monitor": MonitorConfig}
+
+
+def _positive(obj: Any, section: str, key: str) -> None:
+    if getattr(obj, key) <= 0:
+        raise ConfigError(f"{section}.{key}: must be > 0, got {getattr(obj, key)}")
+
+
+def _at_least(obj: Any, section: str, key: str, low: int) -> None:
+    if getattr(obj, key) < low:
+        raise ConfigError(f"{section}.{key}: must be >= {low}, got {getattr(obj, key)}")
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def _check_type(name: str, value: Any, hint: Any) -> Any:
+    """Return `value` converted to `hint` if that is lossless, else raise ConfigError."""
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if type(value) is hint:
+            return value
+        raise ConfigError(f"{name}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    if isinstance(hint, types.UnionType):  # str | list[str]
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(x, str) for x in value):
+            return value
+        raise ConfigError(f"{name}: expected a string or a list of strings, got {value!r}")
+    raise TypeError(f"unsupported config type {hint} for {name}")
+
+
+def _apply(cfg: Config, data: dict[str, Any], origin: str) -> None:
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"{origin}: unknown section [{section}]; valid sections: {', '.join(SECTIONS)}"
+                + _suggest(section, SECTIONS)
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: [{section}] must be a table of key = value")
+        sub = getattr(cfg, section)
+        hints = typing.get_type_hints(type(sub))
+        names = [f.name for f in dataclasses.fields(sub)]
+        for key, value in values.items():
+            if key not in names:
+                raise ConfigError(
+                    f"{section}.{key}: unknown key; valid keys: {', '.join(names)}" + _suggest(key, names)
+                )
+            setattr(sub, key, _check_type(f"{section}.{key}", value, hints[key]))
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("steadylm.configs").iterdir() if p.name.endswith(".toml"))
+
+
+def _read_toml(text: str, origin: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{origin}: not valid TOML ({e})") from None
+
+
+def read_config_source(source: str | Path) -> tuple[dict[str, Any], str]:
+    """Read a preset name or a TOML file into a raw dict; returns (data, origin)."""
+    path = Path(source)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"--config: no such file {str(path)!r}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--config: cannot read {str(path)!r} ({e})") from None
+        return _read_toml(text, str(path)), str(path)
+    names = preset_names()
+    if str(source) not in names:
+        raise ConfigError(
+            f"--config: {str(source)!r} is neither a file nor a preset; presets: {', '.join(names)}"
+            + _suggest(str(source), names)
+        )
+    text = resources.files("steadylm.configs").joinpath(f"{source}.toml").read_text(encoding="utf-8")
+    return _read_toml(text, f"preset {source}"), f"preset {source}"
+
+
+def parse_override(item: str) -> tuple[str, str, Any]:
+    """`section.key=value` -> (section, key, value); the value is read as TOML, else as a string."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    dotted, raw = item.split("=", 1)
+    if dotted.count(".") != 1:
+        raise ConfigError(f"--set {item!r}: expected section.key=value (one dot, e.g. model.n_layer=6)")
+    section, key = (s.strip() for s in dotted.split("."))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return section, key, value
+
+
+def load_config(source: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Build a validated Config from a preset or TOML file plus `section.key=value` overrides."""
+    cfg = Config()
+    if source is not None:
+        data, origin = read_config_source(source)
+        _apply(cfg, data, origin)
+    for item in overrides:
+        section, key, value = parse_override(item)
+        _apply(cfg, {section: {key: value}}, "--set")
+    return cfg.validate()
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    cfg = Config()
+    _apply(cfg, data, "config")
+    return cfg.validate()
