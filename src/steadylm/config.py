@@ -239,11 +239,16 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
     raise TypeError(f"unsupported config type {hint} for {name}")
 
 
+def _shown(name: str) -> str:
+    """A user-supplied name as it can be printed on one line."""
+    return name if name.isprintable() and name.strip() == name and name else repr(name)
+
+
 def _apply(cfg: Config, data: dict[str, Any], origin: str) -> None:
     for section, values in data.items():
         if section not in SECTIONS:
             raise ConfigError(
-                f"{origin}: unknown section [{section}]; valid sections: {', '.join(SECTIONS)}"
+                f"{origin}: unknown section [{_shown(section)}]; valid sections: {', '.join(SECTIONS)}"
                 + _suggest(section, SECTIONS)
             )
         if not isinstance(values, dict):
@@ -254,7 +259,7 @@ def _apply(cfg: Config, data: dict[str, Any], origin: str) -> None:
         for key, value in values.items():
             if key not in names:
                 raise ConfigError(
-                    f"{section}.{key}: unknown key; valid keys: {', '.join(names)}" + _suggest(key, names)
+                    f"{section}.{_shown(key)}: unknown key; valid keys: {', '.join(names)}" + _suggest(key, names)
                 )
             setattr(sub, key, _check_type(f"{section}.{key}", value, hints[key]))
 
