@@ -125,6 +125,7 @@ class TrainConfig:
     micro_batch_size: int = 8  # sequences per forward pass per rank
     precision: str = "auto"
     compile: bool = False
+    parallel: str = "ddp"  # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2 fully_shard per block)
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     eval_every: int = 100  # 0 disables evaluation
     eval_batches: int = 10  # validation micro-batches per evaluation
@@ -132,7 +133,7 @@ class TrainConfig:
     keep_checkpoints: int = 0  # 0 keeps all; otherwise the newest N
     log_every: int = 10  # steps between host syncs that flush metrics
 
-    CHOICES = {"precision": ("auto", "fp32", "bf16", "fp16")}
+    CHOICES = {"precision": ("auto", "fp32", "bf16", "fp16"), "parallel": ("ddp", "fsdp")}
 
     def validate(self) -> None:
         for key in ("max_steps", "batch_size", "micro_batch_size", "log_every"):

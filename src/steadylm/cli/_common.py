@@ -10,7 +10,8 @@ def add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
         "--config",
         required=required,
         metavar="FILE|PRESET",
-        help="a TOML file or a preset name (tiny-cpu, gpt2-small, gpt2-deep48, ...)",
+        help="a TOML file or a preset name (tiny-cpu, gpt2-small, gpt2-deep48, ...); "
+        "without it, the built-in defaults (GPT-2 small shape)",
     )
     p.add_argument(
         "--set",

@@ -36,9 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     source = args.config
-    if source is None:
-        if not args.resume:
-            raise SteadyLMError("--config is required (a TOML file or a preset) unless --resume continues a run")
+    if source is None and args.resume:  # continue with the run's own resolved config
         source = out / "config.toml"
         if not source.is_file():
             raise SteadyLMError(f"--resume: {out} holds no steadylm run (no config.toml)")

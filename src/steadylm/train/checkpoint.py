@@ -1,0 +1,201 @@
+"""Atomic, verified checkpoints in the layout of DESIGN §4.
+
+    RUN/checkpoints/step_000100/
+        model.safetensors   consolidated fp32 weights (tied head stored once, as wte)
+        train_state/        optimizer (torch.distributed.checkpoint, so it can reshard),
+                            rng_rank{r}.pt per rank, trainer.json (step, data cursor, monitors)
+        config.toml         the resolved config
+        tokenizer.json
+        manifest.json       sha256 of every file, step, world size, schema version
+
+A checkpoint is written under a temporary name, fsynced and renamed, so a crash leaves either
+the previous state or a complete new folder. "Latest" is the newest folder whose manifest
+verifies; a corrupt one is named on stderr and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from steadylm.train import faults
+
+
+SCHEMA_VERSION = 1
+_PREFIX = "step_"
+
+
+def step_dir_name(step: int) -> str:
+    return f"{_PREFIX}{step:06d}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    _fsync_dir(root)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json")
+
+
+def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """fp32 copies of the weights, without the tied head (safetensors stores no shared tensors)."""
+    sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    sd.pop("lm_head.weight", None)
+    return sd
+
+
+def _dcp_quiet(fn, *args, **kwargs):
+    # Single-process runs use DCP without a process group; its warning about that is expected.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        return fn(*args, **kwargs)
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model_state: dict[str, torch.Tensor] | None,
+    optim_state: dict[str, Any],
+    trainer_state: dict[str, Any],
+    config_toml: str,
+    tokenizer_json: Path,
+    rank: int = 0,
+    world_size: int = 1,
+    barrier=lambda: None,
+) -> Path:
+    """Write one checkpoint atomically. Every rank calls this; rank 0 writes all but its RNG/DCP shard.
+
+    `model_state` must be consolidated on rank 0 (None elsewhere); `optim_state` is the
+    rank's part of `get_optimizer_state_dict` and is written collectively with DCP.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    ckpt_root = run_dir / "checkpoints"
+    final = ckpt_root / step_dir_name(step)
+    tmp = ckpt_root / f".tmp_{step_dir_name(step)}"
+    if rank == 0:
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left by a crash mid-write
+        (tmp / "train_state").mkdir(parents=True)
+    barrier()
+    _dcp_quiet(dcp.save, {"optim": optim_state}, checkpoint_id=str(tmp / "train_state" / "optim"))
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    torch.save(rng, tmp / "train_state" / f"rng_rank{rank}.pt")
+    barrier()
+    if rank == 0:
+        save_file(model_state, str(tmp / "model.safetensors"), metadata={"format": "pt", "step": str(step)})
+        (tmp / "train_state" / "trainer.json").write_text(json.dumps(trainer_state, indent=1))
+        (tmp / "config.toml").write_text(config_toml)
+        shutil.copyfile(tokenizer_json, tmp / "tokenizer.json")
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "step": step,
+            "world_size": world_size,
+            "files": {str(p.relative_to(tmp)): _sha256(p) for p in _files(tmp)},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        _fsync_tree(tmp)
+        faults.crash_if_armed("checkpoint-before-rename", step)
+        if final.exists():  # re-saving the same step after a resume: replace it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(ckpt_root)
+        faults.crash_if_armed("checkpoint-after-rename", step)
+    barrier()
+    return final
+
+
+def verify_checkpoint(ckpt: Path) -> str | None:
+    """None if the manifest verifies, else why not."""
+    manifest_path = ckpt / "manifest.json"
+    if not manifest_path.is_file():
+        return "no manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (ValueError, KeyError, OSError) as e:
+        return f"unreadable manifest ({e})"
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        return f"schema version {manifest.get('schema_version')} (this steadylm reads {SCHEMA_VERSION})"
+    for rel, digest in files.items():
+        p = ckpt / rel
+        if not p.is_file():
+            return f"missing {rel}"
+        if _sha256(p) != digest:
+            return f"{rel} does not match its sha256"
+    return None
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoint folders, newest first (temporary folders excluded)."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]), reverse=True)
+
+
+def latest_checkpoint(run_dir: Path, quiet: bool = False) -> Path | None:
+    """The newest checkpoint whose manifest verifies; corrupt ones are named and skipped."""
+    for ckpt in list_checkpoints(Path(run_dir)):
+        problem = verify_checkpoint(ckpt)
+        if problem is None:
+            return ckpt
+        if not quiet:
+            print(f"steadylm: skipping corrupt checkpoint {ckpt}: {problem}", file=sys.stderr)
+    return None
+
+
+def load_train_state(ckpt: Path, optim_state_template: dict[str, Any], rank: int = 0, world_size: int = 1) -> tuple[dict, dict, dict | None]:
+    """Returns (optimizer state, trainer state, this rank's RNG state or None when the checkpoint
+    was written by a different world size and holds none for this rank)."""
+    import torch.distributed.checkpoint as dcp
+
+    state = {"optim": optim_state_template}
+    _dcp_quiet(dcp.load, state, checkpoint_id=str(ckpt / "train_state" / "optim"))
+    trainer_state = json.loads((ckpt / "train_state" / "trainer.json").read_text())
+    rng_path = ckpt / "train_state" / f"rng_rank{rank}.pt"
+    same_world = trainer_state.get("world_size") == world_size
+    rng = torch.load(rng_path, weights_only=True) if same_world and rng_path.is_file() else None
+    return state["optim"], trainer_state, rng
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Keep the newest `keep` checkpoints (0 keeps all)."""
+    if keep <= 0:
+        return
+    for old in list_checkpoints(run_dir)[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
