@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from steadylm.errors import CheckpointError
 from steadylm.train import faults
 
 
@@ -104,38 +105,60 @@ def save_checkpoint(
     ckpt_root = run_dir / "checkpoints"
     final = ckpt_root / step_dir_name(step)
     tmp = ckpt_root / f".tmp_{step_dir_name(step)}"
-    if rank == 0:
-        if tmp.exists():
-            shutil.rmtree(tmp)  # left by a crash mid-write
-        (tmp / "train_state").mkdir(parents=True)
-    barrier()
-    _dcp_quiet(dcp.save, {"optim": optim_state}, checkpoint_id=str(tmp / "train_state" / "optim"))
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    torch.save(rng, tmp / "train_state" / f"rng_rank{rank}.pt")
-    barrier()
-    if rank == 0:
-        save_file(model_state, str(tmp / "model.safetensors"), metadata={"format": "pt", "step": str(step)})
-        (tmp / "train_state" / "trainer.json").write_text(json.dumps(trainer_state, indent=1))
-        (tmp / "config.toml").write_text(config_toml)
-        shutil.copyfile(tokenizer_json, tmp / "tokenizer.json")
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "step": step,
-            "world_size": world_size,
-            "files": {str(p.relative_to(tmp)): _sha256(p) for p in _files(tmp)},
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        _fsync_tree(tmp)
-        faults.crash_if_armed("checkpoint-before-rename", step)
-        if final.exists():  # re-saving the same step after a resume: replace it whole
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(ckpt_root)
-        faults.crash_if_armed("checkpoint-after-rename", step)
+    try:
+        if rank == 0:
+            if tmp.exists():
+                shutil.rmtree(tmp)  # left by a crash mid-write
+            (tmp / "train_state").mkdir(parents=True)
+        barrier()
+        _dcp_quiet(dcp.save, {"optim": optim_state}, checkpoint_id=str(tmp / "train_state" / "optim"))
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        torch.save(rng, tmp / "train_state" / f"rng_rank{rank}.pt")
+        barrier()
+        if rank == 0:
+            _write_rank0_files(tmp, step, model_state, trainer_state, config_toml, tokenizer_json, world_size)
+            faults.crash_if_armed("checkpoint-before-rename", step)
+            _replace_dir(tmp, final)
+            faults.crash_if_armed("checkpoint-after-rename", step)
+    except OSError as e:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        previous = next((p.name for p in list_checkpoints(run_dir) if p != final), None)
+        raise CheckpointError(
+            f"could not write checkpoint {final.name} ({e.strerror or e}); "
+            + (f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists")
+        ) from e
     barrier()
     return final
+
+
+def _write_rank0_files(tmp, step, model_state, trainer_state, config_toml, tokenizer_json, world_size) -> None:
+    save_file(model_state, str(tmp / "model.safetensors"), metadata={"format": "pt", "step": str(step)})
+    (tmp / "train_state" / "trainer.json").write_text(json.dumps(trainer_state, indent=1))
+    (tmp / "config.toml").write_text(config_toml)
+    shutil.copyfile(tokenizer_json, tmp / "tokenizer.json")
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "step": step,
+        "world_size": world_size,
+        "files": {str(p.relative_to(tmp)): _sha256(p) for p in _files(tmp)},
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    _fsync_tree(tmp)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Rename tmp to final. A folder already at final (the same step saved again after a resume)
+    is moved aside first and deleted only after the new one is in place."""
+    aside = final.with_name(f".old_{final.name}")
+    if final.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def verify_checkpoint(ckpt: Path) -> str | None:
