@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, se
 import steadylm
 from steadylm.config import Config, config_from_dict
 from steadylm.data.prepare import PreparedData, prepare
-from steadylm.data.reader import SequenceReader
+from steadylm.data.reader import SequenceReader, eval_sequences
 from steadylm.errors import CheckpointError, DataError, SteadyLMError
 from steadylm.model.gpt import GPT
 from steadylm.monitor.tev import tev_summary
@@ -352,13 +352,13 @@ class Trainer:
         cfg = self.cfg
         T = cfg.model.block_size
         n_seq = min((len(self.val_tokens) - 1) // T, cfg.train.eval_batches * cfg.train.micro_batch_size)
-        mine = list(range(self.ctx.rank, n_seq, self.ctx.world_size))  # disjoint per rank
+        batches = eval_sequences(
+            self.val_tokens, T, n_seq, cfg.train.micro_batch_size, self.ctx.rank, self.ctx.world_size
+        )
         self.model.eval()
         total = torch.zeros((), device=self.ctx.device)
-        for start in range(0, len(mine), cfg.train.micro_batch_size):
-            idx = mine[start:start + cfg.train.micro_batch_size]
-            rows = torch.stack([torch.from_numpy(self.val_tokens[i * T:i * T + T + 1].astype("int64")) for i in idx])
-            x, y = rows[:, :-1].to(self.ctx.device), rows[:, 1:].to(self.ctx.device)
+        for x, y in batches:
+            x, y = x.to(self.ctx.device), y.to(self.ctx.device)
             with self._autocast():
                 logits = self.model(x)
             total += lm_loss(logits, y)[0]  # the cross-entropy sum (no z-loss term)
