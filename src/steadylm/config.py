@@ -76,6 +76,31 @@ class ModelConfig:
             raise ConfigError(
                 f"model.n_embd: {self.n_embd} is not divisible by model.n_head={self.n_head}"
             )
+        self._validate_attention_variant()
+
+    def _validate_attention_variant(self) -> None:
+        # Options of the other attention variant would be silently ignored, and a sweep over
+        # them would train identical models under different names: reject them instead.
+        if self.attention != "mlra":
+            for key, default in (("mlra_mode", "shared"), ("mlra_rank", 0), ("mlra_init", "gpt2"), ("mlra_out", False)):
+                if getattr(self, key) != default:
+                    raise ConfigError(
+                        f"model.{key}={getattr(self, key)!r} only applies to model.attention='mlra' "
+                        f"(got {self.attention!r}); leave it at {default!r} or set model.attention='mlra'"
+                    )
+            return
+        if self.qkv_init_scale != 1.0:
+            raise ConfigError(
+                f"model.qkv_init_scale={self.qkv_init_scale} is the init control for model.attention='mha'; "
+                "MLRA's init is set by model.mlra_init (gpt2, variance_preserving)"
+            )
+        # shared factorises d -> d, per_head d -> head_dim: a larger rank is no longer low-rank.
+        width, name = (self.n_embd, "n_embd") if self.mlra_mode == "shared" else (self.head_dim, "head_dim")
+        if self.mlra_rank > width:
+            raise ConfigError(
+                f"model.mlra_rank={self.mlra_rank} exceeds {name}={width}, the most a {self.mlra_mode} "
+                f"factorisation can use; choose 1..{width} or 0 for the parameter-matched default"
+            )
 
     @property
     def head_dim(self) -> int:

@@ -1,77 +1,77 @@
-"""GPT-2, in one file, with Hugging Face GPT-2 parameter names.
+"""GPT-2, in one file, with Hugging Face GPT-2 parameter names, and the stability variants.
 
 Names match `transformers.GPT2LMHeadModel` (`transformer.wte`, `transformer.h.0.attn.c_attn`, ...)
 so weights map one to one. The only difference is layout: Hugging Face stores the Conv1D weights
 of `c_attn`, `c_proj` and `c_fc` as (in, out); here they are `nn.Linear` weights (out, in), and
 `steadylm.model.hf` transposes them on the way in and out.
 
-The model knows nothing of training, logging or parallelism.
+The variants (docs/variants.md) are chosen by name in the config and resolved in one place each:
+attention in `attention.build_attention`, norm layout and embedding recipe in `norms`, σReparam
+in `reparam.linear`. With the defaults (mha, pre_ln, no embed_norm, reparam or qk_norm) the model
+is exactly GPT-2; variant parameters have names of their own (`attn.c_attn_down`, `attn.q_norm`,
+`attn.ln_sub`, `mlp.ln_sub`, `transformer.ln_emb`, `*.sigma.gamma`, ...).
+
+The model knows nothing of training, logging or parallelism; with σReparam the trainer calls
+`after_optimizer_step()` once per optimizer step.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from steadylm.config import ModelConfig
-
-INIT_STD = 0.02  # GPT-2's N(0, 0.02^2)
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.n_head = cfg.n_head
-        self.n_embd = cfg.n_embd
-        self.dropout = cfg.dropout
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # fused q, k, v
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.c_proj.is_residual_projection = True
-        self.resid_dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
-        # (B, T, C) -> (B, nh, T, hs)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+from steadylm.model import reparam
+from steadylm.model.attention import build_attention
+from steadylm.model.norms import INIT_STD, NormLayout, embedding_recipe, layer_norm, norm_layout
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layout: NormLayout):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.c_proj.is_residual_projection = True
+        self.c_fc = reparam.linear(cfg, cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.ln_sub = layer_norm(cfg, 4 * cfg.n_embd) if layout.sub_ln else None  # Magneto's, before c_proj
+        self.c_proj = reparam.linear(cfg, 4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # GPT-2 uses the tanh approximation of GELU ("gelu_new" in Hugging Face).
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        h = F.gelu(self.c_fc(x), approximate="tanh")  # (B, T, 4C)
+        if self.ln_sub is not None:
+            h = self.ln_sub(h)
+        return self.dropout(self.c_proj(h))
+
+    @torch.no_grad()
+    def init_weights(self, layout: NormLayout) -> None:
+        C = self.c_fc.in_features
+        self.c_fc.weight.normal_(0.0, layout.weight_std("mlp_in", C, 4 * C))
+        self.c_proj.weight.normal_(0.0, layout.weight_std("mlp_out", 4 * C, C))
+        for lin in (self.c_fc, self.c_proj):
+            if lin.bias is not None:
+                lin.bias.zero_()
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x))."""
+    """Pre-norm (pre_ln, sub_ln): x + attn(ln_1(x)), then + mlp(ln_2(x)).
+    Post-norm (post_ln, deepnorm): ln_1(α·x + attn(x)), then ln_2(α·x + mlp(x))."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layout: NormLayout):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon, bias=cfg.bias)
-        self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon, bias=cfg.bias)
-        self.mlp = MLP(cfg)
+        self.ln_1 = layer_norm(cfg, cfg.n_embd)
+        self.attn = build_attention(cfg, layout)
+        self.ln_2 = layer_norm(cfg, cfg.n_embd)
+        self.mlp = MLP(cfg, layout)
+        self.post_norm = layout.post_norm
+        self.alpha = layout.residual_scale  # DeepNorm's α; 1 otherwise
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        x = x + self.mlp(self.ln_2(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        if self.post_norm:
+            x = self.ln_1(self.alpha * x + self.attn(x))
+            x = self.ln_2(self.alpha * x + self.mlp(x))
+        else:
+            x = x + self.attn(self.ln_1(x))
+            x = x + self.mlp(self.ln_2(x))
         return x
 
 
@@ -83,34 +83,49 @@ class GPT(nn.Module):
         if cfg.vocab_size <= 0:
             raise ValueError("model.vocab_size must be set (from the tokenizer) before building the model")
         self.config = cfg
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
-                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
-                drop=nn.Dropout(cfg.dropout),
-                h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
-                ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon, bias=cfg.bias),
-            )
+        self.layout = norm_layout(cfg)
+        embedding = embedding_recipe(cfg)
+        self.embed_scale = embedding.scale
+        modules = dict(
+            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
         )
+        if embedding.layer_norm:
+            modules["ln_emb"] = layer_norm(cfg, cfg.n_embd)
+        modules.update(
+            drop=nn.Dropout(cfg.dropout),
+            h=nn.ModuleList([Block(cfg, self.layout) for _ in range(cfg.n_layer)]),
+            # Post-norm layouts end every block in a LayerNorm already.
+            ln_f=layer_norm(cfg, cfg.n_embd) if self.layout.final_norm else nn.Identity(),
+        )
+        self.transformer = nn.ModuleDict(modules)
+        # Built directly, never through reparam.linear: σReparam excludes the tied embedding.
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 init: N(0, 0.02^2) everywhere, residual projections scaled by 1/sqrt(2 * n_layer)."""
-        resid_std = INIT_STD / math.sqrt(2 * self.config.n_layer)
+        """Embeddings N(0, 0.02²), norms 1 and 0, block weights by the layout's rule (GPT-2 init,
+        or Xavier with DeepNorm's β / Magneto's γ; `norms.NormLayout.weight_std`), MLRA factors by
+        `model.mlra_init`; then σReparam's γ = σ(W₀)."""
         for module in self.modules():
-            if isinstance(module, nn.Linear):
-                std = resid_std if getattr(module, "is_residual_projection", False) else INIT_STD
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
+            if isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+        for block in self.transformer.h:
+            block.attn.init_weights(self.layout)
+            block.mlp.init_weights(self.layout)
+        reparam.reset_sigma_(self)
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Call once after every optimizer step that changed the weights (not on skipped steps).
+        With σReparam it takes one power-iteration step on every reparametrised weight; otherwise
+        it does nothing. The forward pass never changes the model's state."""
+        reparam.power_iteration_(self)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.transformer.wte
@@ -120,13 +135,22 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())  # parameters() yields the tied weight once
         return n - self.transformer.wpe.weight.numel() if exclude_position else n
 
-    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
-        """Final hidden states (B, T, C), after ln_f."""
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """The embedding output (B, T, C) that enters block 0 (before dropout)."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
         pos = torch.arange(T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        if self.embed_scale != 1.0:
+            x = x * self.embed_scale
+        if "ln_emb" in self.transformer:
+            x = self.transformer.ln_emb(x)
+        return x
+
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (B, T, C), after ln_f."""
+        x = self.transformer.drop(self.embed(idx))
         for block in self.transformer.h:
             x = block(x)
         return self.transformer.ln_f(x)
