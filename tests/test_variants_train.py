@@ -52,7 +52,6 @@ def test_variant_trains_and_resumes_exactly(tmp_path, corpus, name):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the trainer does not call GPT.after_optimizer_step() yet")
 def test_sigma_reparam_power_iteration_runs_once_per_step_in_training(tmp_path, corpus):
     over = {"train.max_steps": 2, "train.eval_every": 0, **VARIANTS["sigma_reparam"]}
     trainer = Trainer(tiny_config(corpus, **over), tmp_path / "run", progress=False)

@@ -300,6 +300,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.model.after_optimizer_step()  # σReparam's power iteration; a no-op otherwise
 
         tokens_global = cfg.train.batch_size * T
         loss_sum = self.ctx.all_reduce_sum(loss_sum)
