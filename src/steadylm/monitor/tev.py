@@ -8,7 +8,12 @@ step without a host sync.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+import torch.nn as nn
+
+from steadylm.monitor.layout import model_layout
 
 
 def tev_per_row(weight: torch.Tensor, n_rows: int | None = None) -> torch.Tensor:
@@ -23,3 +28,114 @@ def tev_summary(weight: torch.Tensor, n_rows: int | None = None) -> tuple[torch.
     """(mu_TEV, sigma_TEV) as 0-d fp32 tensors on the weight's device."""
     t = tev_per_row(weight, n_rows)
     return t.mean(), t.std(correction=0)
+
+
+def tev_histogram(tev: torch.Tensor, bins: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """(counts (bins,), edges (bins+1,)) of the values in `tev`, on its device, without a host sync.
+
+    Bins are equal-width between the smallest and largest value; the last bin includes the maximum.
+    When all values are equal every count lands in the first bin of a unit-wide range.
+    """
+    lo, hi = tev.min(), tev.max()
+    width = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    idx = ((tev - lo) / width * bins).long().clamp_(0, bins - 1)
+    # index_add_ rather than bincount: bincount must read the maximum on the host to size its output.
+    counts = torch.zeros(bins, dtype=torch.long, device=tev.device).index_add_(0, idx, torch.ones_like(idx))
+    edges = lo + width * torch.arange(bins + 1, device=tev.device, dtype=tev.dtype) / bins
+    return counts, edges
+
+
+WeightSource = nn.Module | torch.Tensor | Callable[[], torch.Tensor]
+
+
+def _getter(source: WeightSource) -> Callable[[], torch.Tensor]:
+    if isinstance(source, nn.Module):
+        return lambda: source.weight
+    if isinstance(source, torch.Tensor):
+        return lambda: source
+    if callable(source):
+        return source
+    raise TypeError(f"expected an nn.Embedding, a weight tensor or a callable returning the weight, got {type(source).__name__}")
+
+
+class TEVMonitor:
+    """TEV of a model's token embedding, every step, on the device.
+
+    `embedding` is the input embedding module (anything with a (V, d) `.weight`), that weight
+    itself, or a zero-argument callable returning it (e.g. one that gathers an FSDP-sharded weight). Only the first
+    `vocab_size` rows count (the real vocabulary; rows past it are padding); by default all rows.
+    `untied_head` is the output head of an untied model, given the same way; its rows get
+    `tev_head_mean tev_head_std`.
+
+    "Seen" rows are those of tokens passed to `observe_tokens` since the run began: with a tied
+    head every row receives gradient each step, so TEV over seen rows is a second, named figure.
+    The seen mask is the monitor's state (`state_dict`), to be checkpointed with the run.
+
+    Per step::
+
+        tev.observe_tokens(idx)        # each micro-batch's input ids, any shape
+        row.update(tev.compute())      # 0-d fp32 tensors, no host sync
+    """
+
+    def __init__(self, embedding: WeightSource, vocab_size: int | None = None, untied_head: WeightSource | None = None):
+        self._weight = _getter(embedding)
+        self._head = _getter(untied_head) if untied_head is not None else None
+        w = self._weight()
+        if w.dim() != 2:
+            raise ValueError(f"the embedding weight must be 2-D (vocab x d_model), got shape {tuple(w.shape)}")
+        self.vocab_size = w.shape[0] if vocab_size is None else int(vocab_size)
+        if not 0 < self.vocab_size <= w.shape[0]:
+            raise ValueError(f"vocab_size={self.vocab_size} must be in 1..{w.shape[0]} (the embedding's rows)")
+        self.seen = torch.zeros(self.vocab_size, dtype=torch.bool, device=w.device)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, vocab_size: int | None = None) -> "TEVMonitor":
+        """A monitor on `model`'s input embedding, and its output head when that is untied."""
+        layout = model_layout(model)
+        return cls(layout.embedding, vocab_size, untied_head=layout.head)
+
+    @torch.no_grad()
+    def observe_tokens(self, idx: torch.Tensor) -> None:
+        """Mark the rows of the token ids in `idx` as seen (on the device, no sync)."""
+        self.seen[idx.reshape(-1).to(self.seen.device, non_blocking=True)] = True
+
+    @torch.no_grad()
+    def compute(self) -> dict[str, torch.Tensor]:
+        """`tev_mean tev_std tev_seen_mean tev_seen_std` (+ `tev_head_mean tev_head_std`), 0-d fp32.
+
+        The seen-row figures are NaN until a token has been observed.
+        """
+        tev = tev_per_row(self._weight(), self.vocab_size)
+        mask = self.seen.to(tev.dtype)
+        n = mask.sum()
+        seen_mean = (tev * mask).sum() / n
+        seen_std = (((tev - seen_mean) ** 2) * mask).sum().div(n).sqrt()
+        out = {"tev_mean": tev.mean(), "tev_std": tev.std(correction=0), "tev_seen_mean": seen_mean, "tev_seen_std": seen_std}
+        if self._head is not None:
+            out["tev_head_mean"], out["tev_head_std"] = tev_summary(self._head(), self.vocab_size)
+        return out
+
+    @torch.no_grad()
+    def histogram(self, bins: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+        """(counts, edges) of TEV_i over the real rows, for evaluation steps (see `tev_histogram`)."""
+        return tev_histogram(tev_per_row(self._weight(), self.vocab_size), bins)
+
+    def all_reduce_seen(self, group=None) -> None:
+        """Union of the seen masks of all ranks (data parallel: each rank observes its own tokens).
+
+        Call it before `compute()` on steps you log and before `state_dict()`, on every rank.
+        """
+        import torch.distributed as dist
+
+        flags = self.seen.to(torch.uint8)  # collectives do not reduce bool tensors on every backend
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
+        self.seen.copy_(flags.bool())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"seen": self.seen.cpu()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        seen = state["seen"]
+        if seen.shape != self.seen.shape:
+            raise ValueError(f"seen mask has {seen.shape[0]} rows; this monitor watches {self.vocab_size}")
+        self.seen.copy_(seen.to(self.seen.device, torch.bool))

@@ -1,0 +1,85 @@
+"""Where a model keeps what the monitors watch: input embedding, untied output head, blocks.
+
+Works on steadylm's GPT and on Hugging Face models (GPT-2, Llama, BERT, ...) without knowing
+their class. The input embedding comes from `get_input_embeddings()` (else the first
+`nn.Embedding`); the blocks are the `nn.ModuleList` of same-typed modules holding the most
+parameters (`transformer.h`, `model.layers`, `encoder.layer`). Blocks are named `h.N` whatever
+the model calls them, so metric keys (`grad_norm/h.3`) read the same across model families.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class ModelLayout:
+    embedding: nn.Module  # has .weight of shape (V, d)
+    head: torch.Tensor | None  # an untied output head's (V, d) weight; None when tied or absent
+    blocks: list[nn.Module]
+
+    def groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters per group: "embed" then "h.0", "h.1", ... (each listed once)."""
+        out = {"embed": [self.embedding.weight]}
+        for i, block in enumerate(self.blocks):
+            out[block_name(i)] = [p for p in block.parameters() if p.requires_grad]
+        return out
+
+
+def block_name(i: int) -> str:
+    return f"h.{i}"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        for attr in ("_orig_mod", "module"):
+            inner = getattr(model, attr, None)
+            if isinstance(inner, nn.Module):
+                model = inner
+                break
+        else:
+            return model
+
+
+def model_layout(model: nn.Module, blocks: nn.ModuleList | None = None) -> ModelLayout:
+    """Find the embedding, an untied head and the blocks of `model` (wrappers are looked through).
+
+    Pass `blocks` when the model keeps its blocks somewhere the heuristic does not find.
+    """
+    model = unwrap(model)
+    embedding = _input_embedding(model)
+    head = _untied_head(model, embedding)
+    return ModelLayout(embedding, head, list(blocks) if blocks is not None else _blocks(model))
+
+
+def _input_embedding(model: nn.Module) -> nn.Module:
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    if emb is None:
+        emb = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    if emb is None or getattr(emb, "weight", None) is None or emb.weight.dim() != 2:
+        raise ValueError(f"{type(model).__name__} has no input embedding (no get_input_embeddings(), no nn.Embedding)")
+    return emb
+
+
+def _untied_head(model: nn.Module, embedding: nn.Module) -> torch.Tensor | None:
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else getattr(model, "lm_head", None)
+    w = getattr(head, "weight", None)
+    if not isinstance(w, torch.Tensor) or w is embedding.weight or w.shape != embedding.weight.shape:
+        return None
+    return w
+
+
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    best, best_n = [], 0
+    for m in model.modules():
+        if isinstance(m, nn.ModuleList) and len(m) and len({type(c) for c in m}) == 1:
+            n = sum(p.numel() for p in m.parameters())
+            if n > best_n:
+                best, best_n = list(m), n
+    return best

@@ -1,0 +1,83 @@
+"""Per-layer gradient norms, parameter norms and update/parameter ratios, on the device.
+
+Groups are the token embedding (`embed`) and each block (`h.N`); a group's norm is the L2 norm of
+all its entries together. Norms use `torch._foreach_norm` (one fused kernel per dtype and device,
+the same as `clip_grad_norm_`) and are combined per group with one `index_add_`, so a call costs a
+read of the gradients or parameters and no host sync.
+
+Per optimizer step::
+
+    row.update(stats.grad_norms())     # after the last backward, before clipping
+    stats.snapshot()                   # just before optimizer.step(), on steps you want ratios
+    optimizer.step()
+    row.update(stats.update_ratios())  # param_norm/G and update_ratio/G = ||W_new - W_old|| / ||W_old||
+
+`snapshot()` keeps one copy of the watched parameters (allocated once, reused); skip it and
+`update_ratios()` on steps where the ratio is not wanted, or use `param_norms()` alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from steadylm.monitor.layout import model_layout
+
+
+class ParamStatsMonitor:
+    """Per-group norms for `model` (wrappers looked through; `blocks` overrides block discovery)."""
+
+    def __init__(self, model: nn.Module, blocks: nn.ModuleList | None = None):
+        groups = model_layout(model, blocks).groups()
+        self.names = list(groups)
+        self._params = [p for ps in groups.values() for p in ps]
+        group_of = [gi for gi, ps in enumerate(groups.values()) for _ in ps]
+        self._device = self._params[0].device
+        self._group_of = torch.tensor(group_of, device=self._device)
+        self._before: list[torch.Tensor] | None = None
+        self._snapped = False
+
+    def _per_group(self, tensors: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+        # fp32 norms whatever the parameter dtypes: exact enough for bf16 and stackable across dtypes.
+        sq = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32)).square()
+        return torch.zeros(len(self.names), device=self._device).index_add_(0, index, sq).sqrt()
+
+    def _named(self, prefix: str, values: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {f"{prefix}/{n}": v for n, v in zip(self.names, values.unbind())}
+
+    @torch.no_grad()
+    def grad_norms(self) -> dict[str, torch.Tensor]:
+        """`grad_norm/embed`, `grad_norm/h.N`: L2 norms of the current `.grad` (missing grads count 0)."""
+        present = [i for i, p in enumerate(self._params) if p.grad is not None]
+        if not present:
+            return self._named("grad_norm", torch.zeros(len(self.names), device=self._device))
+        index = self._group_of if len(present) == len(self._params) else self._group_of[present]
+        return self._named("grad_norm", self._per_group([self._params[i].grad for i in present], index))
+
+    @torch.no_grad()
+    def param_norms(self) -> dict[str, torch.Tensor]:
+        """`param_norm/embed`, `param_norm/h.N`."""
+        return self._named("param_norm", self._per_group(self._params, self._group_of))
+
+    @torch.no_grad()
+    def snapshot(self) -> None:
+        """Remember the parameters as they are now (call right before `optimizer.step()`)."""
+        if self._before is None:
+            self._before = [p.detach().clone() for p in self._params]
+        else:
+            torch._foreach_copy_(self._before, [p.detach() for p in self._params])
+        self._snapped = True
+
+    @torch.no_grad()
+    def update_ratios(self) -> dict[str, torch.Tensor]:
+        """`param_norm/G` (after the step) and `update_ratio/G` against the last `snapshot()`."""
+        if not self._snapped:
+            raise RuntimeError("update_ratios() needs snapshot() before optimizer.step()")
+        self._snapped = False
+        old = self._per_group(self._before, self._group_of)
+        new = self._per_group(self._params, self._group_of)
+        torch._foreach_sub_(self._before, [p.detach() for p in self._params])  # now old - new, in place
+        delta = self._per_group(self._before, self._group_of)
+        out = self._named("param_norm", new)
+        out.update(self._named("update_ratio", delta / old))
+        return out
