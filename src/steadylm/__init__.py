@@ -8,6 +8,12 @@ _LAZY = {
     "GPT": "steadylm.model.gpt",
     "load_config": "steadylm.config",
     "Config": "steadylm.config",
+    "TEVMonitor": "steadylm.monitor.tev",
+    "GradVarianceMonitor": "steadylm.monitor.gradvar",
+    "ParamStatsMonitor": "steadylm.monitor.params",
+    "ActivationMonitor": "steadylm.monitor.activations",
+    "SpikeDetector": "steadylm.monitor.spikes",
+    "first_nonfinite_grad": "steadylm.monitor.nonfinite",
 }
 
 

@@ -188,9 +188,25 @@ class MonitorConfig:
     """Always-on stability monitoring."""
 
     tev_every: int = 1  # steps between TEV readings; 0 disables
+    stats_every: int = 1  # per-block gradient/parameter norms and update ratios; 0 disables
+    gradvar_every: int = 100  # the gradient-variance reference (K >= 2 micro-batches); 0 disables
+    act_every: int = 50  # residual RMS per layer, max attention logit, output log Z; 0 disables
+    on_spike: str = "log"  # loss or grad-norm spike: "log" it, "skip" the step, or "rollback"
+    spike_window: int = 128  # steps in the rolling window (OLMo-core's default)
+    spike_sigma: float = 6.0  # a spike exceeds the window's mean by this many standard deviations
+    max_rollbacks: int = 3  # more rollbacks than this and the run stops as diverged
+    nonfinite_patience: int = 5  # non-finite steps in a row (each skipped) before the run stops
+    tensorboard: bool = False  # also write scalars and TEV histograms to RUN/tensorboard
+
+    CHOICES = {"on_spike": ("log", "skip", "rollback")}
 
     def validate(self) -> None:
-        _at_least(self, "monitor", "tev_every", 0)
+        for key in ("tev_every", "stats_every", "gradvar_every", "act_every", "max_rollbacks"):
+            _at_least(self, "monitor", key, 0)
+        _at_least(self, "monitor", "spike_window", 2)
+        _positive(self, "monitor", "nonfinite_patience")
+        if self.spike_sigma <= 0:
+            raise ConfigError(f"monitor.spike_sigma: must be > 0, got {self.spike_sigma}")
 
 
 @dataclass

@@ -3,7 +3,8 @@
     RUN/checkpoints/step_000100/
         model.safetensors   consolidated fp32 weights (tied head stored once, as wte)
         train_state/        optimizer (torch.distributed.checkpoint, so it can reshard),
-                            rng_rank{r}.pt per rank, trainer.json (step, data cursor, monitors)
+                            rng_rank{r}.pt per rank, trainer.json (step, data cursor),
+                            monitors.pt (TEV seen-row mask, spike window)
         config.toml         the resolved config
         tokenizer.json
         manifest.json       sha256 of every file, step, world size, schema version
@@ -94,6 +95,7 @@ def save_checkpoint(
     rank: int = 0,
     world_size: int = 1,
     barrier=lambda: None,
+    monitor_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write one checkpoint atomically. Every rank calls this; rank 0 writes all but its RNG/DCP shard.
 
@@ -118,6 +120,8 @@ def save_checkpoint(
         torch.save(rng, tmp / "train_state" / f"rng_rank{rank}.pt")
         barrier()
         if rank == 0:
+            if monitor_state is not None:
+                torch.save(monitor_state, tmp / "train_state" / "monitors.pt")
             _write_rank0_files(tmp, step, model_state, trainer_state, config_toml, tokenizer_json, world_size)
             faults.crash_if_armed("checkpoint-before-rename", step)
             _replace_dir(tmp, final)
@@ -214,6 +218,12 @@ def load_train_state(ckpt: Path, optim_state_template: dict[str, Any], rank: int
     same_world = trainer_state.get("world_size") == world_size
     rng = torch.load(rng_path, weights_only=True) if same_world and rng_path.is_file() else None
     return state["optim"], trainer_state, rng
+
+
+def load_monitor_state(ckpt: Path) -> dict[str, Any] | None:
+    """The monitors' state (TEV seen-row mask, spike window), or None for a checkpoint without it."""
+    path = ckpt / "train_state" / "monitors.pt"
+    return torch.load(path, weights_only=True) if path.is_file() else None
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:

@@ -77,11 +77,12 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Keep lines (steps and events) up to and including `last_step`; drop a torn tail."""
+def truncate_metrics(path: Path, last_step: int, keep_events: bool = False) -> None:
+    """Keep lines up to and including `last_step` (and, with `keep_events`, every event line, as a
+    rollback does so the spike that caused it stays on record); drop a torn tail."""
     if not path.is_file():
         return
-    kept = [r for r in read_metrics(path) if r.get("step", -1) <= last_step]
+    kept = [r for r in read_metrics(path) if r.get("step", -1) <= last_step or (keep_events and "event" in r)]
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
     os.replace(tmp, path)

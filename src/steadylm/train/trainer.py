@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import platform
 import signal
@@ -31,16 +30,19 @@ from steadylm.data.prepare import PreparedData, prepare
 from steadylm.data.reader import SequenceReader, eval_sequences
 from steadylm.errors import CheckpointError, DataError, SteadyLMError
 from steadylm.model.gpt import GPT
-from steadylm.monitor.tev import tev_summary
+from steadylm.monitor.tev import tev_histogram
 from steadylm.train import checkpoint as ckpt_io
 from steadylm.train import faults
-from steadylm.train.distributed import DistContext, init_distributed, sharded_tev_summary, shutdown
+from steadylm.train.distributed import DistContext, init_distributed, shutdown
 from steadylm.train.loss import lm_loss
 from steadylm.train.metrics import MetricsLog, truncate_metrics
+from steadylm.train.monitoring import TrainingMonitors, Verdict
 from steadylm.train.optim import build_optimizer, lr_at
 
 # Keys of [train] that may change on --resume: they do not alter the optimisation trajectory
 # up to the checkpoint (max_steps reshapes the schedule ahead, which is what extending a run means).
+TEV_HISTOGRAM_BINS = 50
+
 RESUMABLE_TRAIN_KEYS = {
     "max_steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every",
     "compile", "device",
@@ -206,6 +208,7 @@ class Trainer:
         if cfg.train.compile:
             self.forward_model = torch.compile(self.forward_model)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.monitors = TrainingMonitors(self.model, cfg.monitor, self.vocab_rows, self.ctx, self.fsdp)
         # Dropout draws differ per rank; after the shared init, each rank gets its own stream.
         torch.manual_seed(cfg.train.seed + 1 + self.ctx.rank)
 
@@ -218,18 +221,28 @@ class Trainer:
             if self.ctx.is_main:
                 truncate_metrics(self.run_dir / "metrics.jsonl", -1)
             return 0
+        step = self._load_checkpoint(ckpt)
+        if self.ctx.is_main:
+            truncate_metrics(self.run_dir / "metrics.jsonl", step - 1)
+        return step
+
+    def _load_checkpoint(self, ckpt: Path) -> int:
+        """Model, optimizer, data cursor, RNG and monitor state from `ckpt`; returns its step."""
+        from safetensors.torch import load_file
+
         from steadylm.data.tokenizer import Tokenizer
 
         if Tokenizer.load(ckpt / "tokenizer.json").fingerprint() != self.data.tokenizer.fingerprint():
             raise CheckpointError(f"{ckpt}: its tokenizer does not match the data's ({self.data.tokenizer.name})")
-        from safetensors.torch import load_file
-
         self._load_model_state(load_file(str(ckpt / "model.safetensors"), device=str(self.ctx.device)), ckpt)
         optim_state, trainer_state, rng = ckpt_io.load_train_state(
             ckpt, get_optimizer_state_dict(self.model, self.optimizer), rank=self.ctx.rank, world_size=self.ctx.world_size
         )
         set_optimizer_state_dict(self.model, self.optimizer, optim_state)
         self.reader.load_state_dict(trainer_state["reader"])
+        monitor_state = ckpt_io.load_monitor_state(ckpt)
+        if monitor_state is not None:
+            self.monitors.load_state_dict(monitor_state)
         if rng is None:
             if self.ctx.is_main:
                 print(
@@ -243,10 +256,7 @@ class Trainer:
             torch.set_rng_state(rng["cpu"])
             if "cuda" in rng and self.ctx.device.type == "cuda":
                 torch.cuda.set_rng_state(rng["cuda"], self.ctx.device)
-        step = int(trainer_state["step"])
-        if self.ctx.is_main:
-            truncate_metrics(self.run_dir / "metrics.jsonl", step - 1)
-        return step
+        return int(trainer_state["step"])
 
     # ---------------------------------------------------------------- the loop
 
@@ -255,23 +265,33 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.ctx.device.type, dtype=self.autocast_dtype)
 
-    def _train_step(self, step: int) -> dict[str, Any]:
-        cfg, model = self.cfg, self.model
+    def _train_step(self, step: int) -> tuple[dict[str, Any], Verdict, bool]:
+        """One optimizer step; returns its metrics row, the guards' verdict, and whether the
+        update was skipped (a skipped step still advances step, tokens, schedule and data)."""
+        cfg, model, mon = self.cfg, self.model, self.monitors
         lr = lr_at(step, cfg.train)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x_all, y_all = self.reader.next_batch(cfg.train.batch_size, self.ctx.rank, self.ctx.world_size)
-        T = x_all.shape[1]
+        per_rank, T = x_all.shape
+        n_micro = self.grad_accum
+        if n_micro == 1 and mon.gradvar_due(step) and per_rank % 2 == 0:
+            # The gradient-variance reference needs K >= 2 micro-batches: split this step's batch
+            # in two (the same gradient up to rounding).
+            n_micro = 2
+        mb = per_rank // n_micro
         # DDP averages gradients over ranks; scaling by world size turns that into a sum, so
         # the gradient is that of the summed token loss over the global batch / global tokens.
         scale = self.ctx.world_size / (cfg.train.batch_size * T)
+        # With that scale, each backward carries 1/n_micro of its micro-batch's mean-loss gradient.
+        mon.begin_step(step, n_micro, n_micro if self.scaler is None else n_micro / self.scaler.get_scale())
         loss_sum = torch.zeros((), device=self.ctx.device)
         zloss_sum = torch.zeros((), device=self.ctx.device)
-        mb = cfg.train.micro_batch_size
-        for i in range(self.grad_accum):
+        for i in range(n_micro):
             x = x_all[i * mb:(i + 1) * mb].to(self.ctx.device, non_blocking=True)
             y = y_all[i * mb:(i + 1) * mb].to(self.ctx.device, non_blocking=True)
-            last_micro = i == self.grad_accum - 1
+            mon.observe(x)
+            last_micro = i == n_micro - 1
             sync = contextlib.nullcontext()
             if self.fsdp:
                 self.model.set_requires_gradient_sync(last_micro)  # reduce-scatter once per step
@@ -290,38 +310,36 @@ class Trainer:
         faults.crash_if_armed("mid-step", step)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)  # pre-clip norm
-        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
-            grad_norm = grad_norm.full_tensor()
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.model.after_optimizer_step()  # σReparam's power iteration; a no-op otherwise
-
         tokens_global = cfg.train.batch_size * T
-        loss_sum = self.ctx.all_reduce_sum(loss_sum)
-        row: dict[str, Any] = {
-            "step": step,
-            "tokens": (step + 1) * tokens_global,
-            "loss": loss_sum / tokens_global,
-            "lr": lr,
-            "grad_norm": grad_norm,
-        }
+        loss = self.ctx.all_reduce_sum(loss_sum) / tokens_global
+        row: dict[str, Any] = {"step": step, "tokens": (step + 1) * tokens_global, "loss": loss, "lr": lr}
+        mon.after_backward(row, step)
+        params = [p for p in model.parameters() if p.grad is not None]
+        total_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        # a DTensor under FSDP2; the logged and judged norm is the full one
+        grad_norm = total_norm.full_tensor() if hasattr(total_norm, "full_tensor") else total_norm
+        row["grad_norm"] = grad_norm  # before clipping
         if cfg.train.z_loss > 0:
             row["z_loss"] = cfg.train.z_loss * self.ctx.all_reduce_sum(zloss_sum) / tokens_global  # the term added
-        if cfg.monitor.tev_every and step % cfg.monitor.tev_every == 0:
-            row["tev_mean"], row["tev_std"] = self._tev()
-        return row
-
-    def _tev(self) -> tuple[torch.Tensor, torch.Tensor]:
-        weight = self.model.get_input_embeddings().weight
-        if self.fsdp:
-            return sharded_tev_summary(weight, self.vocab_rows)
-        return tev_summary(weight, self.vocab_rows)
+        # fp16 gradients overflow now and then by design; the grad scaler skips those steps itself.
+        verdict = mon.judge(step, loss, grad_norm if self.scaler is None else loss)
+        skip = verdict.non_finite or (verdict.spike and cfg.monitor.on_spike == "skip")
+        mon.before_update(step)
+        if not skip:
+            if cfg.train.grad_clip > 0:  # judged first: clipping by a NaN norm would smear NaN over every gradient
+                torch.nn.utils.clip_grads_with_norm_(params, cfg.train.grad_clip, total_norm)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.model.after_optimizer_step()  # σReparam's power iteration; a no-op otherwise
+        self.optimizer.zero_grad(set_to_none=True)
+        mon.after_update(row, step, updated=not skip)
+        mon.activations(row, step, x)
+        if skip:
+            row["skipped"] = True
+        return row, verdict, skip
 
     def _model_state(self) -> dict[str, torch.Tensor] | None:
         """Consolidated fp32 weights on rank 0 (a collective under FSDP2), None on other ranks."""
@@ -382,6 +400,7 @@ class Trainer:
             trainer_state,
             self.cfg.to_toml(),
             self.data.dir / "tokenizer.json",
+            monitor_state=self.monitors.state_dict(),
             rank=self.ctx.rank,
             world_size=self.ctx.world_size,
             barrier=self.ctx.barrier,
@@ -390,20 +409,79 @@ class Trainer:
             ckpt_io.prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
         return path
 
+    def _react(self, step: int, row: dict[str, Any], verdict: Verdict, metrics: MetricsLog) -> int | None:
+        """Record guard events and act on them; returns the step to go back to after a rollback."""
+        mon_cfg = self.cfg.monitor
+        if verdict.non_finite:
+            metrics.record({"event": "non_finite", "step": step, "param": verdict.param, "loss": row["loss"],
+                            "grad_norm": row["grad_norm"], "action": "skip"})
+            if self.monitors.nonfinite_streak >= mon_cfg.nonfinite_patience:
+                good = ckpt_io.latest_checkpoint(self.run_dir, quiet=True)
+                self._stop_reason = (
+                    f"non-finite loss or gradient for {self.monitors.nonfinite_streak} steps in a row (step {step}, "
+                    f"first in {verdict.param}); the last good checkpoint is {good or 'none'}"
+                )
+            return None
+        if not verdict.spike:
+            return None
+        action = mon_cfg.on_spike
+        if action == "rollback":
+            target = ckpt_io.latest_checkpoint(self.run_dir, quiet=True)
+            if target is None or self.monitors.rollbacks >= mon_cfg.max_rollbacks:
+                if target is not None:
+                    self._stop_reason = f"loss spike at step {step} after {mon_cfg.max_rollbacks} rollbacks (monitor.max_rollbacks)"
+                    action = "stop"
+                else:
+                    action = "log (no checkpoint to roll back to yet)"
+        metrics.record({"event": "spike", "step": step, "loss": row["loss"], "grad_norm": row["grad_norm"], "action": action})
+        if action != "rollback":
+            return None
+        return self._rollback(step, target, metrics)
+
+    def _rollback(self, step: int, ckpt: Path, metrics: MetricsLog) -> int:
+        """Reload `ckpt` and skip the data the run saw between it and the spike (PaLM's remedy)."""
+        cursor = self.reader.state_dict()  # just past the offending batch
+        rollbacks = self.monitors.rollbacks + 1
+        self._flush(metrics, None)
+        to_step = self._load_checkpoint(ckpt)
+        skipped = (step + 1 - to_step) * self.cfg.train.batch_size
+        self.reader.load_state_dict(cursor)
+        self.monitors.rollbacks = rollbacks
+        if self.ctx.is_main:
+            truncate_metrics(self.run_dir / "metrics.jsonl", to_step - 1, keep_events=True)
+        metrics.record({"event": "rollback", "step": step, "to_step": to_step, "skipped_sequences": skipped})
+        self._flush(metrics, None)
+        return to_step
+
+    def _record_tev_histogram(self, step: int, metrics: MetricsLog) -> None:
+        values = self.monitors.tev_values()
+        if values is None:
+            return
+        counts, edges = tev_histogram(values, bins=TEV_HISTOGRAM_BINS)
+        metrics.record({"event": "tev_histogram", "step": step, "counts": counts.tolist(), "edges": edges.tolist()})
+        if self.tensorboard is not None:
+            self.tensorboard.histogram("tev", values, step)
+
     def _flush(self, metrics: MetricsLog, bar) -> list[dict[str, Any]]:
-        """One host sync: finish the pending rows, write them, update the progress bar."""
+        """One host sync: finish the pending rows, write them, update the sinks and progress bar."""
         now = time.perf_counter()
         tps = self._steps_since * self.cfg.train.batch_size * self.cfg.model.block_size / max(now - self._t_flush, 1e-9)
         for r in metrics.pending:
+            if "event" in r:
+                continue
             r["tokens_per_s"] = tps
             if "val_loss" in r:
                 r["val_ppl"] = torch.exp(r["val_loss"])
-        rows = metrics.flush()
+        rows = [r for r in metrics.flush() if "event" not in r]
         self._t_flush, self._steps_since = now, 0
-        last = self._last
+        if not rows:
+            return rows
         for r in rows:
-            last.update(r)
+            self._last.update(r)
+        if self.tensorboard is not None:
+            self.tensorboard.scalars(rows)
         if bar is not None:
+            last = self._last
             bar.update(rows[-1]["step"] + 1 - bar.n)
             bar.set_postfix_str(
                 f"loss {last['loss']:.4f} | gnorm {last['grad_norm']:.3f} | "
@@ -458,6 +536,11 @@ class Trainer:
             self._set_status("running", step=start)
         self._started = True
         metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.ctx.is_main)
+        self.tensorboard = None
+        if cfg.monitor.tensorboard and self.ctx.is_main:
+            from steadylm.monitor.sinks import TensorBoardSink
+
+            self.tensorboard = TensorBoardSink(self.run_dir / "tensorboard")
         end = cfg.train.max_steps if self.stop_at is None else min(cfg.train.max_steps, self.stop_at)
         bar = None
         if self.progress and self.ctx.is_main:
@@ -466,24 +549,33 @@ class Trainer:
             bar = tqdm(total=cfg.train.max_steps, initial=start, desc=self.run_dir.name, unit="step", dynamic_ncols=True)
         self._last: dict[str, Any] = {}
         self._t_flush, self._steps_since = time.perf_counter(), 0
-        last_ckpt: Path | None = None
+        self._last_ckpt: Path | None = None
+        self._stop_reason: str | None = None
         status = "running"
         self.model.train()
-        for step in range(start, end):
-            row = self._train_step(step)
+        step = start
+        while step < end:
+            row, verdict, skipped = self._train_step(step)
+            metrics.record(row)
+            self._steps_since += 1
+            rollback_to = self._react(step, row, verdict, metrics)
+            if self._stop_reason:
+                self._flush(metrics, bar)
+                status = "diverged"
+                break
+            if rollback_to is not None:
+                step = rollback_to
+                continue
             is_last = step + 1 == end
             if cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.max_steps):
                 row["val_loss"] = self.evaluate()
-            metrics.record(row)
-            self._steps_since += 1
+                self._record_tev_histogram(step, metrics)
             interrupted = self._stop_requested()
             if (step + 1) % cfg.train.log_every == 0 or is_last or interrupted:
-                rows = self._flush(metrics, bar)
-                if not all(math.isfinite(r["loss"]) for r in rows):
-                    status = "diverged"
-                    break
+                self._flush(metrics, bar)
             if (cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0) or is_last or interrupted:
-                last_ckpt = self._save(step + 1)
+                self._last_ckpt = self._save(step + 1)
+            step += 1
             if interrupted:
                 status = "stopped"
                 break
@@ -491,9 +583,13 @@ class Trainer:
             bar.close()
         if status == "running":
             status = "finished" if end == cfg.train.max_steps else "stopped"
+        if self._stop_reason and self.ctx.is_main:
+            print(f"steadylm: {self._stop_reason}", file=sys.stderr)
+        last_ckpt = self._last_ckpt
         last = self._last
         final_step = last.get("step", start - 1) + 1
-        self._set_status(status, step=final_step, checkpoint=str(last_ckpt) if last_ckpt else None)
+        extra = {"reason": self._stop_reason} if self._stop_reason else {}
+        self._set_status(status, step=final_step, checkpoint=str(last_ckpt) if last_ckpt else None, **extra)
         return RunResult(
             run_dir=self.run_dir,
             status=status,

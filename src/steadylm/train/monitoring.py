@@ -1,0 +1,132 @@
+"""The trainer's side of monitoring: which monitor runs when, and the per-step guards.
+
+Everything is measured on the device. One boolean pair per step (non-finite? spike?) is read on
+the host, because deciding to skip the optimizer step needs it; every other figure waits for the
+`log_every` flush.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from steadylm.config import MonitorConfig
+from steadylm.monitor.activations import ActivationMonitor
+from steadylm.monitor.gradvar import GradVarianceMonitor
+from steadylm.monitor.nonfinite import first_nonfinite_grad
+from steadylm.monitor.params import ParamStatsMonitor
+from steadylm.monitor.spikes import SpikeDetector
+from steadylm.monitor.tev import TEVMonitor, tev_per_row
+from steadylm.train.distributed import DistContext, sharded_tev_summary
+
+
+@dataclass
+class Verdict:
+    """What the guards decided for one step."""
+
+    non_finite: bool
+    spike: bool
+    param: str | None = None  # the first parameter with a non-finite gradient
+
+
+def _due(every: int, step: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+class TrainingMonitors:
+    """All monitors of one run. FSDP2 keeps TEV (from sharded row moments), the spike and
+    non-finite guards; the gradient-variance reference, per-block norms, the seen-row TEV and the
+    activation probe need whole tensors and are off under FSDP2."""
+
+    def __init__(self, model: torch.nn.Module, cfg: MonitorConfig, vocab_rows: int, ctx: DistContext, fsdp: bool):
+        self.cfg, self.ctx, self.fsdp, self.model = cfg, ctx, fsdp, model
+        self.vocab_rows = vocab_rows
+        self.tev = None if fsdp else TEVMonitor.for_model(model, vocab_size=vocab_rows)
+        self.stats = None if fsdp or not cfg.stats_every else ParamStatsMonitor(model)
+        self.gradvar = None if fsdp or not cfg.gradvar_every else GradVarianceMonitor(model)
+        self.acts = None if fsdp or not cfg.act_every else ActivationMonitor(model)
+        self.spikes = SpikeDetector(window=cfg.spike_window, sigma=cfg.spike_sigma)
+        self.nonfinite_streak = 0
+        self.rollbacks = 0
+        self._ratios_due = False
+
+    # Per step, in the order the trainer calls them.
+
+    def gradvar_due(self, step: int) -> bool:
+        return self.gradvar is not None and _due(self.cfg.gradvar_every, step)
+
+    def begin_step(self, step: int, n_micro: int, grad_scale: float | torch.Tensor) -> None:
+        if self.gradvar_due(step) and n_micro >= 2:
+            self.gradvar.begin(grad_scale=grad_scale)  # the gradient of each micro-batch's mean loss
+
+    def observe(self, x: torch.Tensor) -> None:
+        if self.tev is not None:
+            self.tev.observe_tokens(x)
+
+    def after_backward(self, row: dict[str, Any], step: int) -> None:
+        if self.gradvar is not None and self.gradvar.active:
+            row.update(self.gradvar.end())
+        if self.stats is not None and _due(self.cfg.stats_every, step):
+            row.update(self.stats.grad_norms())
+
+    def judge(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> Verdict:
+        """The step's one host sync: non-finite loss or gradient, and the spike test."""
+        spike = self.spikes.update(loss, grad_norm)
+        non_finite = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        nf, sp = torch.stack([non_finite, spike]).tolist()
+        verdict = Verdict(non_finite=bool(nf), spike=bool(sp) and not nf)
+        if verdict.non_finite:
+            verdict.param = first_nonfinite_grad(self.model) or "(the loss itself)"
+            self.nonfinite_streak += 1
+        else:
+            self.nonfinite_streak = 0
+        return verdict
+
+    def before_update(self, step: int) -> None:
+        self._ratios_due = self.stats is not None and _due(self.cfg.stats_every, step)
+        if self._ratios_due:
+            self.stats.snapshot()
+
+    def after_update(self, row: dict[str, Any], step: int, updated: bool) -> None:
+        if self._ratios_due and updated:
+            row.update(self.stats.update_ratios())
+        self._ratios_due = False
+        if _due(self.cfg.tev_every, step):
+            row.update(self.tev_figures())
+
+    def activations(self, row: dict[str, Any], step: int, x: torch.Tensor) -> None:
+        """One extra forward of a single sequence in eval mode: no RNG drawn, no gradient."""
+        if self.acts is not None and _due(self.cfg.act_every, step):
+            row.update(self.acts.measure(x[:1]))
+
+    def tev_figures(self) -> dict[str, torch.Tensor]:
+        if self.fsdp:
+            mean, std = sharded_tev_summary(self.model.get_input_embeddings().weight, self.vocab_rows)
+            return {"tev_mean": mean, "tev_std": std}
+        if self.ctx.enabled:
+            self.tev.all_reduce_seen()  # each rank saw its own tokens
+        return self.tev.compute()
+
+    def tev_values(self) -> torch.Tensor | None:
+        """TEV_i over the real rows, for histograms at evaluation steps."""
+        if self.fsdp:
+            return None
+        return tev_per_row(self.model.get_input_embeddings().weight, self.vocab_rows)
+
+    # Checkpointed state.
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"spikes": self.spikes.state_dict(), "rollbacks": self.rollbacks}
+        if self.tev is not None:
+            if self.ctx.enabled:
+                self.tev.all_reduce_seen()
+            state["tev"] = self.tev.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.spikes.load_state_dict(state["spikes"])
+        self.rollbacks = int(state.get("rollbacks", 0))
+        if self.tev is not None and "tev" in state:
+            self.tev.load_state_dict(state["tev"])
