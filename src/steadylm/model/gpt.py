@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from steadylm.config import ModelConfig
+from steadylm.model.lm_head_loss import lm_head_loss
 from steadylm.model import reparam
 from steadylm.model.attention import build_attention
 from steadylm.model.norms import INIT_STD, NormLayout, embedding_recipe, layer_norm, norm_layout
@@ -155,5 +156,10 @@ class GPT(nn.Module):
             x = block(x)
         return self.transformer.ln_f(x)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.hidden_states(idx))  # (B, T, V)
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, z_loss: float = 0.0):
+        """Logits (B, T, V); or, given targets (B, T), the summed loss without materialising the
+        logits: (Σ CE + z_loss·Σ log²Z, Σ log²Z), see `lm_head_loss`."""
+        h = self.hidden_states(idx)  # (B, T, C)
+        if targets is None:
+            return self.lm_head(h)  # (B, T, V)
+        return lm_head_loss(h, self.lm_head.weight, targets, z_loss)

@@ -55,6 +55,19 @@ class ParamStatsMonitor:
         return self._named("grad_norm", self._per_group([self._params[i].grad for i in present], index))
 
     @torch.no_grad()
+    def grad_norms_with_total(self, params: list[nn.Parameter]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """`grad_norms()` and the total gradient norm over `params` (all the model's parameters),
+        reading each gradient once: the groups' norms are reused for the total, as gradient
+        clipping needs it anyway."""
+        mine = {id(p) for p in self._params}
+        rest = [p.grad for p in params if p.grad is not None and id(p) not in mine]
+        groups = self.grad_norms()
+        sq = torch.stack(list(groups.values())).square().sum()
+        if rest:
+            sq = sq + torch.stack(torch._foreach_norm(rest, 2)).float().square().sum()
+        return groups, sq.sqrt()
+
+    @torch.no_grad()
     def param_norms(self) -> dict[str, torch.Tensor]:
         """`param_norm/embed`, `param_norm/h.N`."""
         return self._named("param_norm", self._per_group(self._params, self._group_of))

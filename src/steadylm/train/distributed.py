@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from steadylm.monitor.tev import tev_per_row_fast
+
 
 @dataclass
 class DistContext:
@@ -72,7 +74,7 @@ def sharded_tev_summary(weight: torch.Tensor, n_rows: int) -> tuple[torch.Tensor
     rows_per_rank = -(-weight.shape[0] // dist.get_world_size())
     first = dist.get_rank() * rows_per_rank
     real = max(0, min(local.shape[0], n_rows - first))  # padding rows past the vocabulary excluded
-    tev = local[:real].std(dim=1, correction=0)
+    tev = tev_per_row_fast(local[:real])
     moments = torch.stack([tev.sum(), (tev * tev).sum(), torch.tensor(float(real), device=tev.device)])
     dist.all_reduce(moments)
     mean = moments[0] / moments[2]

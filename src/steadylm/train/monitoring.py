@@ -44,7 +44,7 @@ class TrainingMonitors:
         self.cfg, self.ctx, self.fsdp, self.model = cfg, ctx, fsdp, model
         self.vocab_rows = vocab_rows
         self.tev = None if fsdp else TEVMonitor.for_model(model, vocab_size=vocab_rows)
-        self.stats = None if fsdp or not cfg.stats_every else ParamStatsMonitor(model)
+        self.stats = None if fsdp else ParamStatsMonitor(model)
         self.gradvar = None if fsdp or not cfg.gradvar_every else GradVarianceMonitor(model)
         self.acts = None if fsdp or not cfg.act_every else ActivationMonitor(model)
         self.spikes = SpikeDetector(window=cfg.spike_window, sigma=cfg.spike_sigma)
@@ -68,8 +68,14 @@ class TrainingMonitors:
     def after_backward(self, row: dict[str, Any], step: int) -> None:
         if self.gradvar is not None and self.gradvar.active:
             row.update(self.gradvar.end())
-        if self.stats is not None and _due(self.cfg.stats_every, step):
-            row.update(self.stats.grad_norms())
+
+    def gradient_norm(self, row: dict[str, Any], params: list[torch.nn.Parameter]) -> torch.Tensor:
+        """The total gradient norm; per-block norms (`grad_norm/h.N`) come free with it every step."""
+        if self.stats is None:
+            return torch.nn.utils.get_total_norm([p.grad for p in params])
+        groups, total = self.stats.grad_norms_with_total(params)
+        row.update(groups)
+        return total
 
     def judge(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> Verdict:
         """The step's one host sync: non-finite loss or gradient, and the spike test."""
@@ -85,6 +91,7 @@ class TrainingMonitors:
         return verdict
 
     def before_update(self, step: int) -> None:
+        # Parameter norms and update ratios cost a copy of the weights: every stats_every steps.
         self._ratios_due = self.stats is not None and _due(self.cfg.stats_every, step)
         if self._ratios_due:
             self.stats.snapshot()

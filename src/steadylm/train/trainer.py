@@ -34,7 +34,6 @@ from steadylm.monitor.tev import tev_histogram
 from steadylm.train import checkpoint as ckpt_io
 from steadylm.train import faults
 from steadylm.train.distributed import DistContext, init_distributed, shutdown
-from steadylm.train.loss import lm_loss
 from steadylm.train.metrics import MetricsLog, truncate_metrics
 from steadylm.train.monitoring import TrainingMonitors, Verdict
 from steadylm.train.optim import build_optimizer, lr_at
@@ -299,8 +298,7 @@ class Trainer:
                 sync = self.forward_model.no_sync()
             with sync:
                 with self._autocast():
-                    logits = self.forward_model(x)
-                objective, log_z_sq = lm_loss(logits, y, z_loss=cfg.train.z_loss)
+                    objective, log_z_sq = self.forward_model(x, targets=y, z_loss=cfg.train.z_loss)
                 if self.scaler is not None:
                     self.scaler.scale(objective * scale).backward()
                 else:
@@ -315,7 +313,7 @@ class Trainer:
         row: dict[str, Any] = {"step": step, "tokens": (step + 1) * tokens_global, "loss": loss, "lr": lr}
         mon.after_backward(row, step)
         params = [p for p in model.parameters() if p.grad is not None]
-        total_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        total_norm = mon.gradient_norm(row, params)
         # a DTensor under FSDP2; the logged and judged norm is the full one
         grad_norm = total_norm.full_tensor() if hasattr(total_norm, "full_tensor") else total_norm
         row["grad_norm"] = grad_norm  # before clipping
@@ -379,8 +377,7 @@ class Trainer:
         for x, y in batches:
             x, y = x.to(self.ctx.device), y.to(self.ctx.device)
             with self._autocast():
-                logits = self.model(x)
-            total += lm_loss(logits, y)[0]  # the cross-entropy sum (no z-loss term)
+                total += self.model(x, targets=y)[0]  # the cross-entropy sum (no z-loss term)
         self.model.train()
         return self.ctx.all_reduce_sum(total) / (n_seq * T)
 

@@ -1,0 +1,52 @@
+"""The fused, chunked output layer + loss equals logits-then-lm_loss, in value and gradient."""
+
+import pytest
+import torch
+
+from steadylm.model import lm_head_loss as fused
+from steadylm.train.loss import lm_loss
+
+
+def _reference(h, w, t, z):
+    return lm_loss(h @ w.t(), t, z_loss=z)
+
+
+@pytest.mark.parametrize("z_loss", [0.0, 1e-2])
+@pytest.mark.parametrize("chunk_elements", [1 << 24, 97 * 7])  # one chunk; several uneven chunks
+def test_matches_reference_in_fp32(monkeypatch, z_loss, chunk_elements):
+    monkeypatch.setattr(fused, "_CHUNK_ELEMENTS", chunk_elements)
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(3, 11, 16, generator=g, requires_grad=True)
+    w = torch.randn(97, 16, generator=g, requires_grad=True)
+    t = torch.randint(0, 97, (3, 11), generator=g)
+    loss, lz2 = fused.lm_head_loss(h, w, t, z_loss)
+    (loss * 0.37).backward()
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    ref_loss, ref_lz2 = _reference(h, w, t, z_loss)
+    (ref_loss * 0.37).backward()
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(lz2, ref_lz2, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(gh, h.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gw, w.grad, rtol=1e-4, atol=1e-6)
+    assert not lz2.requires_grad
+
+
+def test_bf16_autocast_is_close_and_grads_keep_the_weight_dtype():
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(64, 32, generator=g, requires_grad=True)
+    w = (torch.randn(301, 32, generator=g) * 0.1).requires_grad_()
+    t = torch.randint(0, 301, (64,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = fused.lm_head_loss(h, w, t)
+    loss.backward()
+    ref, _ = _reference(h.detach(), w.detach(), t, 0.0)
+    assert w.grad.dtype == torch.float32 and h.grad.dtype == torch.float32
+    torch.testing.assert_close(loss, ref, rtol=1e-2, atol=0)
+
+
+def test_without_grad_only_the_sums():
+    h, w, t = torch.randn(5, 8), torch.randn(13, 8), torch.randint(0, 13, (5,))
+    with torch.no_grad():
+        loss, lz2 = fused.lm_head_loss(h, w, t)
+    torch.testing.assert_close(loss, _reference(h, w, t, 0.0)[0])
