@@ -32,7 +32,7 @@ class _LMHeadLoss(torch.autograd.Function):
         ce_sum = torch.zeros((), device=h.device, dtype=torch.float32)
         lz2_sum = torch.zeros((), device=h.device, dtype=torch.float32)
         grad_h = torch.empty_like(h) if needs_h else None
-        grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if needs_w else None
+        grad_w = None  # (V, d) fp32, made by the first chunk's matmul rather than zero-filled
         with torch.autocast(h.device.type, enabled=False):
             for start in range(0, N, chunk):
                 hc = h[start:start + chunk].to(compute_dtype)  # (c, d)
@@ -54,10 +54,15 @@ class _LMHeadLoss(torch.autograd.Function):
                 g[torch.arange(len(tc), device=g.device), tc] -= 1.0
                 g = g.to(compute_dtype)
                 if needs_h:
-                    grad_h[start:start + chunk] = (g @ w).to(h.dtype)  # (c, d)
+                    if grad_h.dtype == compute_dtype:
+                        torch.mm(g, w, out=grad_h[start:start + chunk])  # (c, d)
+                    else:
+                        grad_h[start:start + chunk] = g @ w
                 if needs_w:
-                    if g.dtype == torch.float32:
-                        grad_w.addmm_(g.t(), hc)  # (V, d), accumulated without a temporary
+                    if grad_w is None:
+                        grad_w = (g.t() @ hc).float()  # (V, d)
+                    elif g.dtype == torch.float32:
+                        grad_w.addmm_(g.t(), hc)  # accumulated without a temporary
                     else:
                         grad_w += (g.t() @ hc).float()
         ctx.save_for_backward(grad_h, grad_w)

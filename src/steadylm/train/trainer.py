@@ -37,6 +37,7 @@ from steadylm.train.distributed import DistContext, init_distributed, shutdown
 from steadylm.train.metrics import MetricsLog, truncate_metrics
 from steadylm.train.monitoring import TrainingMonitors, Verdict
 from steadylm.train.optim import build_optimizer, lr_at
+from steadylm.train.timing import StepTimer
 
 # Keys of [train] that may change on --resume: they do not alter the optimisation trajectory
 # up to the checkpoint (max_steps reshapes the schedule ahead, which is what extending a run means).
@@ -98,6 +99,7 @@ class Trainer:
         self.stop_at = stop_at
         self._started = False
         self.ctx: DistContext = init_distributed(cfg.train.device)
+        self.timer = StepTimer(self.ctx.device)  # enabled by `steadylm bench` only
         self.autocast_dtype, self.precision = _precision(cfg, self.ctx.device)
         self._check_run_dir()
 
@@ -267,11 +269,12 @@ class Trainer:
     def _train_step(self, step: int) -> tuple[dict[str, Any], Verdict, bool]:
         """One optimizer step; returns its metrics row, the guards' verdict, and whether the
         update was skipped (a skipped step still advances step, tokens, schedule and data)."""
-        cfg, model, mon = self.cfg, self.model, self.monitors
+        cfg, model, mon, timed = self.cfg, self.model, self.monitors, self.timer.section
         lr = lr_at(step, cfg.train)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x_all, y_all = self.reader.next_batch(cfg.train.batch_size, self.ctx.rank, self.ctx.world_size)
+        with timed("data"):
+            x_all, y_all = self.reader.next_batch(cfg.train.batch_size, self.ctx.rank, self.ctx.world_size)
         per_rank, T = x_all.shape
         n_micro = self.grad_accum
         if n_micro == 1 and mon.gradvar_due(step) and per_rank % 2 == 0:
@@ -282,14 +285,17 @@ class Trainer:
         # DDP averages gradients over ranks; scaling by world size turns that into a sum, so
         # the gradient is that of the summed token loss over the global batch / global tokens.
         scale = self.ctx.world_size / (cfg.train.batch_size * T)
-        # With that scale, each backward carries 1/n_micro of its micro-batch's mean-loss gradient.
-        mon.begin_step(step, n_micro, n_micro if self.scaler is None else n_micro / self.scaler.get_scale())
+        with timed("monitors"):
+            # With that scale, each backward carries 1/n_micro of its micro-batch's mean-loss gradient.
+            mon.begin_step(step, n_micro, n_micro if self.scaler is None else n_micro / self.scaler.get_scale())
         loss_sum = torch.zeros((), device=self.ctx.device)
         zloss_sum = torch.zeros((), device=self.ctx.device)
         for i in range(n_micro):
-            x = x_all[i * mb:(i + 1) * mb].to(self.ctx.device, non_blocking=True)
-            y = y_all[i * mb:(i + 1) * mb].to(self.ctx.device, non_blocking=True)
-            mon.observe(x)
+            with timed("data"):
+                x = x_all[i * mb:(i + 1) * mb].to(self.ctx.device, non_blocking=True)
+                y = y_all[i * mb:(i + 1) * mb].to(self.ctx.device, non_blocking=True)
+            with timed("monitors"):
+                mon.observe(x)
             last_micro = i == n_micro - 1
             sync = contextlib.nullcontext()
             if self.fsdp:
@@ -297,44 +303,50 @@ class Trainer:
             elif self.ctx.enabled and not last_micro:
                 sync = self.forward_model.no_sync()
             with sync:
-                with self._autocast():
+                with timed("forward"), self._autocast():
                     objective, log_z_sq = self.forward_model(x, targets=y, z_loss=cfg.train.z_loss)
-                if self.scaler is not None:
-                    self.scaler.scale(objective * scale).backward()
-                else:
-                    (objective * scale).backward()
+                with timed("backward"):
+                    if self.scaler is not None:
+                        self.scaler.scale(objective * scale).backward()
+                    else:
+                        (objective * scale).backward()
             loss_sum += objective.detach() - cfg.train.z_loss * log_z_sq  # cross-entropy alone
             zloss_sum += log_z_sq
         faults.crash_if_armed("mid-step", step)
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
         tokens_global = cfg.train.batch_size * T
         loss = self.ctx.all_reduce_sum(loss_sum) / tokens_global
         row: dict[str, Any] = {"step": step, "tokens": (step + 1) * tokens_global, "loss": loss, "lr": lr}
-        mon.after_backward(row, step)
-        params = [p for p in model.parameters() if p.grad is not None]
-        total_norm = mon.gradient_norm(row, params)
-        # a DTensor under FSDP2; the logged and judged norm is the full one
-        grad_norm = total_norm.full_tensor() if hasattr(total_norm, "full_tensor") else total_norm
+        with timed("monitors"):
+            mon.after_backward(row, step)
+        with timed("optimizer"):
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            params = [p for p in model.parameters() if p.grad is not None]
+            total_norm = mon.gradient_norm(row, params)  # clipping needs it; per-block norms come free
+            # a DTensor under FSDP2; the logged and judged norm is the full one
+            grad_norm = total_norm.full_tensor() if hasattr(total_norm, "full_tensor") else total_norm
         row["grad_norm"] = grad_norm  # before clipping
         if cfg.train.z_loss > 0:
             row["z_loss"] = cfg.train.z_loss * self.ctx.all_reduce_sum(zloss_sum) / tokens_global  # the term added
-        # fp16 gradients overflow now and then by design; the grad scaler skips those steps itself.
-        verdict = mon.judge(step, loss, grad_norm if self.scaler is None else loss)
-        skip = verdict.non_finite or (verdict.spike and cfg.monitor.on_spike == "skip")
-        mon.before_update(step)
-        if not skip:
-            if cfg.train.grad_clip > 0:  # judged first: clipping by a NaN norm would smear NaN over every gradient
-                torch.nn.utils.clip_grads_with_norm_(params, cfg.train.grad_clip, total_norm)
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.model.after_optimizer_step()  # σReparam's power iteration; a no-op otherwise
-        self.optimizer.zero_grad(set_to_none=True)
-        mon.after_update(row, step, updated=not skip)
-        mon.activations(row, step, x)
+        with timed("monitors"):
+            # fp16 gradients overflow now and then by design; the grad scaler skips those steps itself.
+            verdict = mon.judge(step, loss, grad_norm if self.scaler is None else loss)
+            skip = verdict.non_finite or (verdict.spike and cfg.monitor.on_spike == "skip")
+            mon.before_update(step)
+        with timed("optimizer"):
+            if not skip:
+                if cfg.train.grad_clip > 0:  # judged first: clipping by a NaN norm would smear NaN over every gradient
+                    torch.nn.utils.clip_grads_with_norm_(params, cfg.train.grad_clip, total_norm)
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                self.model.after_optimizer_step()  # σReparam's power iteration; a no-op otherwise
+            self.optimizer.zero_grad(set_to_none=True)
+        with timed("monitors"):
+            mon.after_update(row, step, updated=not skip)
+            mon.activations(row, step, x)
         if skip:
             row["skipped"] = True
         return row, verdict, skip

@@ -1,0 +1,287 @@
+"""`steadylm bench`: training speed and monitoring cost, measured side by side in one run.
+
+Every figure is a median over repetitions after warm-up, on the current machine with its current
+thread count, and targets are ratios between figures measured here, so a noisy shared machine
+moves numerator and denominator together. Training measurements run in a fresh process each
+(spawned), so peak memory is that configuration's alone.
+
+FLOPs per token follow DESIGN §8: 6·N (N without position embeddings, the tied head counted
+once) plus 12·L·d·T for attention (T = block size), both forward and backward.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+# The reference configuration of the performance work: GPT-2 vocabulary, 6 layers of width 256,
+# 4 heads, 256-token blocks, batch 8, every default monitor on.
+REFERENCE = [
+    "model.n_layer=6", "model.n_embd=256", "model.n_head=4", "model.block_size=256", "model.vocab_size=50257",
+    'data.tokenizer="gpt2"', "train.batch_size=8", "train.micro_batch_size=8", "train.max_steps=100000",
+    "train.eval_every=0", "train.checkpoint_every=0",
+]
+MONITORS_OFF = ["monitor.tev_every=0", "monitor.stats_every=0", "monitor.gradvar_every=0", "monitor.act_every=0"]
+PEAK_SHAPE = 2048  # square matmul for the peak: large enough to be compute-bound on CPUs and GPUs
+
+TARGETS = {
+    "fp32_fraction_of_peak": (">=", 0.65),
+    "bf16_speedup_over_fp32": (">=", 2.0),
+    "monitor_share": ("<", 0.01),
+    "data_share": ("<", 0.01),
+    "mlra_over_mha_step_time": ("<=", 1.10),
+}
+
+
+def median_time(fn: Callable[[], Any], reps: int, warmup: int, sync: Callable[[], None] = lambda: None) -> float:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _sync_for(device: torch.device) -> Callable[[], None]:
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = PEAK_SHAPE, reps: int = 7) -> float:
+    """FLOP/s of an n x n x n matmul in `dtype` (the practical peak the training figures are held to)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    return 2 * n**3 / median_time(lambda: a @ b, reps, warmup=2, sync=_sync_for(device))
+
+
+def flops_per_token(model) -> float:
+    cfg = model.config
+    return 6 * model.num_parameters(exclude_position=True) + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+
+@dataclass
+class TrainMeasure:
+    label: str
+    step_s: float
+    tokens_per_s: float
+    flops_per_s: float
+    sections: dict[str, float] = field(default_factory=dict)  # median seconds per section
+    peak_rss_mb: float = 0.0
+    n_params: int = 0
+    gradvar_s: float | None = None  # the gradient-variance hooks' own time on a reference step
+    periodic: dict[str, float] = field(default_factory=dict)  # extra seconds of periodic monitor steps
+    compile_s: float | None = None  # first (compiling) steps, when compiled
+
+
+def _measure_training(label: str, overrides: list[str], steps: int, warmup: int) -> TrainMeasure:
+    """Runs in a spawned process: build the trainer, time `steps` steps after `warmup`."""
+    from steadylm.config import load_config
+    from steadylm.train.trainer import Trainer
+
+    cfg = load_config(None, [*REFERENCE, *overrides])
+    trainer = Trainer(cfg, Path(tempfile.mkdtemp()) / "run", progress=False)
+    trainer._build()
+    sync = _sync_for(trainer.ctx.device)
+    # Skip the steps on which the periodic monitors fire, so the median is a typical step;
+    # their cost is measured separately (stats every 10, activations every 50, gradvar every 100).
+    step = 1
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        trainer._train_step(step)
+        step += 1
+    sync()
+    warm_s = time.perf_counter() - t0
+    trainer.timer.enabled = True
+    trainer.timer.take()
+    times, sections = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        row, _, _ = trainer._train_step(step)
+        float(row["loss"])
+        sync()
+        times.append(time.perf_counter() - t0)
+        sections.append(trainer.timer.take())
+        step += 1
+    step_s = statistics.median(times)
+    # The periodic monitors, one step each at their cadence (stats every 10, activations every 50,
+    # gradient variance every 100), as extra time over a typical step, then amortised.
+    periodic, gradvar_s = {}, None
+    if cfg.monitor.stats_every and cfg.monitor.act_every and cfg.monitor.gradvar_every:
+
+        def timed_step(at: int) -> tuple[float, dict]:
+            t0 = time.perf_counter()
+            row, _, _ = trainer._train_step(at)
+            float(row["loss"])
+            sync()
+            return time.perf_counter() - t0, row
+
+        t_stats, _ = timed_step(10 * (10 * (step // 100 + 1) + 1))  # a multiple of 10, not of 50
+        t_act, _ = timed_step(50 * (2 * (step // 100 + 1) + 1))  # a multiple of 50, not of 100
+        t_gv, row = timed_step(100 * (step // 100 + 2))
+        gradvar_s = float(row["grad_var_seconds"])
+        extra_stats = max(0.0, t_stats - step_s)
+        extra_act = max(0.0, t_act - step_s - extra_stats)
+        extra_gv = max(0.0, t_gv - step_s - extra_stats - extra_act)
+        periodic = {"stats_extra_s": extra_stats, "act_extra_s": extra_act, "gradvar_extra_s": extra_gv,
+                    "amortised_s": extra_stats / 10 + extra_act / 50 + extra_gv / 100}
+    tokens = cfg.train.batch_size * cfg.model.block_size
+    return TrainMeasure(
+        label=label,
+        step_s=step_s,
+        tokens_per_s=tokens / step_s,
+        flops_per_s=flops_per_token(trainer.model) * tokens / step_s,
+        sections={k: statistics.median(s.get(k, 0.0) for s in sections) for k in sections[0]},
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        n_params=trainer.model.num_parameters(),
+        gradvar_s=gradvar_s,
+        periodic=periodic,
+        compile_s=warm_s if cfg.train.compile else None,
+    )
+
+
+def measure_training(label: str, overrides: list[str], steps: int, warmup: int) -> TrainMeasure:
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_measure_training, (label, overrides, steps, warmup))
+
+
+def tev_cost(rows: int = 50257, d: int = 768, reps: int = 9) -> dict[str, float]:
+    """Seconds for TEV of a GPT-2-small-sized embedding: the every-step path and the exact one."""
+    from steadylm.monitor.tev import tev_per_row, tev_per_row_fast
+
+    w = torch.randn(rows, d) * 0.02
+
+    def every_step():
+        t = tev_per_row_fast(w)
+        return t.mean(), t.std(correction=0)
+
+    return {
+        "tev_step_s": median_time(every_step, reps, warmup=2),
+        "tev_exact_s": median_time(lambda: tev_per_row(w), reps, warmup=2),
+    }
+
+
+def tokenizer_throughput(n_chars: int = 2_000_000) -> dict[str, float]:
+    """GPT-2 tokenizer tokens/s on the default corpus's text (encode_batch, all threads)."""
+    from steadylm.data.corpus import default_corpus
+    from steadylm.data.tokenizer import gpt2_tokenizer
+
+    tok = gpt2_tokenizer()
+    texts, total = [], 0
+    for doc in default_corpus(progress=False):
+        texts.append(doc.text)
+        total += len(doc.text)
+        if total >= n_chars:
+            break
+    t0 = time.perf_counter()
+    n_tokens = sum(len(ids) for ids in tok.encode_batch(texts))
+    seconds = time.perf_counter() - t0
+    return {"tokenizer_tokens_per_s": n_tokens / seconds, "tokenizer_chars": total}
+
+
+def run(steps: int = 6, warmup: int = 3, compile: bool = True, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every measurement and ratio; the CLI prints it as a table or JSON."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    progress("matmul peak (fp32, bf16)")
+    out["peak_fp32_flops"] = matmul_peak(torch.float32, device)
+    out["peak_bf16_flops"] = matmul_peak(torch.bfloat16, device)
+    runs = [
+        ("fp32", ['train.precision="fp32"']),
+        ("fp32, monitors off", ['train.precision="fp32"', *MONITORS_OFF]),
+        ("bf16", ['train.precision="bf16"']),
+        ("mlra fp32", ['train.precision="fp32"', 'model.attention="mlra"']),
+    ]
+    if compile:
+        runs.append(("bf16 + compile", ['train.precision="bf16"', "train.compile=true"]))
+    measures = {}
+    for label, overrides in runs:
+        progress(f"training step: {label}")
+        measures[label] = measure_training(label, overrides, steps, warmup + (2 if "compile" in label else 0))
+    out["training"] = {k: vars(v) for k, v in measures.items()}
+    progress("TEV on 50257 x 768")
+    out.update(tev_cost())
+    progress("tokenizer throughput")
+    out.update(tokenizer_throughput())
+
+    fp32, bf16, off = measures["fp32"], measures["bf16"], measures["fp32, monitors off"]
+    best_bf16 = max((m for k, m in measures.items() if k.startswith("bf16")), key=lambda m: m.tokens_per_s)
+    ratios = {
+        "fp32_fraction_of_peak": fp32.flops_per_s / out["peak_fp32_flops"],
+        "bf16_fraction_of_peak": bf16.flops_per_s / out["peak_bf16_flops"],
+        "bf16_speedup_over_fp32": best_bf16.tokens_per_s / fp32.tokens_per_s,
+        "bf16_speedup_over_fp32_eager": bf16.tokens_per_s / fp32.tokens_per_s,
+        "monitor_share": (fp32.sections.get("monitors", 0.0) + fp32.periodic.get("amortised_s", 0.0)) / fp32.step_s,
+        "monitor_share_every_step": fp32.sections.get("monitors", 0.0) / fp32.step_s,
+        "monitor_share_ab": (fp32.step_s - off.step_s) / fp32.step_s,
+        "data_share": fp32.sections.get("data", 0.0) / fp32.step_s,
+        "mlra_over_mha_step_time": measures["mlra fp32"].step_s / fp32.step_s,
+        "mlra_over_mha_peak_rss": measures["mlra fp32"].peak_rss_mb / fp32.peak_rss_mb,
+        "tev_768_share_of_fp32_step": out["tev_step_s"] / fp32.step_s,
+        "gradvar_over_tev": (fp32.gradvar_s or 0.0) / out["tev_step_s"],
+    }
+    out["best_bf16"] = best_bf16.label
+    out["ratios"] = ratios
+    out["targets"] = {
+        name: {"value": ratios[name], "op": op, "target": bound, "met": _met(ratios[name], op, bound)}
+        for name, (op, bound) in TARGETS.items()
+    }
+    return out
+
+
+def _met(value: float, op: str, bound: float) -> bool:
+    return {">=": value >= bound, "<": value < bound, "<=": value <= bound}[op]
+
+
+def format_table(r: dict[str, Any]) -> str:
+    g = 1e9
+    lines = [
+        f"steadylm bench on {r['device']}, {r['threads']} threads, torch {r['torch']}",
+        f"matmul peak ({PEAK_SHAPE}^3): fp32 {r['peak_fp32_flops'] / g:.0f} GFLOP/s, bf16 {r['peak_bf16_flops'] / g:.0f} GFLOP/s",
+        "",
+        "training step at the reference config (GPT-2 vocab, 6 x 256, 4 heads, block 256, batch 8):",
+        f"{'run':<20} {'step ms':>8} {'tok/s':>8} {'GFLOP/s':>8} {'peak RSS MB':>12}  data / fwd / bwd / optim / monitors (ms)",
+    ]
+    for label, m in r["training"].items():
+        s = m["sections"]
+        parts = " / ".join(f"{s.get(k, 0) * 1000:.0f}" for k in ("data", "forward", "backward", "optimizer", "monitors"))
+        lines.append(
+            f"{label:<20} {m['step_s'] * 1000:>8.0f} {m['tokens_per_s']:>8.0f} {m['flops_per_s'] / g:>8.0f} "
+            f"{m['peak_rss_mb']:>12.0f}  {parts}"
+        )
+    comp = r["training"].get("bf16 + compile", {}).get("compile_s")
+    if comp:
+        lines.append(f"(bf16 + compile: the warm-up steps, compilation included, took {comp:.0f} s)")
+    lines += [
+        "",
+        f"TEV on 50257 x 768: {r['tev_step_s'] * 1000:.1f} ms per step (exact two-pass: {r['tev_exact_s'] * 1000:.0f} ms)",
+        f"gradient-variance reference step: {r['training']['fp32']['gradvar_s'] or 0:.3f} s of hooks "
+        f"= {r['ratios']['gradvar_over_tev']:.0f} x TEV's every-step cost",
+        f"GPT-2 tokenizer: {r['tokenizer_tokens_per_s']:,.0f} tokens/s",
+        "",
+        "targets:",
+    ]
+    for name, t in r["targets"].items():
+        mark = "met" if t["met"] else "NOT met"
+        lines.append(f"  {name:<26} {t['value']:>8.3f}  (target {t['op']} {t['target']})  {mark}")
+    extra = r["ratios"]
+    per = r["training"]["fp32"]["periodic"]
+    lines += [
+        f"  monitors: every step {extra['monitor_share_every_step']:.4f} of a step, plus periodic steps amortised "
+        f"(stats +{per.get('stats_extra_s', 0) * 1000:.0f} ms every 10, activations +{per.get('act_extra_s', 0) * 1000:.0f} ms "
+        f"every 50, gradient variance +{per.get('gradvar_extra_s', 0) * 1000:.0f} ms every 100)",
+        f"  monitor share by A/B (monitors on vs off): {extra['monitor_share_ab']:+.3f}",
+        f"  bf16 eager over fp32: {extra['bf16_speedup_over_fp32_eager']:.2f} x; best bf16 run: {r['best_bf16']}",
+        f"  MLRA / MHA peak RSS: {extra['mlra_over_mha_peak_rss']:.3f}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,36 @@
+"""The benchmark's arithmetic (not its timings: those are measured by `steadylm bench`, never asserted)."""
+
+from steadylm import bench
+from steadylm.config import ModelConfig
+from steadylm.model.gpt import GPT
+
+
+def test_flops_per_token_counts_the_tied_head_once_and_no_positions():
+    cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, vocab_size=100, block_size=16)
+    model = GPT(cfg)
+    n = sum(p.numel() for p in model.parameters()) - 16 * 32  # wte appears once in parameters()
+    assert bench.flops_per_token(model) == 6 * n + 12 * 2 * 32 * 16
+
+
+def test_targets_compare_in_the_right_direction():
+    assert bench._met(0.7, ">=", 0.65) and not bench._met(0.6, ">=", 0.65)
+    assert bench._met(0.005, "<", 0.01) and not bench._met(0.01, "<", 0.01)
+    assert bench._met(1.10, "<=", 1.10)
+
+
+def test_table_renders_every_target():
+    m = {"step_s": 1.0, "tokens_per_s": 2048.0, "flops_per_s": 2e11, "peak_rss_mb": 1000.0, "gradvar_s": 0.05,
+         "sections": {"data": 0.001, "forward": 0.6, "backward": 0.3, "optimizer": 0.05, "monitors": 0.004},
+         "periodic": {"stats_extra_s": 0.01, "act_extra_s": 0.02, "gradvar_extra_s": 0.08, "amortised_s": 0.002}}
+    ratios = {k: 1.0 for k in ("fp32_fraction_of_peak", "bf16_speedup_over_fp32", "monitor_share", "data_share",
+                               "mlra_over_mha_step_time", "monitor_share_ab", "bf16_speedup_over_fp32_eager",
+                               "mlra_over_mha_peak_rss", "monitor_share_every_step", "gradvar_over_tev")}
+    result = {"device": "cpu", "threads": 2, "torch": "x", "peak_fp32_flops": 3e11, "peak_bf16_flops": 2e12,
+              "training": {"fp32": m}, "tev_step_s": 0.01, "tev_exact_s": 0.1, "tokenizer_tokens_per_s": 1e6,
+              "ratios": ratios, "best_bf16": "bf16",
+              "targets": {k: {"value": 1.0, "op": op, "target": t, "met": bench._met(1.0, op, t)}
+                          for k, (op, t) in bench.TARGETS.items()}}
+    table = bench.format_table(result)
+    for name in bench.TARGETS:
+        assert name in table
+    assert "NOT met" in table and " met" in table
