@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from steadylm.data import tokenizer as tokmod
-from steadylm.data.cache import Artifact, sha256_file
+from steadylm.data.cache import Artifact
+from steadylm.fsutil import sha256_file
 from steadylm.data.tokenizer import Tokenizer, build_tokenizer, gpt2_bpe_files, gpt2_tokenizer, train_bpe
 from steadylm.errors import DataError
 

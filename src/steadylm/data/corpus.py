@@ -19,7 +19,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from steadylm.data.cache import Artifact, atomic_write, cache_dir, fetch
+from steadylm.data.cache import Artifact, cache_dir, fetch
+from steadylm.fsutil import atomic_write
 from steadylm.errors import DataError
 
 

@@ -24,7 +24,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from steadylm.config import DataConfig
-from steadylm.data.cache import atomic_dir, atomic_write, cache_dir
+from steadylm.data.cache import cache_dir
+from steadylm.fsutil import atomic_dir, atomic_write
 from steadylm.data.corpus import (
     DEFAULT_CORPUS_VERSION,
     DEFAULT_SOURCES,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steadylm.data.cache import atomic_write
+from steadylm.fsutil import atomic_write
 from steadylm.errors import DataError
 
 MAGIC = 0x4D4C5453  # b"STLM" read as a little-endian u32

@@ -16,7 +16,8 @@ from typing import Iterable
 import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 
-from steadylm.data.cache import Artifact, atomic_write, cache_dir, fetch
+from steadylm.data.cache import Artifact, cache_dir, fetch
+from steadylm.fsutil import atomic_write
 from steadylm.errors import DataError
 
 EOT = "<|endoftext|>"

@@ -16,7 +16,6 @@ verifies; a corrupt one is named on stderr and skipped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 from steadylm.errors import CheckpointError
+from steadylm.fsutil import fsync_dir, sha256_file
 from steadylm.train import faults
 
 
@@ -40,14 +40,6 @@ def step_dir_name(step: int) -> str:
     return f"{_PREFIX}{step:06d}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fsync_tree(root: Path) -> None:
     for p in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         fd = os.open(p, os.O_RDONLY)
@@ -55,15 +47,7 @@ def _fsync_tree(root: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-    _fsync_dir(root)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(root)
 
 
 def _files(root: Path) -> list[Path]:
@@ -147,7 +131,7 @@ def _write_rank0_files(tmp, step, model_state, trainer_state, config_toml, token
         "schema_version": SCHEMA_VERSION,
         "step": step,
         "world_size": world_size,
-        "files": {str(p.relative_to(tmp)): _sha256(p) for p in _files(tmp)},
+        "files": {str(p.relative_to(tmp)): sha256_file(p) for p in _files(tmp)},
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     _fsync_tree(tmp)
@@ -161,7 +145,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
         os.replace(final, aside)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     shutil.rmtree(aside, ignore_errors=True)
 
 
@@ -181,7 +165,7 @@ def verify_checkpoint(ckpt: Path) -> str | None:
         p = ckpt / rel
         if not p.is_file():
             return f"missing {rel}"
-        if _sha256(p) != digest:
+        if sha256_file(p) != digest:
             return f"{rel} does not match its sha256"
     return None
 
