@@ -11,6 +11,7 @@ once) plus 12·L·d·T for attention (T = block size), both forward and backward
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import resource
 import statistics
@@ -94,7 +95,7 @@ def _measure_training(label: str, overrides: list[str], steps: int, warmup: int)
     trainer._build()
     sync = _sync_for(trainer.ctx.device)
     # Skip the steps on which the periodic monitors fire, so the median is a typical step;
-    # their cost is measured separately (stats every 10, activations every 50, gradvar every 100).
+    # their cost is measured separately below.
     step = 1
     t0 = time.perf_counter()
     for _ in range(warmup):
@@ -114,27 +115,45 @@ def _measure_training(label: str, overrides: list[str], steps: int, warmup: int)
         sections.append(trainer.timer.take())
         step += 1
     step_s = statistics.median(times)
-    # The periodic monitors, one step each at their cadence (stats every 10, activations every 50,
-    # gradient variance every 100), as extra time over a typical step, then amortised.
+    # The periodic monitors, one step each on which only that monitor fires, as extra time over
+    # a typical step, amortised by its cadence.
+    mon = cfg.monitor
     periodic, gradvar_s = {}, None
-    if cfg.monitor.stats_every and cfg.monitor.act_every and cfg.monitor.gradvar_every:
+    if mon.stats_every and mon.act_every and mon.gradvar_every:
 
-        def timed_step(at: int) -> tuple[float, dict]:
-            t0 = time.perf_counter()
-            row, _, _ = trainer._train_step(at)
-            float(row["loss"])
-            sync()
-            return time.perf_counter() - t0, row
+        def first_after(every: int, avoid: tuple[int, ...] = ()) -> int:
+            at = every * (step // every + 1)
+            while any(at % o == 0 for o in avoid):
+                at += every
+            return at
 
-        t_stats, _ = timed_step(10 * (10 * (step // 100 + 1) + 1))  # a multiple of 10, not of 50
-        t_act, _ = timed_step(50 * (2 * (step // 100 + 1) + 1))  # a multiple of 50, not of 100
-        t_gv, row = timed_step(100 * (step // 100 + 2))
+        def timed_step(at: int, reps: int = 3) -> tuple[float, dict]:
+            """Median over `reps` steps that all fire the same monitors (at, at + lcm, ...)."""
+            times = []
+            for k in range(reps):
+                t0 = time.perf_counter()
+                row, _, _ = trainer._train_step(at + k * span)
+                float(row["loss"])
+                sync()
+                times.append(time.perf_counter() - t0)
+            return statistics.median(times), row
+
+        span = math.lcm(mon.stats_every, mon.act_every, mon.gradvar_every)
+
+        # A stats-only step and an activations-only step; the gradient-variance step also fires
+        # the others (its cadence is a multiple of theirs by default), so theirs are subtracted.
+        t_stats, _ = timed_step(first_after(mon.stats_every, (mon.act_every, mon.gradvar_every)))
+        t_act, _ = timed_step(first_after(mon.act_every, (mon.stats_every, mon.gradvar_every)))
+        at_gv = first_after(mon.gradvar_every)
+        t_gv, row = timed_step(at_gv)
         gradvar_s = float(row["grad_var_seconds"])
-        extra_stats = max(0.0, t_stats - step_s)
-        extra_act = max(0.0, t_act - step_s - extra_stats)
-        extra_gv = max(0.0, t_gv - step_s - extra_stats - extra_act)
-        periodic = {"stats_extra_s": extra_stats, "act_extra_s": extra_act, "gradvar_extra_s": extra_gv,
-                    "amortised_s": extra_stats / 10 + extra_act / 50 + extra_gv / 100}
+        extra = {"stats": max(0.0, t_stats - step_s), "act": max(0.0, t_act - step_s)}
+        also = sum(extra[k] for k, every in (("stats", mon.stats_every), ("act", mon.act_every)) if at_gv % every == 0)
+        extra["gradvar"] = max(0.0, t_gv - step_s - also)
+        cadence = {"stats": mon.stats_every, "act": mon.act_every, "gradvar": mon.gradvar_every}
+        periodic = {f"{k}_extra_s": v for k, v in extra.items()}
+        periodic["amortised_s"] = sum(extra[k] / cadence[k] for k in cadence)
+        periodic.update({f"{k}_every": v for k, v in cadence.items()})
     tokens = cfg.train.batch_size * cfg.model.block_size
     return TrainMeasure(
         label=label,
@@ -278,8 +297,9 @@ def format_table(r: dict[str, Any]) -> str:
     per = r["training"]["fp32"]["periodic"]
     lines += [
         f"  monitors: every step {extra['monitor_share_every_step']:.4f} of a step, plus periodic steps amortised "
-        f"(stats +{per.get('stats_extra_s', 0) * 1000:.0f} ms every 10, activations +{per.get('act_extra_s', 0) * 1000:.0f} ms "
-        f"every 50, gradient variance +{per.get('gradvar_extra_s', 0) * 1000:.0f} ms every 100)",
+        f"(stats +{per.get('stats_extra_s', 0) * 1000:.0f} ms every {per.get('stats_every')}, activations "
+        f"+{per.get('act_extra_s', 0) * 1000:.0f} ms every {per.get('act_every')}, gradient variance "
+        f"+{per.get('gradvar_extra_s', 0) * 1000:.0f} ms every {per.get('gradvar_every')})",
         f"  monitor share by A/B (monitors on vs off): {extra['monitor_share_ab']:+.3f}",
         f"  bf16 eager over fp32: {extra['bf16_speedup_over_fp32_eager']:.2f} x; best bf16 run: {r['best_bf16']}",
         f"  MLRA / MHA peak RSS: {extra['mlra_over_mha_peak_rss']:.3f}",
