@@ -1,0 +1,291 @@
+"""Run a sweep: every run of a spec in its own run directory, resumable, optionally in parallel.
+
+    DIR/spec.toml       the spec as given (a re-run must use the same spec)
+    DIR/index.jsonl     one line per run: name, variant, grid, seed, overrides, status, step, dir
+    DIR/runs/NAME/      the run directory (config.toml, metrics.jsonl, status.json, checkpoints/)
+    DIR/logs/NAME.log   output of runs trained in subprocesses (--jobs > 1)
+
+Re-running the same command continues the sweep: finished and diverged runs are kept as they
+are, runs with a config.toml that did not finish are resumed from their latest checkpoint, and
+the rest start. A run that fails is recorded with its error and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from steadylm.config import Config
+from steadylm.errors import SteadyLMError
+from steadylm.experiments.spec import RunPlan, SweepSpec
+from steadylm.fsutil import atomic_write
+
+DONE = ("finished", "diverged")  # results: a re-run keeps them
+POLL_SECONDS = 0.2
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def read_index(sweep_dir: Path) -> list[dict[str, Any]]:
+    path = Path(sweep_dir) / "index.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@dataclass
+class Entry:
+    plan: RunPlan
+    cfg: Config
+    run_dir: Path
+    status: str = "pending"
+    step: int = 0
+    error: str | None = None
+    seconds: float | None = None
+
+    def record(self, root: Path) -> dict[str, Any]:
+        rec = {**self.plan.index_fields(), "status": self.status, "step": self.step,
+               "dir": str(self.run_dir.relative_to(root))}
+        if self.error:
+            rec["error"] = self.error
+        if self.seconds is not None:
+            rec["seconds"] = round(self.seconds, 1)
+        return rec
+
+    def resumable(self) -> bool:
+        return (self.run_dir / "config.toml").is_file()
+
+
+class Sweep:
+    """The runs of `spec` under `out`; `run()` trains what is not done yet."""
+
+    def __init__(self, spec: SweepSpec, out: str | Path):
+        self.spec = spec
+        self.out = Path(out)
+        # Resolving every config first: a typo in the last variant must not wait hours to surface.
+        self.entries = [Entry(plan, cfg, self.out / "runs" / plan.name) for plan, cfg in spec.resolve()]
+        for e in self.entries:
+            st = read_status(e.run_dir)
+            if st.get("status") in DONE:
+                e.status, e.step = st["status"], int(st.get("step", 0))
+
+    @property
+    def todo(self) -> list[Entry]:
+        return [e for e in self.entries if e.status not in DONE]
+
+    # ------------------------------------------------------------------ files
+
+    def _check_out(self) -> None:
+        copy = self.out / "spec.toml"
+        if copy.is_file():
+            import tomllib
+
+            if tomllib.loads(copy.read_text(encoding="utf-8")) != self.spec.raw:
+                raise SteadyLMError(
+                    f"--out: {self.out} holds a sweep of a different spec ({copy}); "
+                    "re-run with that spec to continue it, or choose another folder"
+                )
+        elif self.out.exists() and any(self.out.iterdir()):
+            raise SteadyLMError(f"--out: {self.out} already holds other files; choose an empty or new folder")
+
+    def write_index(self) -> None:
+        text = "".join(json.dumps(e.record(self.out)) + "\n" for e in self.entries)
+        with atomic_write(self.out / "index.jsonl") as f:
+            f.write(text.encode("utf-8"))
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[int | None]:
+        """Hold DIR/.lock so that two sweeps never train the same run at once. Subprocesses
+        inherit the lock, so it outlives a sweep killed while its runs still train."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            yield None
+            return
+        fd = os.open(self.out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise SteadyLMError(f"--out: another sweep (or its runs) is still training in {self.out}") from None
+            yield fd
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, jobs: int = 1, progress: bool = True) -> bool:
+        """Train every run not done; returns False if the sweep was interrupted."""
+        self._check_out()
+        (self.out / "runs").mkdir(parents=True, exist_ok=True)
+        with self._locked() as lock:
+            with atomic_write(self.out / "spec.toml") as f:
+                f.write(self.spec.path.read_bytes())
+            self.write_index()
+            bar = _progress(len(self.entries), len(self.entries) - len(self.todo), progress)
+            try:
+                with _sigterm_as_interrupt():
+                    if jobs == 1:
+                        return self._sequential(bar)
+                    return self._parallel(jobs, bar, lock)
+            finally:
+                self.write_index()
+                if bar is not None:
+                    bar.close()
+
+    def _finish(self, e: Entry, bar, started: float) -> None:
+        e.seconds = time.perf_counter() - started
+        if e.status != "stopped":
+            _announce(bar, e)
+        self.write_index()
+
+    def _sequential(self, bar) -> bool:
+        from steadylm.train.trainer import Trainer
+
+        for e in self.todo:
+            started = time.perf_counter()
+            e.status, e.error = "running", None
+            self.write_index()
+            _show(bar, [e])
+            try:
+                result = Trainer(e.cfg, e.run_dir, resume=e.resumable(), progress=False).fit()
+                e.status, e.step = result.status, result.step
+                if result.status == "diverged":
+                    e.error = read_status(e.run_dir).get("reason")
+            except KeyboardInterrupt:
+                e.status = "stopped"
+                raise
+            except Exception as exc:  # a failed run is a result to record, not the end of the sweep
+                e.status, e.error = "failed", str(exc) if isinstance(exc, SteadyLMError) else f"{type(exc).__name__}: {exc}"
+                e.step = int(read_status(e.run_dir).get("step", 0))
+            self._finish(e, bar, started)
+            if e.status == "stopped":  # SIGINT/SIGTERM: the trainer saved a checkpoint; stop here
+                return False
+        return True
+
+    def _parallel(self, jobs: int, bar, lock: int | None) -> bool:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = str(max(1, cores // jobs))
+        # Each process would otherwise start one thread per core and they would fight for them.
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        (self.out / "logs").mkdir(exist_ok=True)
+        queue = list(self.todo)
+        running: dict[subprocess.Popen, tuple[Entry, float, int]] = {}
+        try:
+            while queue or running:
+                while queue and len(running) < jobs:
+                    e = queue.pop(0)
+                    running[self._spawn(e, env, lock)] = (e, time.perf_counter(), _log_size(self._log(e)))
+                    e.status, e.error = "running", None
+                    self.write_index()
+                _show(bar, [e for e, _, _ in running.values()])
+                time.sleep(POLL_SECONDS)
+                for proc in [p for p in running if p.poll() is not None]:
+                    e, started, log_start = running.pop(proc)
+                    self._collect(e, proc.returncode, log_start)
+                    self._finish(e, bar, started)
+        except KeyboardInterrupt:
+            # The trainers checkpoint and stop on SIGTERM; wait so no run is left half-saved.
+            for proc in running:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+            for proc, (e, started, log_start) in running.items():
+                proc.wait()
+                self._collect(e, proc.returncode, log_start)
+                if e.status == "failed":  # most likely our SIGTERM arrived before its handler was set
+                    e.status, e.error = "stopped", None
+                self._finish(e, bar, started)
+            return False
+        return True
+
+    def _log(self, e: Entry) -> Path:
+        return self.out / "logs" / f"{e.plan.name}.log"
+
+    def _spawn(self, e: Entry, env: dict[str, str], lock: int | None) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "steadylm", "train", "--config", self.spec.base,
+               *[a for o in e.plan.override_args() for a in ("--set", o)],
+               "--out", str(e.run_dir), "--no-progress"]
+        if e.resumable():
+            cmd.append("--resume")
+        log = open(self._log(e), "ab")
+        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
+        log.flush()
+        try:
+            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    pass_fds=(lock,) if lock is not None else ())
+        finally:
+            log.close()
+
+    def _collect(self, e: Entry, code: int, log_start: int) -> None:
+        st = read_status(e.run_dir)
+        e.step = int(st.get("step", 0))
+        status = st.get("status")
+        if status in DONE or (code == 0 and status == "stopped"):
+            # status.json is written last: a run killed after it (at exit) is still complete.
+            e.status, e.error = status, st.get("reason") if status == "diverged" else None
+        else:
+            tail = _last_line(self._log(e), log_start)
+            e.status, e.error = "failed", f"exit code {code}" + (f": {tail}" if tail else "")
+
+
+def _log_size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+def _last_line(path: Path, start: int) -> str:
+    """The last non-empty line this attempt wrote (its error message, for a failed run)."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        lines = [ln for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip() and not ln.startswith("===")]
+    return lines[-1].strip() if lines else ""
+
+
+def _progress(total: int, done: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc="sweep", unit="run", dynamic_ncols=True)
+
+
+def _show(bar, entries: list[Entry]) -> None:
+    if bar is not None:
+        bar.set_postfix_str(", ".join(e.plan.name for e in entries))
+
+
+def _announce(bar, e: Entry) -> None:
+    if bar is None:
+        return
+    bar.update(1)
+    if e.status != "finished":
+        bar.write(f"{e.plan.name}: {e.status}" + (f" ({e.error})" if e.error else ""))
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM stops the sweep like Ctrl-C does (runs checkpoint, the index is written)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
