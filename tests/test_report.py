@@ -166,6 +166,20 @@ def test_report_says_in_words_what_it_cannot_compute(sweep, handmade, tmp_path, 
     assert "already holds other files" in capsys.readouterr().err
 
 
+def test_preface_is_placed_under_the_title_in_both_renderings(sweep, tmp_path, capsys):
+    preface = tmp_path / "reading.md"
+    preface.write_text("## Reading\n\nMLRA lowers **TEV** at\nevery depth.\n\n- first `claim`\n  continued\n- second\n")
+    out = tmp_path / "rep"
+    assert main(["report", str(sweep), "--out", str(out), "--preface", str(preface)]) == 0
+    md = (out / "report.md").read_text()
+    assert md.index("## Reading") < md.index("## n_layer")
+    assert "MLRA lowers **TEV** at every depth.\n\n- first `claim` continued\n- second\n" in md
+    html = (out / "report.html").read_text()
+    assert "<h2>Reading</h2>" in html and "<li>first <code>claim</code> continued</li>" in html
+    assert main(["report", str(sweep), "--out", str(tmp_path / "x"), "--preface", str(tmp_path / "none.md")]) == 2
+    assert "--preface: cannot read" in capsys.readouterr().err
+
+
 def test_spearman_matches_hand_computed_values():
     # No ties: d = (0, -1, 1, 0), rho = 1 - 6 * 2 / (4 * 15) = 0.8
     assert spearman([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)

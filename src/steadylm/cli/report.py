@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="a sweep folder, a run folder, or a folder of runs")
     p.add_argument("--out", required=True, metavar="REPORT", help="report folder (replaced if it holds a report)")
     p.add_argument("--title", default="steadylm report", help="the report's title")
+    p.add_argument("--preface", metavar="FILE.md",
+                   help="Markdown (headings, paragraphs, - lists) placed under the title: your reading of the results")
     p.add_argument("--window", type=int, default=50, metavar="W",
                    help="early warning: differences forming a signal's baseline (default 50)")
     p.add_argument("--k", type=float, default=4.0, metavar="K",
@@ -40,9 +42,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from steadylm.errors import SteadyLMError
     from steadylm.experiments.report import Options, write_report
 
+    preface = ""
+    if args.preface:
+        try:
+            preface = open(args.preface, encoding="utf-8").read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SteadyLMError(f"--preface: cannot read {args.preface!r} ({e})") from None
     html = write_report(args.dirs, args.out, Options(window=args.window, k=args.k, horizon=args.horizon,
-                                                     title=args.title))
+                                                     title=args.title, preface=preface))
     print(f"report  {html.parent / 'report.md'}\nhtml    {html}")
     return 0

@@ -44,6 +44,31 @@ class Figure:
 Block = Heading | Para | Bullets | Table | Figure
 
 
+def parse_markdown(text: str) -> list[Block]:
+    """Blocks from plain Markdown: `#` headings, `- ` bullet lists and paragraphs, separated by
+    blank lines (a reading written by hand, placed in a generated report)."""
+    blocks: list[Block] = []
+    for chunk in re.split(r"\n\s*\n", text.strip()):
+        lines = [ln.strip() for ln in chunk.splitlines() if ln.strip()]
+        if not lines:
+            continue
+        if lines[0].startswith("#"):
+            marks = len(lines[0]) - len(lines[0].lstrip("#"))
+            blocks.append(Heading(lines[0][marks:].strip(), marks))
+            lines = lines[1:]
+        if lines and lines[0].startswith("- "):
+            items: list[str] = []
+            for ln in lines:
+                if ln.startswith("- "):
+                    items.append(ln[2:])
+                else:  # a continuation line of the item above
+                    items[-1] += " " + ln
+            blocks.append(Bullets(items))
+        elif lines:
+            blocks.append(Para(" ".join(lines)))
+    return blocks
+
+
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 

@@ -23,7 +23,9 @@ import numpy as np
 import steadylm
 from steadylm.errors import SteadyLMError
 from steadylm.experiments import analysis, plots
-from steadylm.experiments.document import Block, Bullets, Figure, Heading, Para, Table, to_html, to_markdown
+from steadylm.experiments.document import (
+    Block, Bullets, Figure, Heading, Para, Table, parse_markdown, to_html, to_markdown,
+)
 from steadylm.experiments.runs import Run, load_runs
 from steadylm.experiments.spec import short_float
 
@@ -37,6 +39,7 @@ class Options:
     k: float = 4.0  # out of range beyond k standard deviations of that baseline
     horizon: int = 50  # H: how far before a spike a flag counts as a warning
     title: str = "steadylm report"
+    preface: str = ""  # Markdown placed under the title: a reading of the results by hand
 
 
 # ----------------------------------------------------------------- formatting
@@ -113,6 +116,7 @@ class Report:
                  f"seeds: {', '.join(map(str, seen('seed')))}; variants: {', '.join(self.variants)}. "
                  f"Generated {time.strftime('%Y-%m-%d %H:%M')} by steadylm {steadylm.__version__}."),
         ]
+        self.blocks += parse_markdown(self.opt.preface)
         empty = [r for r in self.runs if not r.rows]
         if empty:
             self.blocks.append(Para("Runs without metrics (left out below): " + "; ".join(
