@@ -155,10 +155,24 @@ class TrainConfig:
     eval_every: int = 100  # 0 disables evaluation
     eval_batches: int = 10  # validation micro-batches per evaluation
     checkpoint_every: int = 500  # 0: only the final checkpoint
+    # "every": checkpoints every checkpoint_every steps. "log": also at log-spaced steps, two per
+    # doubling (1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, ...: round(2^(k/2))), so early training,
+    # where geometry changes fastest, is sampled as densely as late training (`analyze --over-training`).
+    checkpoint_schedule: str = "every"
     keep_checkpoints: int = 0  # 0 keeps all; otherwise the newest N
     log_every: int = 10  # steps between host syncs that flush metrics
+    # Razzhigaev et al.'s pre-training regulariser, λ·mean over blocks l of mean over tokens of
+    # (1 − cos(h_l, h_{l−1})) ("cosine") or ‖h_l − h_{l−1}‖² ("mse"), h_0 the embedding output.
+    # Mean over blocks, not the paper's sum, so λ means the same at any depth (paper λ = this λ / L).
+    linearity_reg: float = 0.0  # λ; 0 disables it
+    linearity_reg_kind: str = "cosine"
 
-    CHOICES = {"precision": ("auto", "fp32", "bf16", "fp16"), "parallel": ("ddp", "fsdp")}
+    CHOICES = {
+        "precision": ("auto", "fp32", "bf16", "fp16"),
+        "parallel": ("ddp", "fsdp"),
+        "checkpoint_schedule": ("every", "log"),
+        "linearity_reg_kind": ("cosine", "mse"),
+    }
 
     def validate(self) -> None:
         for key in ("max_steps", "batch_size", "micro_batch_size", "log_every"):
@@ -168,7 +182,7 @@ class TrainConfig:
         for key in ("lr", "eps"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"train.{key}: must be > 0, got {getattr(self, key)}")
-        for key in ("min_lr", "weight_decay", "grad_clip", "z_loss"):
+        for key in ("min_lr", "weight_decay", "grad_clip", "z_loss", "linearity_reg"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key}: must be >= 0, got {getattr(self, key)}")
         if self.min_lr > self.lr:

@@ -30,6 +30,7 @@ from steadylm.data.prepare import PreparedData, prepare
 from steadylm.data.reader import SequenceReader, eval_sequences
 from steadylm.errors import CheckpointError, DataError, SteadyLMError
 from steadylm.model.gpt import GPT
+from steadylm.model.taps import BlockTaps
 from steadylm.monitor.tev import tev_histogram
 from steadylm.train import checkpoint as ckpt_io
 from steadylm.train import faults
@@ -37,6 +38,8 @@ from steadylm.train.distributed import DistContext, init_distributed, shutdown
 from steadylm.train.metrics import MetricsLog, truncate_metrics
 from steadylm.train.monitoring import TrainingMonitors, Verdict
 from steadylm.train.optim import build_optimizer, lr_at
+from steadylm.train.regularizers import penalty_sum
+from steadylm.train.schedule import checkpoint_due
 from steadylm.train.timing import StepTimer
 
 # Keys of [train] that may change on --resume: they do not alter the optimisation trajectory
@@ -45,7 +48,7 @@ TEV_HISTOGRAM_BINS = 50
 
 RESUMABLE_TRAIN_KEYS = {
     "max_steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every",
-    "compile", "device",
+    "compile", "device", "checkpoint_schedule",
 }
 
 
@@ -210,6 +213,9 @@ class Trainer:
             self.forward_model = torch.compile(self.forward_model)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.monitors = TrainingMonitors(self.model, cfg.monitor, self.vocab_rows, self.ctx, self.fsdp)
+        # The linearity regulariser reads the residual stream between blocks; None leaves the
+        # forward pass exactly as without it.
+        self.taps = BlockTaps(self.model.transformer.h, detach=False) if cfg.train.linearity_reg > 0 else None
         # Dropout draws differ per rank; after the shared init, each rank gets its own stream.
         torch.manual_seed(cfg.train.seed + 1 + self.ctx.rank)
 
@@ -290,6 +296,7 @@ class Trainer:
             mon.begin_step(step, n_micro, n_micro if self.scaler is None else n_micro / self.scaler.get_scale())
         loss_sum = torch.zeros((), device=self.ctx.device)
         zloss_sum = torch.zeros((), device=self.ctx.device)
+        reg_sum = torch.zeros((), device=self.ctx.device)
         for i in range(n_micro):
             with timed("data"):
                 x = x_all[i * mb:(i + 1) * mb].to(self.ctx.device, non_blocking=True)
@@ -304,13 +311,16 @@ class Trainer:
                 sync = self.forward_model.no_sync()
             with sync:
                 with timed("forward"), self._autocast():
-                    objective, log_z_sq = self.forward_model(x, targets=y, z_loss=cfg.train.z_loss)
+                    objective, log_z_sq, penalty = self._forward(x, y)
                 with timed("backward"):
+                    total = objective if penalty is None else objective + cfg.train.linearity_reg * penalty
                     if self.scaler is not None:
-                        self.scaler.scale(objective * scale).backward()
+                        self.scaler.scale(total * scale).backward()
                     else:
-                        (objective * scale).backward()
+                        (total * scale).backward()
             loss_sum += objective.detach() - cfg.train.z_loss * log_z_sq  # cross-entropy alone
+            if penalty is not None:
+                reg_sum += penalty.detach()
             zloss_sum += log_z_sq
         faults.crash_if_armed("mid-step", step)
         tokens_global = cfg.train.batch_size * T
@@ -328,6 +338,8 @@ class Trainer:
         row["grad_norm"] = grad_norm  # before clipping
         if cfg.train.z_loss > 0:
             row["z_loss"] = cfg.train.z_loss * self.ctx.all_reduce_sum(zloss_sum) / tokens_global  # the term added
+        if self.taps is not None:
+            row["linearity_reg"] = cfg.train.linearity_reg * self.ctx.all_reduce_sum(reg_sum) / tokens_global  # the term added
         with timed("monitors"):
             # fp16 gradients overflow now and then by design; the grad scaler skips those steps itself.
             verdict = mon.judge(step, loss, grad_norm if self.scaler is None else loss)
@@ -350,6 +362,18 @@ class Trainer:
         if skip:
             row["skipped"] = True
         return row, verdict, skip
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Summed objective and Σ log²Z of a micro-batch, and the linearity penalty summed over
+        tokens (None when train.linearity_reg is 0, which leaves the forward pass untouched)."""
+        z_loss = self.cfg.train.z_loss
+        if self.taps is None:
+            return *self.forward_model(x, targets=y, z_loss=z_loss), None
+        with self.taps:
+            objective, log_z_sq = self.forward_model(x, targets=y, z_loss=z_loss)
+        penalty = penalty_sum(self.taps.states, self.cfg.train.linearity_reg_kind)
+        self.taps.states = []  # the graph lives on in `penalty` until the backward, not here
+        return objective, log_z_sq, penalty
 
     def _model_state(self) -> dict[str, torch.Tensor] | None:
         """Consolidated fp32 weights on rank 0 (a collective under FSDP2), None on other ranks."""
@@ -582,7 +606,7 @@ class Trainer:
             interrupted = self._stop_requested()
             if (step + 1) % cfg.train.log_every == 0 or is_last or interrupted:
                 self._flush(metrics, bar)
-            if (cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0) or is_last or interrupted:
+            if checkpoint_due(step + 1, cfg.train) or is_last or interrupted:
                 self._last_ckpt = self._save(step + 1)
             step += 1
             if interrupted:
