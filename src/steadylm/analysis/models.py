@@ -87,19 +87,20 @@ class AnalysisModel:
 
 def load_for_analysis(path: str | Path) -> AnalysisModel:
     """The model at `path` (see the module doc), ready for `hidden.collect`."""
-    note = ""
     if str(path).startswith("pypi:"):
-        name = str(path)[5:]
-        path, note = real_model_path(name), REAL_MODELS[name].note
+        real = real_model_path(str(path)[5:])
+        model = load_for_analysis(real)
+        model.name, model.note = str(path), REAL_MODELS[str(path)[5:]].note  # the name the user gave
+        return model
     p = Path(path)
     if not p.exists():
         raise SteadyLMError(f"{path}: no such file or folder; give {FORMATS}")
     if p.is_dir() and ((p / "checkpoints").is_dir() or (p / "config.toml").is_file()):
         return load_steadylm(p)
     if p.is_dir() and (p / "config.json").is_file():
-        return _huggingface(p, note)
+        return _huggingface(p)
     if p.is_file() and p.suffix == ".gguf":
-        return _huggingface(p.parent, note, gguf_file=p.name)
+        return _huggingface(p.parent, gguf_file=p.name)
     raise SteadyLMError(f"{path}: not a model this command can run; give {FORMATS}")
 
 
@@ -146,7 +147,7 @@ def _transformers():
     return transformers
 
 
-def _huggingface(folder: Path, note: str, gguf_file: str | None = None) -> AnalysisModel:
+def _huggingface(folder: Path, gguf_file: str | None = None) -> AnalysisModel:
     tf = _transformers()
     kw = {"gguf_file": gguf_file} if gguf_file else {}
     what = folder / gguf_file if gguf_file else folder
@@ -159,7 +160,7 @@ def _huggingface(folder: Path, note: str, gguf_file: str | None = None) -> Analy
     decoder = not getattr(config, "is_encoder_decoder", False) and config.model_type not in _ENCODERS
     max_len = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions") if getattr(config, k, None)), 512)
     return AnalysisModel(module, _blocks(module, what), _hf_encoder(folder, what, kw), int(max_len), str(what),
-                         "gguf" if gguf_file else "huggingface", config.model_type, causal=decoder, note=note)
+                         "gguf" if gguf_file else "huggingface", config.model_type, causal=decoder)
 
 
 # Bidirectional encoders among transformers' model types (the rest of the common ones are causal LMs).
