@@ -184,12 +184,14 @@ class Sweep:
         running: dict[subprocess.Popen, tuple[Entry, float, int]] = {}
         try:
             while queue or running:
-                while queue and len(running) < jobs:
-                    e = queue.pop(0)
-                    running[self._spawn(e, env, lock)] = (e, time.perf_counter(), _log_size(self._log(e)))
-                    e.status, e.error = "running", None
-                    self.write_index()
-                _show(bar, [e for e, _, _ in running.values()])
+                if queue and len(running) < jobs:
+                    while queue and len(running) < jobs:
+                        e = queue.pop(0)
+                        running[self._spawn(e, env, lock)] = (e, time.perf_counter(), _log_size(self._log(e)))
+                        e.status, e.error = "running", None
+                        self.write_index()
+                    # Only when the running set changes: every redraw is a line in a redirected log.
+                    _show(bar, [e for e, _, _ in running.values()])
                 time.sleep(POLL_SECONDS)
                 for proc in [p for p in running if p.poll() is not None]:
                     e, started, log_start = running.pop(proc)
