@@ -12,6 +12,19 @@ def test_flops_per_token_counts_the_tied_head_once_and_no_positions():
     assert bench.flops_per_token(model) == 6 * n + 12 * 2 * 32 * 16
 
 
+def test_periodic_plan_times_each_monitor_on_its_least_shared_step():
+    # Default cadences: every activations step is a stats step, every gradvar step fires all three.
+    plan = bench.periodic_plan({"stats": 50, "act": 100, "gradvar": 200}, after=11)
+    assert plan == [("stats", 50, []), ("act", 100, ["stats"]), ("gradvar", 200, ["stats", "act"])]
+    # Co-prime cadences: each gets a step of its own.
+    plan = bench.periodic_plan({"stats": 10, "act": 25, "gradvar": 100}, after=100)
+    assert [(n, at % 10 == 0, at % 25 == 0, at % 100 == 0) for n, at, _ in plan] == [
+        ("stats", True, False, False), ("act", False, True, False), ("gradvar", True, True, True)]
+    assert plan[2][2] == ["stats", "act"] and all(at > 100 for _, at, _ in plan)
+    # Equal cadences cannot be separated: the second is timed on the first's steps.
+    assert bench.periodic_plan({"stats": 20, "act": 20, "gradvar": 40}, after=0)[1] == ("act", 20, ["stats"])
+
+
 def test_targets_compare_in_the_right_direction():
     assert bench._met(0.7, ">=", 0.65) and not bench._met(0.6, ">=", 0.65)
     assert bench._met(0.005, "<", 0.01) and not bench._met(0.01, "<", 0.01)
@@ -25,12 +38,13 @@ def test_table_renders_every_target():
     ratios = {k: 1.0 for k in ("fp32_fraction_of_peak", "bf16_speedup_over_fp32", "monitor_share", "data_share",
                                "mlra_over_mha_step_time", "monitor_share_ab", "bf16_speedup_over_fp32_eager",
                                "mlra_over_mha_peak_rss", "monitor_share_every_step", "gradvar_over_tev")}
-    result = {"device": "cpu", "threads": 2, "torch": "x", "peak_fp32_flops": 3e11, "peak_bf16_flops": 2e12,
+    result = {"device": "cpu", "processor": "Some CPU", "threads": 2, "torch": "x", "peak_fp32_flops": 3e11, "peak_bf16_flops": 2e12,
               "training": {"fp32": m}, "tev_step_s": 0.01, "tev_exact_s": 0.1, "tokenizer_tokens_per_s": 1e6,
               "ratios": ratios, "best_bf16": "bf16",
               "targets": {k: {"value": 1.0, "op": op, "target": t, "met": bench._met(1.0, op, t)}
                           for k, (op, t) in bench.TARGETS.items()}}
     table = bench.format_table(result)
+    assert "cpu (Some CPU), 2 threads" in table
     for name in bench.TARGETS:
         assert name in table
     assert "NOT met" in table and " met" in table

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import platform
 import resource
 import statistics
 import tempfile
@@ -85,6 +86,37 @@ class TrainMeasure:
     compile_s: float | None = None  # first (compiling) steps, when compiled
 
 
+def processor_name(device: torch.device) -> str:
+    """The GPU's or CPU's model name: the same machine type can land on different processors
+    (bf16 matmuls are several times faster on CPUs with AMX), so figures name theirs."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def periodic_plan(cadence: dict[str, int], after: int) -> list[tuple[str, int, list[str]]]:
+    """For each periodic monitor, in order of cadence: the step after `after` to time it on (the
+    one of its firing steps that fires the fewest others) and the monitors measured before it
+    that fire there too, whose extra time is subtracted. With the default cadences (50, 100,
+    200) each is a multiple of the last, so the activations step always fires the stats too."""
+    span = math.lcm(*cadence.values())
+    plan: list[tuple[str, int, list[str]]] = []
+    for name in sorted(cadence, key=lambda k: cadence[k]):
+        every = cadence[name]
+        first = every * (after // every + 1)
+        at = min(range(first, first + span, every), key=lambda a: sum(a % e == 0 for e in cadence.values()))
+        measured = [m for m, _, _ in plan]
+        plan.append((name, at, [o for o in measured if at % cadence[o] == 0]))
+    return plan
+
+
 def _measure_training(label: str, overrides: list[str], steps: int, warmup: int) -> TrainMeasure:
     """Runs in a spawned process: build the trainer, time `steps` steps after `warmup`."""
     from steadylm.config import load_config
@@ -115,17 +147,13 @@ def _measure_training(label: str, overrides: list[str], steps: int, warmup: int)
         sections.append(trainer.timer.take())
         step += 1
     step_s = statistics.median(times)
-    # The periodic monitors, one step each on which only that monitor fires, as extra time over
-    # a typical step, amortised by its cadence.
+    # The periodic monitors: each one's extra time over a typical step, amortised by its cadence.
     mon = cfg.monitor
     periodic, gradvar_s = {}, None
     if mon.stats_every and mon.act_every and mon.gradvar_every:
 
-        def first_after(every: int, avoid: tuple[int, ...] = ()) -> int:
-            at = every * (step // every + 1)
-            while any(at % o == 0 for o in avoid):
-                at += every
-            return at
+        cadence = {"stats": mon.stats_every, "act": mon.act_every, "gradvar": mon.gradvar_every}
+        span = math.lcm(*cadence.values())
 
         def timed_step(at: int, reps: int = 3) -> tuple[float, dict]:
             """Median over `reps` steps that all fire the same monitors (at, at + lcm, ...)."""
@@ -138,19 +166,12 @@ def _measure_training(label: str, overrides: list[str], steps: int, warmup: int)
                 times.append(time.perf_counter() - t0)
             return statistics.median(times), row
 
-        span = math.lcm(mon.stats_every, mon.act_every, mon.gradvar_every)
-
-        # A stats-only step and an activations-only step; the gradient-variance step also fires
-        # the others (its cadence is a multiple of theirs by default), so theirs are subtracted.
-        t_stats, _ = timed_step(first_after(mon.stats_every, (mon.act_every, mon.gradvar_every)))
-        t_act, _ = timed_step(first_after(mon.act_every, (mon.stats_every, mon.gradvar_every)))
-        at_gv = first_after(mon.gradvar_every)
-        t_gv, row = timed_step(at_gv)
-        gradvar_s = float(row["grad_var_seconds"])
-        extra = {"stats": max(0.0, t_stats - step_s), "act": max(0.0, t_act - step_s)}
-        also = sum(extra[k] for k, every in (("stats", mon.stats_every), ("act", mon.act_every)) if at_gv % every == 0)
-        extra["gradvar"] = max(0.0, t_gv - step_s - also)
-        cadence = {"stats": mon.stats_every, "act": mon.act_every, "gradvar": mon.gradvar_every}
+        extra: dict[str, float] = {}
+        for name, at, also in periodic_plan(cadence, after=step):
+            t, row = timed_step(at)
+            extra[name] = max(0.0, t - step_s - sum(extra[o] for o in also))
+            if name == "gradvar":
+                gradvar_s = float(row["grad_var_seconds"])
         periodic = {f"{k}_extra_s": v for k, v in extra.items()}
         periodic["amortised_s"] = sum(extra[k] / cadence[k] for k in cadence)
         periodic.update({f"{k}_every": v for k, v in cadence.items()})
@@ -211,7 +232,8 @@ def tokenizer_throughput(n_chars: int = 2_000_000) -> dict[str, float]:
 def run(steps: int = 6, warmup: int = 3, compile: bool = True, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Every measurement and ratio; the CLI prints it as a table or JSON."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    out: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    out: dict[str, Any] = {"device": str(device), "processor": processor_name(device), "threads": torch.get_num_threads(),
+                           "torch": torch.__version__}
     progress("matmul peak (fp32, bf16)")
     out["peak_fp32_flops"] = matmul_peak(torch.float32, device)
     out["peak_bf16_flops"] = matmul_peak(torch.bfloat16, device)
@@ -265,7 +287,7 @@ def _met(value: float, op: str, bound: float) -> bool:
 def format_table(r: dict[str, Any]) -> str:
     g = 1e9
     lines = [
-        f"steadylm bench on {r['device']}, {r['threads']} threads, torch {r['torch']}",
+        f"steadylm bench on {r['device']} ({r.get('processor', '?')}), {r['threads']} threads, torch {r['torch']}",
         f"matmul peak ({PEAK_SHAPE}^3): fp32 {r['peak_fp32_flops'] / g:.0f} GFLOP/s, bf16 {r['peak_bf16_flops'] / g:.0f} GFLOP/s",
         "",
         "training step at the reference config (GPT-2 vocab, 6 x 256, 4 heads, block 256, batch 8):",
