@@ -1,31 +1,73 @@
-"""`make demo`: prepare the default corpus and train the tiny-cpu preset end to end."""
+"""`make demo`: baseline against MLRA on a deep, narrow GPT-2, trained on the default corpus
+side by side, then the comparison table and the path of the HTML report."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
-from steadylm.cli.train import summary
-from steadylm.config import load_config
 from steadylm.errors import SteadyLMError
-from steadylm.train.trainer import Trainer
+
+SPEC = "demo.toml"  # steadylm/experiments/demo.toml: what is trained, with why
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def comparison_table(groups: list[dict]) -> str:
+    """One line per variant: the figures the paper compares (from the report's summary.json)."""
+
+    def cell(stat: dict, spec: str) -> str:
+        return "n/a" if stat["mean"] is None else format(stat["mean"], spec)
+
+    lines = [f"{'variant':<10} {'val loss':>9} {'val ppl':>9} {'mu_TEV':>9} {'sigma_TEV':>10} {'spikes':>7}  diverged"]
+    for g in groups:
+        lines.append(
+            f"{g['variant']:<10} {cell(g['final_val_loss'], '.4f'):>9} {cell(g['final_val_ppl'], '.2f'):>9} "
+            f"{cell(g['final_tev_mean'], '.5f'):>9} {cell(g['final_tev_std'], '.5f'):>10} {g['spikes']:>7}  "
+            f"{'yes' if g['diverged'] else 'no'}"
+        )
+    return "\n".join(lines)
 
 
 def main() -> int:
-    cfg = load_config("tiny-cpu")
+    import json
+
+    from steadylm.experiments.report import Options, write_report
+    from steadylm.experiments.spec import parse_spec
+    from steadylm.experiments.sweep import Sweep
+
     out = Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(f"steadylm demo: training preset tiny-cpu on the default corpus into {out}", flush=True)
-    try:
-        result = Trainer(cfg, out).fit()
-    except SteadyLMError as e:
-        print(f"steadylm demo: error: {e}", file=sys.stderr)
-        return 2
-    d = cfg.model.n_embd
-    print(summary(result))
-    print(f"(at GPT-2 init, mu_TEV = 0.0200 and sigma_TEV = 0.02/sqrt(2d) = {0.02 / (2 * d) ** 0.5:.6f})")
-    print(f"next: steadylm tev {out}   |   steadylm sample {out} --prompt 'ROMEO:'")
-    return 0 if result.status == "finished" else 1
+    jobs = 2 if _cores() >= 2 else 1
+    with resources.as_file(resources.files("steadylm.experiments") / SPEC) as spec_path:
+        try:
+            spec = parse_spec(spec_path)
+            sweep = Sweep(spec, out)
+            plan = sweep.entries[0].cfg
+            print(
+                f"steadylm demo: pre-LN baseline vs MLRA, {plan.model.n_layer} layers x {plan.model.n_embd} wide, "
+                f"{plan.train.max_steps} steps at lr {plan.train.lr:g}, on the default corpus, into {out}",
+                flush=True,
+            )
+            if not sweep.run(jobs=jobs):
+                print("steadylm demo: interrupted", file=sys.stderr)
+                return 130
+            html = write_report([out], out / "report", Options(title="steadylm demo: pre-LN baseline vs MLRA"))
+        except SteadyLMError as e:
+            print(f"steadylm demo: error: {e}", file=sys.stderr)
+            return 2
+    summary = json.loads((html.parent / "summary.json").read_text())
+    print()
+    print(comparison_table(summary["groups"]))
+    d = plan.model.n_embd
+    print(f"(at GPT-2 init, mu_TEV = 0.0200 and sigma_TEV = 0.02/sqrt(2d) = {0.02 / (2 * d) ** 0.5:.5f})")
+    print(f"report  {html}")
+    print(f"next    steadylm tev {out}/runs/*   |   steadylm sweep experiments/paper-cpu.toml --out runs/paper-cpu --jobs 2")
+    return 0 if all(e.status == "finished" for e in sweep.entries) else 1
 
 
 if __name__ == "__main__":
