@@ -117,6 +117,7 @@ def test_tiny_hf_folders(arch, text_file, tmp_path, capsys):
     (["{run}", "--tokens", "100000"], "distinct token positions"),
     (["{text}", "--over-training"], "needs a steadylm run folder"),
     (["{text}"], "not a model this command can run"),
+    (["{run}", "--device", "cuda:7"], "CUDA is not available"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, message, run_dir, text_file, capsys):
     argv = [a.format(run=run_dir, text=text_file) for a in argv]

@@ -63,9 +63,9 @@ def collect(model: AnalysisModel, texts: list[str], n_tokens: int = 4096, drop_f
             tokens = model.encode(chunk)[: model.max_len]
             if len(tokens) <= drop_first:
                 continue
-            model.run(torch.tensor([tokens], dtype=torch.long))
+            model.run(torch.tensor([tokens], dtype=torch.long, device=model.device))
             sequences += 1
-            per_layer = [s[0, drop_first:].float().numpy() for s in taps.states]  # L+1 x (t, d)
+            per_layer = [s[0, drop_first:].float().cpu().numpy() for s in taps.states]  # L+1 x (t, d)
             keep = []
             for t in range(per_layer[0].shape[0]):
                 digest = hashlib.blake2b(b"".join(s[t].tobytes() for s in per_layer), digest_size=16).digest()

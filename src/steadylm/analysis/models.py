@@ -62,7 +62,7 @@ REAL_MODELS = {
 
 @dataclass
 class AnalysisModel:
-    """An eval-mode fp32 CPU model and what `hidden.collect` needs to read its hidden states."""
+    """An eval-mode fp32 model and what `hidden.collect` needs to read its hidden states."""
 
     module: nn.Module
     blocks: nn.ModuleList  # the L transformer blocks, in order
@@ -74,6 +74,7 @@ class AnalysisModel:
     causal: bool
     note: str = ""
     step: int | None = None  # training step, for steadylm checkpoints
+    device: torch.device = torch.device("cpu")  # where `module` lives; token ids are sent there
 
     def run(self, ids: torch.Tensor) -> None:
         """One forward pass over ids (1, T); the hidden states are taken by hooks on `blocks`."""
@@ -85,23 +86,27 @@ class AnalysisModel:
             self.module(input_ids=ids)
 
 
-def load_for_analysis(path: str | Path) -> AnalysisModel:
-    """The model at `path` (see the module doc), ready for `hidden.collect`."""
+def load_for_analysis(path: str | Path, device: torch.device | str = "cpu") -> AnalysisModel:
+    """The model at `path` (see the module doc) on `device`, ready for `hidden.collect`."""
     if str(path).startswith("pypi:"):
         real = real_model_path(str(path)[5:])
-        model = load_for_analysis(real)
+        model = load_for_analysis(real, device)
         model.name, model.note = str(path), REAL_MODELS[str(path)[5:]].note  # the name the user gave
         return model
     p = Path(path)
     if not p.exists():
         raise SteadyLMError(f"{path}: no such file or folder; give {FORMATS}")
     if p.is_dir() and ((p / "checkpoints").is_dir() or (p / "config.toml").is_file()):
-        return load_steadylm(p)
-    if p.is_dir() and (p / "config.json").is_file():
-        return _huggingface(p)
-    if p.is_file() and p.suffix == ".gguf":
-        return _huggingface(p.parent, gguf_file=p.name)
-    raise SteadyLMError(f"{path}: not a model this command can run; give {FORMATS}")
+        model = load_steadylm(p)
+    elif p.is_dir() and (p / "config.json").is_file():
+        model = _huggingface(p)
+    elif p.is_file() and p.suffix == ".gguf":
+        model = _huggingface(p.parent, gguf_file=p.name)
+    else:
+        raise SteadyLMError(f"{path}: not a model this command can run; give {FORMATS}")
+    model.device = torch.device(device)
+    model.module.to(model.device)
+    return model
 
 
 def real_model_path(name: str) -> Path:

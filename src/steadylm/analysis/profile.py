@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from steadylm.analysis import geometry
 from steadylm.analysis.hidden import HiddenStates, collect
-from steadylm.analysis.models import AnalysisModel, load_steadylm
+from steadylm.analysis.models import AnalysisModel, load_for_analysis
 from steadylm.errors import SteadyLMError
 
 # Per-layer figures, then per-block (l-1 -> l) figures, in table and plot order.
@@ -91,11 +93,12 @@ def run_checkpoints(run: Path) -> list[Path]:
     return good
 
 
-def over_training(run: Path, texts: list[str], n_tokens: int, drop_first: int, progress: bool = True) -> dict:
+def over_training(run: Path, texts: list[str], n_tokens: int, drop_first: int, progress: bool = True,
+                  device: torch.device | str = "cpu") -> dict:
     """The profile of every checkpoint of `run`, on the same text sample: {"run", "checkpoints": [...]}."""
     from tqdm.auto import tqdm
 
     profiles = []
     for ckpt in tqdm(run_checkpoints(run), desc="checkpoints", unit="ckpt", disable=not progress):
-        profiles.append(analyze_model(load_steadylm(ckpt), texts, n_tokens, drop_first, progress=False))
+        profiles.append(analyze_model(load_for_analysis(ckpt, device), texts, n_tokens, drop_first, progress=False))
     return {"run": str(run), "checkpoints": profiles}

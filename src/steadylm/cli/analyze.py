@@ -46,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the profile as JSON")
     p.add_argument("--out", metavar="DIR", help="write profile.json, a Markdown table and plots to DIR")
     p.add_argument("--over-training", action="store_true", help="every checkpoint of a run, plotted against step")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default auto: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -54,23 +55,25 @@ def run(args: argparse.Namespace) -> int:
     from steadylm.analysis.geometry_report import format_table, write_outputs
     from steadylm.analysis.profile import analyze_model, over_training
     from steadylm.errors import SteadyLMError
+    from steadylm.train.distributed import resolve_device
 
     if args.tokens < 8:
         raise SteadyLMError(f"--tokens must be >= 8 (TwoNN and the held-out fit need a few points), got {args.tokens}")
     if args.drop_first < 0:
         raise SteadyLMError(f"--drop-first must be >= 0, got {args.drop_first}")
     progress = not args.no_progress
+    device = resolve_device(args.device, option="--device")
     path = Path(args.path)
     if args.over_training:
         from steadylm.analysis.profile import run_checkpoints
 
         run_checkpoints(path)  # reject a non-run before reading any text
-        result = over_training(path, _texts(args, progress), args.tokens, args.drop_first, progress)
+        result = over_training(path, _texts(args, progress), args.tokens, args.drop_first, progress, device)
         profiles = result["checkpoints"]
     else:
         from steadylm.analysis.models import load_for_analysis
 
-        model = load_for_analysis(args.path)
+        model = load_for_analysis(args.path, device)
         result = analyze_model(model, _texts(args, progress), args.tokens, args.drop_first, progress)
         profiles = [result]
     if args.out:

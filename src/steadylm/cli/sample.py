@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if not tok_path.is_file():
         raise SteadyLMError(f"{src}: no tokenizer.json to encode the prompt with")
     tok = Tokenizer.load(tok_path)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, option="--device")
     model = load_model(src, device=device)
     ids = tok.encode(args.prompt) or [tok.eot_id]
     torch.manual_seed(args.seed)
