@@ -6,26 +6,19 @@ import argparse
 import sys
 from collections import Counter
 
-HELP = """\
+from steadylm.experiments import spec as _spec
+
+# The spec format is documented once, in the spec module; --help shows it as written there.
+HELP = f"""\
 Train every run of a sweep spec: variants x grid x seeds on top of a base config.
 
-  [sweep]
-  base = "tiny-cpu"              # a preset, or a TOML file relative to the spec
-  seeds = [1, 2]                 # each becomes train.seed
-  [sweep.set]                    # applied to every run
-  "train.max_steps" = 300
-  [sweep.grid]                   # every combination
-  "model.n_layer" = [4, 8]
-  "train.lr" = [1e-3, 3e-3]
-  [sweep.variants.baseline]      # named recipes; an empty table is the base itself
-  [sweep.variants.mlra]
-  "model.attention" = "mlra"
+{_spec.__doc__.split(chr(10), 1)[1].strip(chr(10))}
 
-Every run's config is checked before any training. Runs go to DIR/runs/NAME (names like
-mlra-n_layer8-lr3e-3-s1); DIR/index.jsonl lists name, overrides, status and run folder.
-Re-running the same command continues: finished and diverged runs are kept, interrupted
-ones resume from their latest checkpoint, failed ones are tried again. A failed run is
-recorded and the sweep goes on; the exit code is 1 if any run failed.
+Every run's config is checked before any training. Runs go to DIR/runs/NAME;
+DIR/index.jsonl lists name, overrides, status and run folder. Re-running the same command
+continues: finished and diverged runs are kept, interrupted ones resume from their latest
+checkpoint, failed ones are tried again. A failed run is recorded and the sweep goes on;
+the exit code is 1 if any run failed.
 Then: steadylm report DIR --out REPORT."""
 
 
