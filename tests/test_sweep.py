@@ -58,6 +58,20 @@ model.attention = "mlra"
     assert cfgs["base-n_layer2-lr1e-3-s1"].model.attention == "mha"
 
 
+def test_seeds_first_order_keeps_recipe_order_within_each_seed(tmp_path, corpus):
+    spec = write_spec(tmp_path / "s.toml", corpus, """
+[sweep.grid]
+model.n_layer = [2, 3]
+[sweep.variants.base]
+[sweep.variants.mlra]
+model.attention = "mlra"
+""", drop=("model.n_layer",))
+    spec.write_text(spec.read_text().replace("seeds = [1, 2]", 'seeds = [1, 2]\norder = "seeds-first"'))
+    names = [p.name for p in parse_spec(spec).runs()]
+    assert names == ["base-n_layer2-s1", "base-n_layer3-s1", "mlra-n_layer2-s1", "mlra-n_layer3-s1",
+                     "base-n_layer2-s2", "base-n_layer3-s2", "mlra-n_layer2-s2", "mlra-n_layer3-s2"]
+
+
 @pytest.mark.parametrize("x, text", [(3e-3, "3e-3"), (0.5, "0.5"), (1e-4, "1e-4"), (2.5e-3, "2.5e-3"), (2.0, "2"),
                                      (1234.5, "1234.5"), (6e-4, "6e-4")])
 def test_float_names(x, text):
@@ -97,12 +111,15 @@ def test_unknown_sweep_key_and_missing_base(tmp_path, capsys):
     (tmp_path / "a.toml").write_text('[sweep]\nbase = "tiny-cpu"\nseed = [1]\n')
     (tmp_path / "b.toml").write_text('[sweep]\nseeds = [1]\n')
     (tmp_path / "c.toml").write_text('[sweep]\nbase = "tiny-cpuu"\n')
+    (tmp_path / "d.toml").write_text('[sweep]\nbase = "tiny-cpu"\norder = "random"\n')
     assert main(["sweep", str(tmp_path / "a.toml"), "--out", str(tmp_path / "o")]) == 2
     assert "[sweep] seed: unknown key" in capsys.readouterr().err
     assert main(["sweep", str(tmp_path / "b.toml"), "--out", str(tmp_path / "o")]) == 2
     assert "base: required" in capsys.readouterr().err
     assert main(["sweep", str(tmp_path / "c.toml"), "--out", str(tmp_path / "o")]) == 2
     assert "did you mean 'tiny-cpu'" in capsys.readouterr().err
+    assert main(["sweep", str(tmp_path / "d.toml"), "--out", str(tmp_path / "o")]) == 2
+    assert "[sweep] order: 'random' is not one of recipes-first, seeds-first" in capsys.readouterr().err
 
 
 VARIANTS = '[sweep.variants.base]\n[sweep.variants.mlra]\n"model.attention" = "mlra"\n'

@@ -10,6 +10,7 @@ import torch.nn as nn
 from steadylm.config import load_config
 from steadylm.model.gpt import GPT
 from steadylm.monitor import TEVMonitor, tev_histogram, tev_per_row, tev_summary
+from steadylm.monitor.tev import frequency_groups
 
 
 def numpy_tev(w: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -131,3 +132,31 @@ def test_all_reduce_seen_takes_the_union_over_ranks(tmp_path):
     mp.spawn(_union_worker, args=(2, f"file://{tmp_path / 'store'}", out), nprocs=2)
     for rank in range(2):
         assert torch.load(f"{out}.{rank}").nonzero().flatten().tolist() == [0, 1, 5, 8]
+
+
+def test_frequency_groups_split_ranked_rows_into_equal_thirds():
+    counts = torch.tensor([5, 0, 9, 9, 1, 3, 7, 2])  # ranked: 2,3 (9, ties by id), 6, 0, 5, 7, 4, 1
+    groups = frequency_groups(counts)
+    assert list(groups) == ["freq_hi", "freq_mid", "freq_lo"]
+    assert torch.nonzero(groups["freq_hi"]).flatten().tolist() == [2, 3, 6]
+    assert torch.nonzero(groups["freq_mid"]).flatten().tolist() == [0, 5, 7]
+    assert torch.nonzero(groups["freq_lo"]).flatten().tolist() == [1, 4]
+    union = groups["freq_hi"] | groups["freq_mid"] | groups["freq_lo"]
+    assert union.all() and sum(int(m.sum()) for m in groups.values()) == 8
+    with pytest.raises(ValueError, match="at least 3 rows"):
+        frequency_groups(torch.tensor([1, 2]))
+
+
+def test_monitor_group_figures_match_numpy_over_each_group():
+    torch.manual_seed(0)
+    weight = torch.randn(12, 16) * torch.linspace(0.5, 2.0, 12)[:, None]
+    counts = torch.arange(12).flip(0)  # row 0 most frequent
+    mon = TEVMonitor(weight, vocab_size=12, row_groups=frequency_groups(counts))
+    out = mon.compute()
+    tev = weight.numpy().std(axis=1)
+    for name, rows in (("freq_hi", slice(0, 4)), ("freq_mid", slice(4, 8)), ("freq_lo", slice(8, 12))):
+        assert float(out[f"tev_mean/{name}"]) == pytest.approx(tev[rows].mean(), rel=1e-5)
+        assert float(out[f"tev_std/{name}"]) == pytest.approx(tev[rows].std(), rel=1e-4)
+    with pytest.raises(ValueError, match="non-empty boolean mask of 12 rows"):
+        TEVMonitor(weight, vocab_size=12, row_groups={"bad": torch.ones(11, dtype=torch.bool)})
+

@@ -126,3 +126,17 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, corpus, capsys):
     assert main(["train", *sets, "--set", "model.n_head=3", "--out", str(tmp_path / "y"), "--resume"]) == 2
     assert main(["train", *sets, "--set", "train.seed=5", "--out", str(tmp_path / "r"), "--resume"]) == 2
     assert "train.seed differs" in capsys.readouterr().err
+
+
+def test_frequency_group_tev_is_logged_and_pools_to_the_overall_mean(tmp_path, corpus):
+    cfg = tiny_config(corpus, **{"monitor.tev_freq_groups": True, "train.max_steps": 2})
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer.fit()
+    steps = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "event" not in r]
+    groups = ("freq_hi", "freq_mid", "freq_lo")
+    assert all(f"tev_mean/{g}" in r and f"tev_std/{g}" in r for r in steps for g in groups)
+    # Every real row is in exactly one group, so the size-weighted group means give the overall mean.
+    sizes = [len(part) for part in torch.tensor_split(torch.arange(trainer.vocab_rows), 3)]
+    last = steps[-1]
+    pooled = sum(last[f"tev_mean/{g}"] * n for g, n in zip(groups, sizes)) / sum(sizes)
+    assert pooled == pytest.approx(last["tev_mean"], rel=1e-5)

@@ -202,6 +202,9 @@ class MonitorConfig:
     """Always-on stability monitoring."""
 
     tev_every: int = 1  # steps between TEV readings; 0 disables
+    # Also TEV over the most frequent, middle and rarest third of the vocabulary (by count in the
+    # training split): `tev_mean/freq_hi` ... `tev_std/freq_lo`.
+    tev_freq_groups: bool = False
     # Cadences keep all default monitors under 1% of a step (measured by `steadylm bench`):
     stats_every: int = 50  # per-block parameter norms and update ratios (they copy the weights); 0 disables
     gradvar_every: int = 200  # the gradient-variance reference (K >= 2 micro-batches); 0 disables

@@ -3,6 +3,7 @@
     [sweep]
     base = "tiny-cpu"          # a preset, or a TOML file (relative to this spec)
     seeds = [1, 2]             # each becomes train.seed
+    order = "recipes-first"    # or "seeds-first": a cut-off sweep then leaves whole seeds
 
     [sweep.set]                # applied to every run
     "train.max_steps" = 300
@@ -37,7 +38,11 @@ from typing import Any
 from steadylm.config import SECTIONS, Config, load_config, preset_names
 from steadylm.errors import SteadyLMError
 
-SWEEP_KEYS = ("base", "seeds", "set", "grid", "variants")
+SWEEP_KEYS = ("base", "seeds", "order", "set", "grid", "variants")
+# "recipes-first": variants outermost and seeds innermost, so a partial sweep covers every recipe
+# early; "seeds-first": seeds outermost, so a partial sweep holds complete seed replicates (paired
+# comparisons need every arm of a seed).
+ORDERS = ("recipes-first", "seeds-first")
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]*")
 
 
@@ -111,17 +116,19 @@ class SweepSpec:
     fixed: dict[str, Any]
     grid: dict[str, list[Any]]
     variants: dict[str, dict[str, Any]]
+    order: str = "recipes-first"
 
     def runs(self) -> list[RunPlan]:
-        """Every run, variants outermost and seeds innermost, so partial sweeps cover recipes first."""
+        """Every run, in the spec's `order` (see ORDERS)."""
         varying = [k for k, values in self.grid.items() if len(values) > 1]
         labels = _short_labels(varying)
         variants: list[tuple[str | None, dict[str, Any]]] = list(self.variants.items()) or [(None, {})]
         seeds: list[int | None] = list(self.seeds) if self.seeds is not None else [None]
+        combos = list(itertools.product(variants, itertools.product(*self.grid.values()), seeds))
+        if self.order == "seeds-first":
+            combos.sort(key=lambda c: seeds.index(c[2]))  # stable: recipes keep their order within a seed
         plans = []
-        for (variant, vset), values, seed in itertools.product(
-            variants, itertools.product(*self.grid.values()), seeds
-        ):
+        for (variant, vset), values, seed in combos:
             point = dict(zip(self.grid, values))
             parts = [variant] if variant else []
             parts += [_name_part(labels[k], point[k]) for k in varying]
@@ -223,6 +230,12 @@ def _seeds(path: Path, seeds: Any) -> list[int] | None:
     return seeds
 
 
+def _order(path: Path, order: Any) -> str:
+    if order not in ORDERS:
+        raise SteadyLMError(f"{path}: [sweep] order: {order!r} is not one of {', '.join(ORDERS)}")
+    return order
+
+
 def _grid(path: Path, raw: Any) -> dict[str, list[Any]]:
     grid = _table(f"{path}: [sweep.grid]", raw)
     for key, values in grid.items():
@@ -297,6 +310,7 @@ def parse_spec(path: str | Path) -> SweepSpec:
         fixed=_table(f"{path}: [sweep.set]", sweep.get("set", {})),
         grid=_grid(path, sweep.get("grid", {})),
         variants=_variants(path, sweep.get("variants", {})),
+        order=_order(path, sweep.get("order", "recipes-first")),
     )
     _check_disjoint(path, spec)
     return spec

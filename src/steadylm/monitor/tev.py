@@ -64,6 +64,32 @@ def tev_histogram(tev: torch.Tensor, bins: int = 20) -> tuple[torch.Tensor, torc
     return counts, edges
 
 
+# Names of the frequency groups, most frequent first: `tev_mean/freq_hi` and so on.
+FREQUENCY_GROUPS = ("freq_hi", "freq_mid", "freq_lo")
+
+
+def frequency_groups(counts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Row masks (V,) of the most frequent, middle and rarest third of the vocabulary.
+
+    `counts` (V,) are the tokens' occurrences (e.g. in the training split). Rows are ranked by
+    count, ties broken by token id so the split is deterministic, and cut into three groups of
+    equal size (the first groups take the remainder). Rare rows receive input-embedding gradient
+    only when their token occurs, so their TEV separates the gradient's own noise from the
+    schedule better than the all-row mean, which frequent rows and the tied head dominate.
+    """
+    v = counts.numel()
+    if v < len(FREQUENCY_GROUPS):
+        raise ValueError(f"need at least {len(FREQUENCY_GROUPS)} rows to form frequency groups, got {v}")
+    # Stable sort of -count keeps ascending token id within equal counts.
+    order = torch.sort(-counts.to(torch.float64), stable=True).indices
+    masks = {}
+    for name, part in zip(FREQUENCY_GROUPS, torch.tensor_split(order, len(FREQUENCY_GROUPS))):
+        mask = torch.zeros(v, dtype=torch.bool, device=counts.device)
+        mask[part] = True
+        masks[name] = mask
+    return masks
+
+
 WeightSource = nn.Module | torch.Tensor | Callable[[], torch.Tensor]
 
 
@@ -75,6 +101,13 @@ def _getter(source: WeightSource) -> Callable[[], torch.Tensor]:
     if callable(source):
         return source
     raise TypeError(f"expected an nn.Embedding, a weight tensor or a callable returning the weight, got {type(source).__name__}")
+
+
+def _masked_mean_std(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population std of `values` where the float mask is 1; NaN for an empty mask."""
+    n = mask.sum()
+    mean = (values * mask).sum() / n
+    return mean, (((values - mean) ** 2) * mask).sum().div(n).sqrt()
 
 
 class TEVMonitor:
@@ -90,13 +123,22 @@ class TEVMonitor:
     head every row receives gradient each step, so TEV over seen rows is a second, named figure.
     The seen mask is the monitor's state (`state_dict`), to be checkpointed with the run.
 
+    `row_groups` maps a name to a (vocab_size,) boolean mask of rows (e.g. `frequency_groups`);
+    each group adds `tev_mean/NAME tev_std/NAME` over its rows.
+
     Per step::
 
         tev.observe_tokens(idx)        # each micro-batch's input ids, any shape
         row.update(tev.compute())      # 0-d fp32 tensors, no host sync
     """
 
-    def __init__(self, embedding: WeightSource, vocab_size: int | None = None, untied_head: WeightSource | None = None):
+    def __init__(
+        self,
+        embedding: WeightSource,
+        vocab_size: int | None = None,
+        untied_head: WeightSource | None = None,
+        row_groups: dict[str, torch.Tensor] | None = None,
+    ):
         self._weight = _getter(embedding)
         self._head = _getter(untied_head) if untied_head is not None else None
         w = self._weight()
@@ -106,12 +148,20 @@ class TEVMonitor:
         if not 0 < self.vocab_size <= w.shape[0]:
             raise ValueError(f"vocab_size={self.vocab_size} must be in 1..{w.shape[0]} (the embedding's rows)")
         self.seen = torch.zeros(self.vocab_size, dtype=torch.bool, device=w.device)
+        self.row_groups = {}
+        for name, mask in (row_groups or {}).items():
+            if mask.shape != (self.vocab_size,) or mask.dtype != torch.bool or not mask.any():
+                raise ValueError(f"row group {name!r} must be a non-empty boolean mask of {self.vocab_size} rows")
+            # Float weights so the group figures need no boolean indexing (which syncs the host).
+            self.row_groups[name] = mask.to(w.device, torch.float32)
 
     @classmethod
-    def for_model(cls, model: nn.Module, vocab_size: int | None = None) -> "TEVMonitor":
+    def for_model(
+        cls, model: nn.Module, vocab_size: int | None = None, row_groups: dict[str, torch.Tensor] | None = None
+    ) -> "TEVMonitor":
         """A monitor on `model`'s input embedding, and its output head when that is untied."""
         layout = model_layout(model)
-        return cls(layout.embedding, vocab_size, untied_head=layout.head)
+        return cls(layout.embedding, vocab_size, untied_head=layout.head, row_groups=row_groups)
 
     @torch.no_grad()
     def observe_tokens(self, idx: torch.Tensor) -> None:
@@ -120,16 +170,16 @@ class TEVMonitor:
 
     @torch.no_grad()
     def compute(self) -> dict[str, torch.Tensor]:
-        """`tev_mean tev_std tev_seen_mean tev_seen_std` (+ `tev_head_mean tev_head_std`), 0-d fp32.
+        """`tev_mean tev_std tev_seen_mean tev_seen_std` (+ `tev_head_mean tev_head_std`, and
+        `tev_mean/NAME tev_std/NAME` per row group), 0-d fp32.
 
         The seen-row figures are NaN until a token has been observed.
         """
         tev = tev_per_row_fast(self._weight(), self.vocab_size)
-        mask = self.seen.to(tev.dtype)
-        n = mask.sum()
-        seen_mean = (tev * mask).sum() / n
-        seen_std = (((tev - seen_mean) ** 2) * mask).sum().div(n).sqrt()
+        seen_mean, seen_std = _masked_mean_std(tev, self.seen.to(tev.dtype))
         out = {"tev_mean": tev.mean(), "tev_std": tev.std(correction=0), "tev_seen_mean": seen_mean, "tev_seen_std": seen_std}
+        for name, weights in self.row_groups.items():
+            out[f"tev_mean/{name}"], out[f"tev_std/{name}"] = _masked_mean_std(tev, weights)
         if self._head is not None:
             head = tev_per_row_fast(self._head(), self.vocab_size)
             out["tev_head_mean"], out["tev_head_std"] = head.mean(), head.std(correction=0)

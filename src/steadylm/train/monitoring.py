@@ -18,7 +18,7 @@ from steadylm.monitor.gradvar import GradVarianceMonitor
 from steadylm.monitor.nonfinite import first_nonfinite_grad
 from steadylm.monitor.params import ParamStatsMonitor
 from steadylm.monitor.spikes import SpikeDetector
-from steadylm.monitor.tev import TEVMonitor, tev_per_row
+from steadylm.monitor.tev import TEVMonitor, frequency_groups, tev_per_row
 from steadylm.train.distributed import DistContext, sharded_tev_summary
 
 
@@ -40,10 +40,19 @@ class TrainingMonitors:
     non-finite guards; the gradient-variance reference, per-block norms, the seen-row TEV and the
     activation probe need whole tensors and are off under FSDP2."""
 
-    def __init__(self, model: torch.nn.Module, cfg: MonitorConfig, vocab_rows: int, ctx: DistContext, fsdp: bool):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg: MonitorConfig,
+        vocab_rows: int,
+        ctx: DistContext,
+        fsdp: bool,
+        token_counts: torch.Tensor | None = None,
+    ):
         self.cfg, self.ctx, self.fsdp, self.model = cfg, ctx, fsdp, model
         self.vocab_rows = vocab_rows
-        self.tev = None if fsdp else TEVMonitor.for_model(model, vocab_size=vocab_rows)
+        groups = frequency_groups(token_counts) if cfg.tev_freq_groups and token_counts is not None else None
+        self.tev = None if fsdp else TEVMonitor.for_model(model, vocab_size=vocab_rows, row_groups=groups)
         self.stats = None if fsdp else ParamStatsMonitor(model)
         self.gradvar = None if fsdp or not cfg.gradvar_every else GradVarianceMonitor(model)
         self.acts = None if fsdp or not cfg.act_every else ActivationMonitor(model)

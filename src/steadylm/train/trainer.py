@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
@@ -212,7 +213,10 @@ class Trainer:
         if cfg.train.compile:
             self.forward_model = torch.compile(self.forward_model)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
-        self.monitors = TrainingMonitors(self.model, cfg.monitor, self.vocab_rows, self.ctx, self.fsdp)
+        counts = None
+        if cfg.monitor.tev_freq_groups:
+            counts = torch.from_numpy(np.bincount(self.data.train, minlength=self.vocab_rows)[: self.vocab_rows])
+        self.monitors = TrainingMonitors(self.model, cfg.monitor, self.vocab_rows, self.ctx, self.fsdp, counts)
         # The linearity regulariser reads the residual stream between blocks; None leaves the
         # forward pass exactly as without it.
         self.taps = BlockTaps(self.model.transformer.h, detach=False) if cfg.train.linearity_reg > 0 else None
