@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from steadylm.errors import SteadyLMError
     from steadylm.tasks import TASK_NAMES
+    from steadylm.tasks.task import check_task_name
 
     fetch = list(TASK_NAMES) if "all" in args.fetch else list(dict.fromkeys(args.fetch))
     unknown = [name for name in fetch if name not in TASK_NAMES]
@@ -56,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
             f"--fetch: unknown task {unknown[0]!r}; valid: {', '.join(TASK_NAMES)}, all"
         )
     names = list(dict.fromkeys(args.names)) or list(TASK_NAMES)
+    for name in names:  # before any download
+        check_task_name(name)
     entries = describe(names, fetch, progress=not args.no_progress)
     if args.json:
         json.dump(entries, sys.stdout, indent=1)
@@ -82,7 +85,7 @@ def describe(names: list[str], fetch: list[str], progress: bool) -> list[dict]:
                          labels=list(source.labels), classes=len(source.labels))  # fmt: skip
             entries.append(entry)
             continue
-        # Unknown names and bad files stop here with load_task's one-line error.
+        # Bad files stop here with load_task's one-line error.
         task, info = loaded.get(name) or load_task_info(name, progress=progress)
         splits = {"train": task.train, "validation": task.validation, "test": task.test}
         counts = [0] * len(task.labels)

