@@ -446,3 +446,15 @@ def test_bad_files_exit_2(tmp_path, capsys):
     (tmp_path / "empty.jsonl").write_text("")
     for name in ("nolabel.csv", "empty.jsonl"):
         _one_line_exit_2(main(["tasks", str(tmp_path / name)]), capsys.readouterr().err)
+
+
+def test_names_are_checked_before_any_download(fake_sources, capsys):
+    _one_line_exit_2(main(["tasks", "imdb", "--fetch", "rt"]), capsys.readouterr().err)
+    assert not is_cached("rt")
+
+
+def test_fetch_shows_a_progress_bar_unless_told_not_to(fake_sources, capsys):
+    assert main(["tasks", "bbc", "--fetch", "bbc"]) == 0
+    assert "bbc: 100%" in capsys.readouterr().err
+    assert main(["tasks", "rt", "--fetch", "rt", "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
