@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from steadylm.config import ModelConfig, TrainConfig
+from steadylm.config import Config, ModelConfig, TrainConfig, config_from_dict
 from steadylm.errors import SteadyLMError
 from steadylm.experiments.sweep import read_index, read_status
 from steadylm.train.metrics import read_metrics
@@ -54,6 +54,16 @@ class Run:
     error: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)  # one per step, in step order
     events: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)  # the run's config.toml as read
+
+    def cfg(self) -> Config | None:
+        """The run's resolved config, or None when its config.toml is missing or no longer valid."""
+        if not self.config:
+            return None
+        try:
+            return config_from_dict(self.config)
+        except SteadyLMError:
+            return None
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of the steps that logged `key`."""
@@ -137,6 +147,7 @@ def load_run(run_dir: Path, name: str | None = None, index: dict[str, Any] | Non
         error=index.get("error") or read_status(run_dir).get("reason") or read_status(run_dir).get("error"),
         rows=[rows[s] for s in sorted(rows)],
         events=events,
+        config=config,
     )
 
 
