@@ -293,7 +293,7 @@ class Report:
             "Two or three seeds cannot estimate a cell's own spread, so the standard error uses the variance of "
             "the paired differences pooled over all cells of the same learning rate (degrees of freedom: "
             f"{dfs or 'none'}); the interval is Student's t at {conf}. p tests Δ = 0; Holm's correction is over "
-            f"the **{cmp['family']} cells compared** (every cell, not the most favourable). Negative Δ: the "
+            f"the **{cmp['family']} cell{'s' if cmp['family'] != 1 else ''} compared** (every cell, not the most favourable). Negative Δ: the "
             "variant is better."))
         self.blocks.append(Table(
             ["n_layer", "lr", "variant", "seeds", "variant loss", f"{self.baseline} loss", "Δ", "SE",

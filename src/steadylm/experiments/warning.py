@@ -191,7 +191,7 @@ def early_warning(runs: list[Run], window: int, k: float, horizon: int, rise: fl
             if lead.outcome is Outcome.WARNED:
                 sc.leads.append(lead.steps)
         sc.scored = len(events) - sc.unscorable
-        if not events:
+        if not sc.scored:
             sc.chance_hits = None
     names = {**SIGNALS, **OTHER_SIGNALS}
     return {"window": window, "k": k, "horizon": horizon, "rise": rise, "draws": draws,
