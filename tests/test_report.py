@@ -10,8 +10,8 @@ import statistics
 
 import numpy as np
 import pytest
-
 from helpers import tiny_overrides, write_corpus
+
 from steadylm.cli import main
 from steadylm.config import load_config
 from steadylm.experiments.unigram import COLLAPSE_MARGIN, reference
@@ -96,7 +96,7 @@ def _section(md, heading):
 
 def _table(text, which=0):
     """The `which`-th Markdown table in `text` as a list of {header: cell} dicts."""
-    blocks = re.findall(r"((?:^\|.*\n?)+)", text, flags=re.M)
+    blocks = re.findall(r"((?:^\|.*\n?)+)", text, flags=re.MULTILINE)
     lines = blocks[which].strip().splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     return [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
@@ -114,7 +114,7 @@ def _close(cell, expected):
 
 def _finals(run_dir):
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    last = lambda k: [float(r[k]) for r in rows if k in r and "event" not in r][-1]  # noqa: E731
+    last = lambda k: [float(r[k]) for r in rows if k in r and "event" not in r][-1]
     return {k: last(k) for k in ("val_loss", "val_ppl", "tev_mean", "tev_std")}
 
 

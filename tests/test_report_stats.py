@@ -7,17 +7,30 @@ import math
 
 import numpy as np
 import pytest
+from helpers import tiny_config, write_corpus
 from scipy import stats as sp
 
-from helpers import tiny_config, write_corpus
 from steadylm.data.prepare import prepare
 from steadylm.experiments import analysis
 from steadylm.experiments.runs import Run
 from steadylm.experiments.stats import (
-    Estimate, grouped_spearman, holm, pooled_estimates, rankdata, spearman, t_quantile, t_sf2,
+    Estimate,
+    grouped_spearman,
+    holm,
+    pooled_estimates,
+    rankdata,
+    spearman,
+    t_quantile,
+    t_sf2,
 )
 from steadylm.experiments.tevstats import adam_references, crossing_step, signal
-from steadylm.experiments.unigram import COLLAPSE_MARGIN, Reference, collapsed, reference, unigram_entropy
+from steadylm.experiments.unigram import (
+    COLLAPSE_MARGIN,
+    Reference,
+    collapsed,
+    reference,
+    unigram_entropy,
+)
 from steadylm.experiments.warning import Outcome, early_warning, loss_events
 
 
@@ -40,7 +53,9 @@ def test_paired_interval_on_a_known_case():
     e = pooled_estimates({"a": [1.0, 2.0, 3.0]})["a"]
     assert (e.mean, e.n, e.df) == (2.0, 3, 2)
     assert e.se == pytest.approx(1 / math.sqrt(3))
-    assert (e.lo, e.hi) == pytest.approx((2 - 4.302653 / math.sqrt(3), 2 + 4.302653 / math.sqrt(3)), rel=1e-6)
+    assert (e.lo, e.hi) == pytest.approx(
+        (2 - 4.302653 / math.sqrt(3), 2 + 4.302653 / math.sqrt(3)), rel=1e-6
+    )
     assert e.p == pytest.approx(sp.ttest_1samp([1, 2, 3], 0).pvalue, rel=1e-9)
     # Pooled with a second cell (5, 7, 9): s² = (2 + 8) / 4 = 2.5 on 4 degrees of freedom.
     both = pooled_estimates({"a": [1.0, 2.0, 3.0], "b": [5.0, 7.0, 9.0]}, {"a": 0, "b": 0})
@@ -56,10 +71,14 @@ def test_spearman_matches_hand_computed_values():
     assert spearman([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)
     assert rankdata([5, 6, 7, 8, 7]).tolist() == [1, 2, 3.5, 5, 3.5]
     assert spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(8 / math.sqrt(95))
-    assert spearman([1, 2, float("nan"), 4, 5], [2, 1, 0, 4, 3]) == spearman([1, 2, 4, 5], [2, 1, 4, 3])
+    assert spearman([1, 2, float("nan"), 4, 5], [2, 1, 0, 4, 3]) == spearman(
+        [1, 2, 4, 5], [2, 1, 4, 3]
+    )
     assert spearman([1, 2], [1, 2]) is None and spearman([1, 1, 1], [1, 2, 3]) is None
     # Pooled within groups: the size-weighted mean of the groups' rhos.
-    c = grouped_spearman([1, 2, 3, 4, 1, 2, 3], [10, 30, 20, 40, 3, 2, 1], ["a"] * 4 + ["b"] * 3, permutations=0)
+    c = grouped_spearman(
+        [1, 2, 3, 4, 1, 2, 3], [10, 30, 20, 40, 3, 2, 1], ["a"] * 4 + ["b"] * 3, permutations=0
+    )
     assert c.rho == pytest.approx((4 * 0.8 + 3 * -1.0) / 7) and c.groups == 2 and c.n == 7
 
 
@@ -90,7 +109,15 @@ def _walk_run(drift: bool, steps: int = 200, lr: float = 1e-3, rows: int = 300, 
     for step in range(steps):
         emb = emb + lr * (sign if drift else rng.choice([-1.0, 1.0], size=emb.shape))
         tev = emb.std(axis=1)  # TEV_i: population std of row i over the hidden dimension
-        out.append({"step": step, "lr": lr, "loss": 5.0, "tev_mean": float(tev.mean()), "tev_std": float(tev.std())})
+        out.append(
+            {
+                "step": step,
+                "lr": lr,
+                "loss": 5.0,
+                "tev_mean": float(tev.mean()),
+                "tev_std": float(tev.std()),
+            }
+        )
     return Run("walk", None, "v", 2, lr, 1, "finished", rows=out)
 
 
@@ -101,7 +128,7 @@ def test_an_adam_like_walk_lands_at_the_drift_end_and_a_random_one_at_the_noise_
     noise = adam_references(_walk_run(drift=False))
     assert noise["position"][-1] == pytest.approx(0.0, abs=0.1)
     # ΔTEV/Σlr: μ_TEV's growth per unit of summed learning rate, undefined at the first reading.
-    steps, per_lr = signal(_walk_run(drift=True), "tev_per_lr")
+    _, per_lr = signal(_walk_run(drift=True), "tev_per_lr")
     assert math.isnan(per_lr[0]) and np.isfinite(per_lr[1:]).all()
 
 
@@ -117,8 +144,16 @@ def _event_run(signal_jump: int, event: int = 200, n: int = 300) -> Run:
     for s in range(n):
         loss = 4.0 - s / n + 0.02 * rng.standard_normal() + (2.5 if event <= s < event + 5 else 0.0)
         tev = 0.02 + 1e-5 * s + 1e-7 * rng.standard_normal() + (1e-4 if s >= signal_jump else 0.0)
-        rows.append({"step": s, "lr": 1e-3, "loss": loss, "tev_mean": tev, "tev_std": tev / 10,
-                     "grad_norm": 1 + 0.01 * rng.standard_normal()})
+        rows.append(
+            {
+                "step": s,
+                "lr": 1e-3,
+                "loss": loss,
+                "tev_mean": tev,
+                "tev_std": tev / 10,
+                "grad_norm": 1 + 0.01 * rng.standard_normal(),
+            }
+        )
     return Run(f"jump{signal_jump}", None, "v", 2, 1e-3, 1, "finished", rows=rows)
 
 
@@ -135,7 +170,9 @@ def test_a_lagging_signal_does_not_predict_a_loss_defined_event():
     # One alarm among ~270 judged steps lands in a 30-step horizon by luck about 11% of the time.
     assert score.alarms == 1 and 0.05 < score.chance_mean < 0.2 and score.p < 0.25
     # An event in the first W steps has no judged step before it.
-    early = early_warning([_event_run(signal_jump=10, event=20)], window=30, k=4.0, horizon=30, draws=50)
+    early = early_warning(
+        [_event_run(signal_jump=10, event=20)], window=30, k=4.0, horizon=30, draws=50
+    )
     assert early["events"][0].leads["tev_mean"].outcome is Outcome.UNSCORABLE
 
 
@@ -143,7 +180,11 @@ def test_collapsed_rule_and_unigram_reference(tmp_path):
     ref = Reference(5.0)
     assert collapsed(5.0 - COLLAPSE_MARGIN - 0.01, ref) is False
     assert collapsed(5.0 - COLLAPSE_MARGIN + 0.01, ref) is True
-    assert collapsed(6.5, ref) is True and collapsed(math.inf, ref) is True and collapsed(math.nan, ref) is True
+    assert (
+        collapsed(6.5, ref) is True
+        and collapsed(math.inf, ref) is True
+        and collapsed(math.nan, ref) is True
+    )
     assert collapsed(None, ref) is None and collapsed(4.0, Reference(None, error="x")) is None
     assert unigram_entropy(np.array([0, 0, 1, 1])) == pytest.approx(math.log(2))
     assert unigram_entropy(np.array([3, 3, 3])) == 0.0
@@ -155,12 +196,20 @@ def test_collapsed_rule_and_unigram_reference(tmp_path):
     T = cfg.model.block_size
     n = min((len(val) - 1) // T, cfg.train.eval_batches * cfg.train.micro_batch_size)
     assert r.tokens == n * T
-    assert r.nats == pytest.approx(unigram_entropy(np.asarray(val[1: n * T + 1])))
+    assert r.nats == pytest.approx(unigram_entropy(np.asarray(val[1 : n * T + 1])))
 
 
 def _summary(variant, depth, lr, seed, loss, collapsed=False, diverged=False):
-    return {"variant": variant, "depth": depth, "lr": lr, "seed": seed, "final_loss": loss, "steps": 10,
-            "collapsed": collapsed, "diverged": diverged}
+    return {
+        "variant": variant,
+        "depth": depth,
+        "lr": lr,
+        "seed": seed,
+        "final_loss": loss,
+        "steps": 10,
+        "collapsed": collapsed,
+        "diverged": diverged,
+    }
 
 
 def test_recipe_comparison_pairs_seeds_pools_per_lr_and_keeps_collapsed_cells_out():
@@ -175,7 +224,9 @@ def test_recipe_comparison_pairs_seeds_pools_per_lr_and_keeps_collapsed_cells_ou
     rows = {(r.key.depth, r.key.lr): r for r in cmp["rows"]}
     assert rows[(4, 1e-3)].estimate.mean == pytest.approx(-0.10)
     assert rows[(16, 1e-3)].estimate.mean == pytest.approx(-0.30)
-    assert rows[(4, 1.0)].excluded is analysis.Exclusion.COLLAPSED and rows[(4, 1.0)].estimate is None
+    assert (
+        rows[(4, 1.0)].excluded is analysis.Exclusion.COLLAPSED and rows[(4, 1.0)].estimate is None
+    )
     assert cmp["family"] == 2 and cmp["pooled_df"] == {1e-3: 4}
     # Differences -0.1 + (0, .01, -.01): variance 1e-4 per cell, pooled the same.
     assert rows[(4, 1e-3)].estimate.se == pytest.approx(math.sqrt(1e-4 / 3))
@@ -186,15 +237,25 @@ def test_recipe_comparison_pairs_seeds_pools_per_lr_and_keeps_collapsed_cells_ou
     assert inter["estimate"].mean == pytest.approx(-0.20)
     assert inter["estimate"].se == pytest.approx(math.sqrt(2 * 1e-4 / 3))
     best = {(b["variant"], b["depth"]): b for b in analysis.best_lr_comparison(s, "base")}
-    assert best[("mlra", 4)]["lr"] == 1e-3 and best[("mlra", 4)]["estimate"].mean == pytest.approx(-0.10)
+    assert best[("mlra", 4)]["lr"] == 1e-3 and best[("mlra", 4)]["estimate"].mean == pytest.approx(
+        -0.10
+    )
 
 
 def test_trajectory_and_matched_loss_helpers():
     def e(mean, lo, hi):
         return Estimate(mean, 2, 0.01, 4, lo, hi, 0.01)
 
-    assert analysis.classify([(100, e(-0.1, -0.2, -0.05)), (200, e(-0.01, -0.05, 0.03))]) is analysis.Trajectory.CATCH_UP
-    assert analysis.classify([(100, e(0.0, -0.1, 0.1)), (200, e(-0.1, -0.2, -0.05))]) is analysis.Trajectory.LASTING_GAIN
+    assert (
+        analysis.classify([(100, e(-0.1, -0.2, -0.05)), (200, e(-0.01, -0.05, 0.03))])
+        is analysis.Trajectory.CATCH_UP
+    )
+    assert (
+        analysis.classify([(100, e(0.0, -0.1, 0.1)), (200, e(-0.1, -0.2, -0.05))])
+        is analysis.Trajectory.LASTING_GAIN
+    )
     assert analysis.classify([(200, e(0.1, 0.05, 0.2))]) is analysis.Trajectory.WORSE
-    assert crossing_step(np.array([0, 100, 200]), np.array([6.0, 5.0, 4.0]), 4.5) == pytest.approx(150.0)
+    assert crossing_step(np.array([0, 100, 200]), np.array([6.0, 5.0, 4.0]), 4.5) == pytest.approx(
+        150.0
+    )
     assert crossing_step(np.array([0, 100]), np.array([6.0, 5.0]), 4.0) is None

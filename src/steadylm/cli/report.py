@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = """\
 Compare the runs of one or more sweeps (folders with index.jsonl), run folders, or folders of
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     preface = ""
     if args.preface:
         try:
-            preface = open(args.preface, encoding="utf-8").read()
+            preface = Path(args.preface).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise SteadyLMError(f"--preface: cannot read {args.preface!r} ({e})") from None
     html = write_report(args.dirs, args.out, Options(

@@ -20,7 +20,13 @@ import numpy as np
 
 from steadylm.experiments.runs import Run
 from steadylm.experiments.stats import (
-    Estimate, estimate, finite, holm, mean_sd, paired_differences, pooled_estimates,
+    Estimate,
+    estimate,
+    finite,
+    holm,
+    mean_sd,
+    paired_differences,
+    pooled_estimates,
 )
 from steadylm.experiments.unigram import Reference, collapsed
 

@@ -26,7 +26,15 @@ import steadylm
 from steadylm.errors import SteadyLMError
 from steadylm.experiments import analysis, plots, tevstats, warning
 from steadylm.experiments.document import (
-    Block, Bullets, Figure, Heading, Para, Table, parse_markdown, to_html, to_markdown,
+    Block,
+    Bullets,
+    Figure,
+    Heading,
+    Para,
+    Table,
+    parse_markdown,
+    to_html,
+    to_markdown,
 )
 from steadylm.experiments.runs import Run, load_runs
 from steadylm.experiments.spec import short_float
@@ -147,7 +155,7 @@ class Report:
 
     def intro(self) -> None:
         counts = Counter(r.status for r in self.runs)
-        seen = lambda attr: sorted({getattr(r, attr) for r in self.with_data}, key=_sort_key)  # noqa: E731
+        seen = lambda attr: sorted({getattr(r, attr) for r in self.with_data}, key=_sort_key)
         self.blocks += [
             Heading(self.opt.title, 1),
             Para(f"{len(self.runs)} runs from {', '.join(f'`{s}`' for s in self.sources)}: "
@@ -479,15 +487,16 @@ class Report:
             "Final validation loss and perplexity: the run's last evaluation; μ_TEV, σ_TEV: its last reading.",
             "Spread: sample standard deviation over seeds (runs with a finite value; `(n=k)` when fewer than all).",
             f"Final training loss: the mean of the last {analysis.TAIL} logged training losses.",
-            "Diverged: the trainer stopped the run as diverged (non-finite values past monitor.nonfinite_patience, "
-            "or spikes past monitor.max_rollbacks), or its final training loss is not finite or above its "
-            "first-step loss.",
-            f"Collapsed: final validation loss within {COLLAPSE_MARGIN:g} nats of the unigram cross-entropy of the "
-            "validation tokens evaluated, or above.",
-            "Spikes: the trainer's spike events (they are not the instability events of the early-warning test). "
-            "Skipped: steps whose update was skipped (spike or non-finite guard), counted once each.",
-            "A sweep's variant comes from its index.jsonl (other grid keys than n_layer, lr and seed are "
-            "appended to it); a lone run is named by the recipe keys its config.toml sets away from the defaults.",
+            ("Diverged: the trainer stopped the run as diverged (non-finite values past "
+             "monitor.nonfinite_patience, or spikes past monitor.max_rollbacks), or its final training loss is "
+             "not finite or above its first-step loss."),
+            (f"Collapsed: final validation loss within {COLLAPSE_MARGIN:g} nats of the unigram cross-entropy of "
+             "the validation tokens evaluated, or above."),
+            ("Spikes: the trainer's spike events (they are not the instability events of the early-warning "
+             "test). Skipped: steps whose update was skipped (spike or non-finite guard), counted once each."),
+            ("A sweep's variant comes from its index.jsonl (other grid keys than n_layer, lr and seed are "
+             "appended to it); a lone run is named by the recipe keys its config.toml sets away from the "
+             "defaults."),
         ])]
 
     def runs_table(self) -> None:

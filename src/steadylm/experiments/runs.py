@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomllib
 
 from steadylm.config import Config, ModelConfig, TrainConfig, config_from_dict
 from steadylm.errors import SteadyLMError

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Iterable, Sequence
 
 import numpy as np
 
@@ -30,7 +30,7 @@ def mean_sd(values: Iterable[float | None]) -> dict[str, float | int | None]:
     return {
         "mean": float(v.mean()) if len(v) else None,
         "sd": float(v.std(ddof=1)) if len(v) >= 2 else None,
-        "n": int(len(v)),
+        "n": len(v),
     }
 
 
@@ -40,7 +40,7 @@ def mean_sd(values: Iterable[float | None]) -> dict[str, float | int | None]:
 def rankdata(x: Iterable[float]) -> np.ndarray:
     """Ranks 1..n, ties given the mean of the ranks they span."""
     x = np.asarray(list(x), dtype=float)
-    values, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
     first = np.cumsum(counts) - counts  # 0-based position of each distinct value's first rank
     return (first + (counts + 1) / 2)[inverse]
 
@@ -77,8 +77,11 @@ class Correlation:
 
 
 def grouped_spearman(
-    x: Iterable[float], y: Iterable[float], groups: Sequence[Hashable] | None,
-    permutations: int = PERMUTATIONS, seed: int = 0,
+    x: Iterable[float],
+    y: Iterable[float],
+    groups: Sequence[Hashable] | None,
+    permutations: int = PERMUTATIONS,
+    seed: int = 0,
 ) -> Correlation:
     """Spearman's rho of x and y inside each group (e.g. one depth and learning rate), so that
     whatever differs between groups cannot make a correlation; pooled over groups, tested by
@@ -121,8 +124,10 @@ def _betacf(a: float, b: float, x: float) -> float:
     d = 1.0 / (d if abs(d) > tiny else tiny)
     h = d
     for m in range(1, 500):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
             d = 1.0 + num * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + num / c
@@ -139,7 +144,9 @@ def betainc(a: float, b: float, x: float) -> float:
         return 0.0
     if x >= 1:
         return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    front = math.exp(
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
     if x < (a + 1) / (a + b + 2):
         return front * _betacf(a, b, x) / a
     return 1.0 - front * _betacf(b, a, 1 - x) / b
@@ -183,7 +190,9 @@ class Estimate:
         return self.lo is not None and self.hi is not None and (self.lo > 0 or self.hi < 0)
 
 
-def estimate(mean: float, n: int, se: float | None, df: int, confidence: float = CONFIDENCE) -> Estimate:
+def estimate(
+    mean: float, n: int, se: float | None, df: int, confidence: float = CONFIDENCE
+) -> Estimate:
     if se is None or df < 1 or not math.isfinite(se):
         return Estimate(mean, n, None, df, None, None, None)
     half = t_quantile(0.5 + confidence / 2, df) * se
@@ -197,7 +206,8 @@ def paired_differences(a: dict[int, float], b: dict[int, float]) -> list[float]:
 
 
 def pooled_estimates(
-    cells: dict[Hashable, list[float]], pool: dict[Hashable, Hashable] | None = None,
+    cells: dict[Hashable, list[float]],
+    pool: dict[Hashable, Hashable] | None = None,
     confidence: float = CONFIDENCE,
 ) -> dict[Hashable, Estimate]:
     """Mean of each cell's paired differences with a pooled standard error.

@@ -18,7 +18,12 @@ import numpy as np
 
 from steadylm.experiments.analysis import CellKey
 from steadylm.experiments.runs import Run, num
-from steadylm.experiments.stats import grouped_spearman, mean_sd, paired_differences, pooled_estimates
+from steadylm.experiments.stats import (
+    grouped_spearman,
+    mean_sd,
+    paired_differences,
+    pooled_estimates,
+)
 
 # Candidate signals: the metrics key (or a derived name) and how the report names it.
 SIGNALS = {
@@ -76,7 +81,9 @@ def _last_finite(steps: np.ndarray, values: np.ndarray) -> float | None:
 def _included(runs: list[Run], summaries: dict[str, dict[str, Any]]) -> list[Run]:
     """Runs that count in a correlation: neither collapsed nor diverged (a run that learned
     nothing would rank last on loss whatever its TEV)."""
-    return [r for r in runs if not summaries[r.name]["collapsed"] and not summaries[r.name]["diverged"]]
+    return [
+        r for r in runs if not summaries[r.name]["collapsed"] and not summaries[r.name]["diverged"]
+    ]
 
 
 def tev_vs_loss(runs: list[Run], summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -90,7 +97,10 @@ def tev_vs_loss(runs: list[Run], summaries: dict[str, dict[str, Any]]) -> dict[s
     for key in signals_logged(mine):
         x = [_last_finite(*signal(r, key)) for r in mine]
         x = [math.nan if v is None else v for v in x]
-        out[key] = {"within": grouped_spearman(x, loss, groups), "across": grouped_spearman(x, loss, None)}
+        out[key] = {
+            "within": grouped_spearman(x, loss, groups),
+            "across": grouped_spearman(x, loss, None),
+        }
     return {"runs": len(mine), "left_out": len(runs) - len(mine), "signals": out}
 
 
@@ -100,8 +110,11 @@ def tev_vs_gradvar(runs: list[Run], summaries: dict[str, dict[str, Any]]) -> dic
     group, pooled, with shuffles inside groups; across all runs for contrast."""
     mine = [r for r in _included(runs, summaries) if r.series("grad_var_embed")[0].size]
     if not mine:
-        return {"available": False, "reason": "no run that learned logged the embedding's gradient variance "
-                "(monitor.gradvar_every = 0, or runs shorter than its cadence)"}
+        return {
+            "available": False,
+            "reason": "no run that learned logged the embedding's gradient variance "
+            "(monitor.gradvar_every = 0, or runs shorter than its cadence)",
+        }
     count: dict[int, int] = defaultdict(int)
     for r in mine:
         steps, g = r.series("grad_var_embed")
@@ -113,7 +126,10 @@ def tev_vs_gradvar(runs: list[Run], summaries: dict[str, dict[str, Any]]) -> dic
     g = [r.at("grad_var_embed", step) for r in at]
     groups = [(r.depth, r.lr) for r in at]
     out = {}
-    points = {r.name: {"grad_var": g[i], "depth": r.depth, "lr": r.lr, "variant": r.variant} for i, r in enumerate(at)}
+    points = {
+        r.name: {"grad_var": g[i], "depth": r.depth, "lr": r.lr, "variant": r.variant}
+        for i, r in enumerate(at)
+    }
     for key in signals_logged(at):
         x = []
         for r in at:
@@ -121,7 +137,10 @@ def tev_vs_gradvar(runs: list[Run], summaries: dict[str, dict[str, Any]]) -> dic
             hit = np.flatnonzero(steps == step)
             x.append(float(values[hit[0]]) if len(hit) else math.nan)
             points[r.name][key] = x[-1]
-        out[key] = {"within": grouped_spearman(x, g, groups), "across": grouped_spearman(x, g, None)}
+        out[key] = {
+            "within": grouped_spearman(x, g, groups),
+            "across": grouped_spearman(x, g, None),
+        }
     return {"available": True, "step": step, "runs": len(at), "signals": out, "points": points}
 
 
@@ -147,8 +166,18 @@ def adam_references(run: Run) -> dict[str, np.ndarray]:
     delta = m2 - m2[0]
     with np.errstate(divide="ignore", invalid="ignore"):
         ok = (delta > 0) & (noise > 0) & (drift > noise)
-        position = np.where(ok, np.log(np.where(ok, delta / noise, 1)) / np.log(np.where(ok, drift / noise, 2)), np.nan)
-    return {"steps": steps, "delta_tev2": delta, "noise": noise, "drift": drift, "position": position}
+        position = np.where(
+            ok,
+            np.log(np.where(ok, delta / noise, 1)) / np.log(np.where(ok, drift / noise, 2)),
+            np.nan,
+        )
+    return {
+        "steps": steps,
+        "delta_tev2": delta,
+        "noise": noise,
+        "drift": drift,
+        "position": position,
+    }
 
 
 def adam_positions(runs: list[Run]) -> dict[str, Any]:
@@ -160,7 +189,10 @@ def adam_positions(runs: list[Run]) -> dict[str, Any]:
     for r in runs:
         if r.name in final:
             groups[(r.depth, r.variant, r.lr)].append(final[r.name])
-    table = [{"depth": d, "variant": v, "lr": lr, "position": mean_sd(vals)} for (d, v, lr), vals in groups.items()]
+    table = [
+        {"depth": d, "variant": v, "lr": lr, "position": mean_sd(vals)}
+        for (d, v, lr), vals in groups.items()
+    ]
     return {"runs": final, "groups": table, "trajectories": {k: v for k, v in per_run.items() if v}}
 
 
@@ -182,7 +214,25 @@ def crossing_step(steps: np.ndarray, values: np.ndarray, target: float) -> float
     return float(steps[i - 1] + frac * (steps[i] - steps[i - 1]))
 
 
-def tev_matched(runs: list[Run], comparison: dict[str, Any], key: str = "tev_mean") -> list[dict[str, Any]]:
+def _at_final(runs: list[Run], key: str) -> dict[int, float | None]:
+    return {r.seed: _last_finite(*signal(r, key)) for r in runs}
+
+
+def _at_loss(runs: list[Run], key: str, target: float) -> dict[int, float]:
+    """Each run's signal where its validation loss first reached `target` (interpolated)."""
+    out = {}
+    for r in runs:
+        s = crossing_step(*r.series("val_loss"), target)
+        steps, x = signal(r, key)
+        ok = np.isfinite(x)
+        if s is not None and ok.any():
+            out[r.seed] = float(np.interp(s, steps[ok], x[ok]))
+    return out
+
+
+def tev_matched(
+    runs: list[Run], comparison: dict[str, Any], key: str = "tev_mean"
+) -> list[dict[str, Any]]:
     """For every compared cell: the seed-paired difference (variant − baseline) of the signal
     at the final step, and at the validation loss every run of the cell reached (the highest of
     their lowest validation losses), read where each run first reached it. Standard errors
@@ -199,27 +249,24 @@ def tev_matched(runs: list[Run], comparison: dict[str, Any], key: str = "tev_mea
             continue
         k = row.key
         mine, theirs = by[(k.variant, k.depth, k.lr)], by[(baseline, k.depth, k.lr)]
-        lows = [np.nanmin(v) for r in mine + theirs for v in [r.series("val_loss")[1]] if np.isfinite(v).any()]
+        lows = [
+            np.nanmin(v)
+            for r in mine + theirs
+            for v in [r.series("val_loss")[1]]
+            if np.isfinite(v).any()
+        ]
         if not lows:
             continue
         target = float(max(lows))
         targets[k] = target
 
-        def at_final(rs):
-            return {r.seed: _last_finite(*signal(r, key)) for r in rs}
-
-        def at_target(rs):
-            out = {}
-            for r in rs:
-                s = crossing_step(*r.series("val_loss"), target)
-                steps, x = signal(r, key)
-                ok = np.isfinite(x)
-                if s is not None and ok.any():
-                    out[r.seed] = float(np.interp(s, steps[ok], x[ok]))
-            return out
-
-        final_d[k] = paired_differences(at_final(mine), at_final(theirs))
-        matched_d[k] = paired_differences(at_target(mine), at_target(theirs))
+        final_d[k] = paired_differences(_at_final(mine, key), _at_final(theirs, key))
+        matched_d[k] = paired_differences(
+            _at_loss(mine, key, target), _at_loss(theirs, key, target)
+        )
     fin = pooled_estimates({k: d for k, d in final_d.items() if d}, {k: k.lr for k in final_d})
     mat = pooled_estimates({k: d for k, d in matched_d.items() if d}, {k: k.lr for k in matched_d})
-    return [{"key": k, "target": targets[k], "final": fin.get(k), "matched": mat.get(k)} for k in targets]
+    return [
+        {"key": k, "target": targets[k], "final": fin.get(k), "matched": mat.get(k)}
+        for k in targets
+    ]

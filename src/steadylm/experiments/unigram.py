@@ -38,8 +38,14 @@ class Reference:
 
 def _key(cfg: Config) -> str:
     """What the reference depends on: the data, the window length and how much is evaluated."""
-    return json.dumps({"data": asdict(cfg.data), "block_size": cfg.model.block_size,
-                       "sequences": cfg.train.eval_batches * cfg.train.micro_batch_size}, sort_keys=True)
+    return json.dumps(
+        {
+            "data": asdict(cfg.data),
+            "block_size": cfg.model.block_size,
+            "sequences": cfg.train.eval_batches * cfg.train.micro_batch_size,
+        },
+        sort_keys=True,
+    )
 
 
 def unigram_entropy(tokens: np.ndarray) -> float:
@@ -55,8 +61,12 @@ def reference(cfg: Config, progress: bool = True) -> Reference:
     T = cfg.model.block_size
     n_seq = min((len(data.val) - 1) // T, cfg.train.eval_batches * cfg.train.micro_batch_size)
     if n_seq < 1:
-        return Reference(None, 0, str(data.dir), f"the validation split has fewer than {T + 1} tokens")
-    targets = np.concatenate([y.numpy().ravel() for _, y in eval_sequences(data.val, T, n_seq, batch_size=n_seq)])
+        return Reference(
+            None, 0, str(data.dir), f"the validation split has fewer than {T + 1} tokens"
+        )
+    targets = np.concatenate(
+        [y.numpy().ravel() for _, y in eval_sequences(data.val, T, n_seq, batch_size=n_seq)]
+    )
     return Reference(unigram_entropy(targets), int(targets.size), str(data.dir))
 
 

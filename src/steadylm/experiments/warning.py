@@ -36,7 +36,9 @@ def out_of_range(values: np.ndarray, window: int, k: float) -> np.ndarray:
         return flags
     d = np.diff(x)
     d_clean = np.where(np.isfinite(d), d, np.nan)
-    past = np.lib.stride_tricks.sliding_window_view(d_clean, window)[: len(d) - window]  # d[i-1-window:i-1]
+    past = np.lib.stride_tricks.sliding_window_view(d_clean, window)[
+        : len(d) - window
+    ]  # d[i-1-window:i-1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows after a divergence
         m, s = np.nanmean(past, axis=1), np.nanstd(past, axis=1)
@@ -44,7 +46,7 @@ def out_of_range(values: np.ndarray, window: int, k: float) -> np.ndarray:
     judged = np.isfinite(m) & np.isfinite(s)
     with np.errstate(invalid="ignore"):
         out = ~np.isfinite(current) | (judged & (np.abs(current - m) > k * s))
-    flags[window + 1:] = out
+    flags[window + 1 :] = out
     return flags
 
 
@@ -113,8 +115,16 @@ class SignalScore:
         return float(np.median(self.leads)) if self.leads else None
 
 
-def _score_run(run: Run, key: str, onsets: list[int], window: int, k: float, horizon: int,
-               rng: np.random.Generator, draws: int) -> tuple[dict[int, Lead], int, np.ndarray]:
+def _score_run(
+    run: Run,
+    key: str,
+    onsets: list[int],
+    window: int,
+    k: float,
+    horizon: int,
+    rng: np.random.Generator,
+    draws: int,
+) -> tuple[dict[int, Lead], int, np.ndarray]:
     """Leads of one signal for one run's events, its alarm count, and the warned count of each
     random placement of that many alarms over the same judged steps."""
     steps, x = signal(run, key)
@@ -123,7 +133,9 @@ def _score_run(run: Run, key: str, onsets: list[int], window: int, k: float, hor
         return {e: Lead(Outcome.UNSCORABLE, reason="series too short") for e in onsets}, 0, none
     bad = np.flatnonzero(~np.isfinite(x))
     idx = np.arange(len(steps))
-    judged = (idx > window) & (idx <= (bad[0] if len(bad) else len(x)))  # nothing after a first non-finite
+    judged = (idx > window) & (
+        idx <= (bad[0] if len(bad) else len(x))
+    )  # nothing after a first non-finite
     flags = out_of_range(x, window, k) & judged
     leads: dict[int, Lead] = {}
     spans = []  # each scorable event's window [lo, hi) in positions of the judged steps
@@ -146,18 +158,27 @@ def _score_run(run: Run, key: str, onsets: list[int], window: int, k: float, hor
     if not spans or alarms == 0 or n == 0:
         return leads, alarms, none
     keys = rng.random((draws, n))
-    kth = np.partition(keys, alarms - 1, axis=1)[:, alarms - 1: alarms]
+    kth = np.partition(keys, alarms - 1, axis=1)[:, alarms - 1 : alarms]
     csum = np.concatenate([np.zeros((draws, 1), dtype=int), np.cumsum(keys <= kth, axis=1)], axis=1)
     hits = sum(((csum[:, hi] - csum[:, lo]) > 0).astype(int) for lo, hi in spans)
     return leads, alarms, hits
 
 
-def early_warning(runs: list[Run], window: int, k: float, horizon: int, rise: float = RISE,
-                  draws: int = DRAWS, seed: int = 0) -> dict[str, Any]:
+def early_warning(
+    runs: list[Run],
+    window: int,
+    k: float,
+    horizon: int,
+    rise: float = RISE,
+    draws: int = DRAWS,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Loss-defined events in every run, each scored for every signal, with the chance baseline:
     per run, the signal's number of out-of-range steps placed at random among its judged steps,
     `draws` times, scored by the same rule."""
-    keys = signals_logged(runs) + [k_ for k_ in OTHER_SIGNALS if any(k_ in r for x in runs for r in x.rows)]
+    keys = signals_logged(runs) + [
+        k_ for k_ in OTHER_SIGNALS if any(k_ in r for x in runs for r in x.rows)
+    ]
     rng = np.random.default_rng(seed)
     events: list[Event] = []
     scores = {key: SignalScore(chance_hits=np.zeros(draws, dtype=int)) for key in keys}
@@ -194,5 +215,13 @@ def early_warning(runs: list[Run], window: int, k: float, horizon: int, rise: fl
         if not sc.scored:
             sc.chance_hits = None
     names = {**SIGNALS, **OTHER_SIGNALS}
-    return {"window": window, "k": k, "horizon": horizon, "rise": rise, "draws": draws,
-            "events": events, "scores": scores, "names": {key: names[key] for key in keys}}
+    return {
+        "window": window,
+        "k": k,
+        "horizon": horizon,
+        "rise": rise,
+        "draws": draws,
+        "events": events,
+        "scores": scores,
+        "names": {key: names[key] for key in keys},
+    }
