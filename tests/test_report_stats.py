@@ -29,7 +29,7 @@ from steadylm.experiments.unigram import (
     Reference,
     collapsed,
     reference,
-    unigram_entropy,
+    unigram_cross_entropy,
 )
 from steadylm.experiments.warning import Outcome, early_warning, loss_events
 
@@ -186,17 +186,21 @@ def test_collapsed_rule_and_unigram_reference(tmp_path):
         and collapsed(math.nan, ref) is True
     )
     assert collapsed(None, ref) is None and collapsed(4.0, Reference(None, error="x")) is None
-    assert unigram_entropy(np.array([0, 0, 1, 1])) == pytest.approx(math.log(2))
-    assert unigram_entropy(np.array([3, 3, 3])) == 0.0
-    # The reference scores the same validation targets as the trainer's evaluation:
-    # windows i·T .. i·T + T, so targets val[1 : n·T + 1].
+    # Add-one-smoothed training frequencies: train 0,0,0,1 over a vocabulary of 3 gives
+    # p = (4, 2, 1) / 7, so targets 0 and 2 score (ln 7/4 + ln 7) / 2.
+    want = (math.log(7 / 4) + math.log(7)) / 2
+    assert unigram_cross_entropy(np.array([0, 0, 0, 1]), np.array([0, 2]), 3) == pytest.approx(want)
+    # The reference scores the same validation targets as the trainer's evaluation (windows
+    # i·T .. i·T + T, so targets val[1 : n·T + 1]) against the training split's frequencies.
     cfg = tiny_config(write_corpus(tmp_path / "corpus"))
     r = reference(cfg, progress=False)
-    val = prepare(cfg.data, progress=False).val
+    data = prepare(cfg.data, progress=False)
     T = cfg.model.block_size
-    n = min((len(val) - 1) // T, cfg.train.eval_batches * cfg.train.micro_batch_size)
+    n = min((len(data.val) - 1) // T, cfg.train.eval_batches * cfg.train.micro_batch_size)
     assert r.tokens == n * T
-    assert r.nats == pytest.approx(unigram_entropy(np.asarray(val[1 : n * T + 1])))
+    counts = np.bincount(data.train, minlength=data.tokenizer.vocab_size)
+    p = (counts + 1) / (counts.sum() + data.tokenizer.vocab_size)
+    assert r.nats == pytest.approx(-np.log(p[np.asarray(data.val[1 : n * T + 1])]).mean())
 
 
 def _summary(variant, depth, lr, seed, loss, collapsed=False, diverged=False):
