@@ -240,10 +240,29 @@ def test_recipe_comparison_pairs_seeds_pools_per_lr_and_keeps_collapsed_cells_ou
     assert (inter["deep"], inter["shallow"]) == (16, 4)
     assert inter["estimate"].mean == pytest.approx(-0.20)
     assert inter["estimate"].se == pytest.approx(math.sqrt(2 * 1e-4 / 3))
-    best = {(b["variant"], b["depth"]): b for b in analysis.best_lr_comparison(s, "base")}
-    assert best[("mlra", 4)]["lr"] == 1e-3 and best[("mlra", 4)]["estimate"].mean == pytest.approx(
-        -0.10
-    )
+    best = {(b["variant"], b["depth"]): b for b in analysis.best_lr_comparison(s, cmp)}
+    assert best[("mlra", 4)]["lr"] == 1e-3
+    assert best[("mlra", 4)]["estimate"] == rows[(4, 1e-3)].estimate
+
+
+def test_best_learning_rates_that_differ_use_each_rates_pooled_seed_variance():
+    # base is best at 1e-3 (seed values 5.0, 5.2), mlra at 1e-2 (4.8, 4.9; at 1e-3: 5.4, 5.4).
+    s = [
+        _summary("base", 4, 1e-3, 1, 5.0), _summary("base", 4, 1e-3, 2, 5.2),
+        _summary("base", 4, 1e-2, 1, 6.0), _summary("base", 4, 1e-2, 2, 6.0),
+        _summary("mlra", 4, 1e-3, 1, 5.4), _summary("mlra", 4, 1e-3, 2, 5.4),
+        _summary("mlra", 4, 1e-2, 1, 4.8), _summary("mlra", 4, 1e-2, 2, 4.9),
+    ]  # fmt: skip
+    var = analysis.seed_variance(s)
+    # lr 1e-3: cells (5.0, 5.2) and (5.4, 5.4) give (0.02 + 0) / 2; lr 1e-2: (0 + 0.005) / 2.
+    assert var[1e-3] == pytest.approx((0.01, 2)) and var[1e-2] == pytest.approx((0.0025, 2))
+    cmp = analysis.compare_recipes(s, "base")
+    (row,) = [b for b in analysis.best_lr_comparison(s, cmp) if b["variant"] == "mlra"]
+    assert (row["lr"], row["baseline_lr"]) == (1e-2, 1e-3)
+    e = row["estimate"]
+    a, b = 0.0025 / 2, 0.01 / 2
+    assert e.mean == pytest.approx(-0.25) and e.se == pytest.approx(math.sqrt(a + b))
+    assert e.df == int((a + b) ** 2 / (a**2 / 2 + b**2 / 2))
 
 
 def test_trajectory_and_matched_loss_helpers():

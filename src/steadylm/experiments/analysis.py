@@ -287,12 +287,32 @@ def classify(points: list[tuple[int, Estimate]]) -> Trajectory:
     return Trajectory.NO_DIFFERENCE
 
 
-def best_lr_comparison(summaries: list[dict[str, Any]], baseline: str, key: str = "final_loss") -> list[dict[str, Any]]:
+def seed_variance(summaries: list[dict[str, Any]], key: str = "final_loss") -> dict[float | None, tuple[float, int]]:
+    """Per learning rate: the seed-to-seed variance of one recipe's final `key`, pooled over the
+    cells (depth, variant) of that rate not collapsed or diverged, and its degrees of freedom."""
+    ss: dict[float | None, float] = defaultdict(float)
+    dof: dict[float | None, int] = defaultdict(int)
+    for k, members in _cells(summaries).items():
+        v = np.array([m[key] for m in members if finite(m[key])])
+        if cell_exclusion(members) is None and len(v) >= 2:
+            ss[k.lr] += float(((v - v.mean()) ** 2).sum())
+            dof[k.lr] += len(v) - 1
+    return {lr: (ss[lr] / dof[lr], dof[lr]) for lr in dof}
+
+
+def best_lr_comparison(summaries: list[dict[str, Any]], comparison: dict[str, Any],
+                       key: str = "final_loss") -> list[dict[str, Any]]:
     """Per depth: each recipe at its own best learning rate (lowest mean final loss over the
-    cells not collapsed or diverged) against the baseline at its own, paired by seed, with the
-    standard error of those paired differences alone (n − 1 degrees of freedom). The best rate is
-    chosen on the same runs, which favours recipes tried at more rates."""
+    cells not collapsed or diverged) against the baseline at its own. Δ is the mean of the
+    seed-paired differences. At the same rate, its interval is that of the cell comparison; at
+    different rates the pairing spans two rates, so the standard error is √(v₁/n + v₂/n) from each
+    rate's pooled seed variance (`seed_variance`, ignoring the pairing, which can only widen it)
+    with Welch–Satterthwaite degrees of freedom. The best rate is chosen on the same runs, which
+    flatters every recipe a little."""
+    baseline = comparison["baseline"]
     cells = _cells(summaries)
+    by_cell = {r.key: r.estimate for r in comparison["rows"]}
+    var = seed_variance(summaries, key)
     best: dict[tuple, tuple[float, CellKey]] = {}
     for k, members in cells.items():
         if cell_exclusion(members) is None and k.lr is not None:
@@ -304,11 +324,17 @@ def best_lr_comparison(summaries: list[dict[str, Any]], baseline: str, key: str 
         base = best.get((baseline, depth))
         row: dict[str, Any] = {"variant": variant, "depth": depth, "lr": k.lr, "mean": m, "estimate": None}
         if base is not None and variant != baseline:
-            d = paired_differences(_by_seed(cells[k], key), _by_seed(cells[base[1]], key))
-            if d:
-                sd = float(np.std(d, ddof=1)) if len(d) >= 2 else None
-                row["estimate"] = estimate(float(np.mean(d)), len(d), sd / math.sqrt(len(d)) if sd is not None else None,
-                                           len(d) - 1)
             row["baseline_lr"] = base[1].lr
+            if base[1].lr == k.lr:
+                row["estimate"] = by_cell.get(k)
+            else:
+                d = paired_differences(_by_seed(cells[k], key), _by_seed(cells[base[1]], key))
+                if d and k.lr in var and base[1].lr in var:
+                    (v1, f1), (v2, f2) = var[k.lr], var[base[1].lr]
+                    a, b = v1 / len(d), v2 / len(d)
+                    df = (a + b) ** 2 / (a**2 / f1 + b**2 / f2) if a + b > 0 else min(f1, f2)
+                    row["estimate"] = estimate(float(np.mean(d)), len(d), math.sqrt(a + b), int(df))
+                elif d:
+                    row["estimate"] = estimate(float(np.mean(d)), len(d), None, 0)
         out.append(row)
     return out

@@ -340,14 +340,16 @@ class Report:
             self.figure(plots.delta_steps(steps, self.colors), "delta-over-steps.png",
                         f"Seed-paired Δ validation loss (variant − {self.baseline}) against step, {conf} band; "
                         "one panel per learning rate, line style by depth.")
-        best = analysis.best_lr_comparison(self.summaries, self.baseline)
+        best = analysis.best_lr_comparison(self.summaries, cmp)
         out["best_lr"] = best
         if len({lr for lr in (s["lr"] for s in self.summaries)}) > 1 and best:
             self.blocks += [Heading("Each recipe at its own best learning rate", 3), Para(
                 "Per depth, each recipe at the learning rate with its lowest mean final loss (cells not collapsed "
-                f"or diverged), against {self.baseline} at its own best, paired by seed; the standard error is "
-                "that of these differences alone (n − 1 degrees of freedom). The best rate is picked on the same "
-                "runs, which flatters every recipe a little.")]
+                f"or diverged), against {self.baseline} at its own best: the mean of the seed-paired differences. At "
+                "the same rate the interval is the cell comparison's; at different rates the standard error is "
+                "√(v₁/n + v₂/n) from each rate's seed variance pooled over its cells (ignoring the pairing), "
+                "with Welch–Satterthwaite degrees of freedom. The best rate is picked on the same runs, which "
+                "flatters every recipe a little.")]
             self.blocks.append(Table(
                 ["n_layer", "variant", "best lr", "final loss", f"Δ vs {self.baseline} at its best", "p"],
                 [[str(b["depth"]), b["variant"], lr_text(b["lr"]), fmt(b["mean"], ".4f"),
