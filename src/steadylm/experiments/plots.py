@@ -103,12 +103,12 @@ def curves(by_variant: dict[str, list[Run]], colors: dict[str, Any], title: str)
     fig = Figure(figsize=(16, 7.2))
     axes = fig.subplots(2, 4).ravel()
     panels = [
-        ("loss", "training loss (smoothed)", dict(smooth=True)),
+        ("loss", "training loss (smoothed)", {"smooth": True}),
         ("val_loss", "validation loss", {}),
         ("tev_mean", "μ_TEV", {}),
         ("tev_std", "σ_TEV", {}),
-        ("grad_norm", "gradient norm (before clipping)", dict(log=True)),
-        ("grad_var_embed", "gradient variance, embedding", dict(log=True)),
+        ("grad_norm", "gradient norm (before clipping)", {"log": True}),
+        ("grad_var_embed", "gradient variance, embedding", {"log": True}),
     ]
     for ax, (key, label, opts) in zip(axes, panels):
         drawn = [_band(ax, runs, key, colors[v], v, **opts) for v, runs in by_variant.items()]
