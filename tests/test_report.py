@@ -118,9 +118,17 @@ def _finals(run_dir):
     return {k: last(k) for k in ("val_loss", "val_ppl", "tev_mean", "tev_std")}
 
 
-def test_report_tables_match_the_runs_metrics(sweep, handmade, tmp_path):
-    out = tmp_path / "rep"
-    assert main(["report", str(sweep), str(handmade), "--out", str(out), "--no-progress"]) == 0
+@pytest.fixture(scope="module")
+def combined(sweep, handmade, tmp_path_factory):
+    """One report of the sweep and the hand-made runs, compared with the hand-made baseline."""
+    out = tmp_path_factory.mktemp("combined") / "rep"
+    assert main(["report", str(sweep), str(handmade), "--out", str(out), "--no-progress",
+                 "--baseline", "baseline"]) == 0
+    return out
+
+
+def test_report_tables_match_the_runs_metrics(sweep, combined):
+    out = combined
     md = (out / "report.md").read_text()
     summary = json.loads((out / "summary.json").read_text())
 
@@ -154,6 +162,7 @@ def test_report_tables_match_the_runs_metrics(sweep, handmade, tmp_path):
     events = {r["run"]: r for r in _table(ew, 0)}
     assert events["spiky"]["event step"] == str(SPIKE)
     assert events["spiky"]["μ_TEV"] == f"{TEV_LEAD} ahead" and events["spiky"]["gradient norm"] == "at it"
+    assert events["spiky"]["ΔTEV/Σlr"] == f"{TEV_LEAD} ahead"
     assert events["blowup"]["event step"] == "120" and events["blowup"]["peak loss"] == "inf"
     scores = {r["signal"]: r for r in _table(ew, 1)}
     assert scores["μ_TEV"]["warned"] == "1" and scores["gradient norm"]["warned"] == "0"
@@ -176,9 +185,8 @@ def test_report_tables_match_the_runs_metrics(sweep, handmade, tmp_path):
     assert all(f"plots/{name}" in md for name in pngs)
 
 
-def test_recipe_comparison_of_hand_made_runs(handmade, tmp_path):
-    out = tmp_path / "rep"
-    assert main(["report", str(handmade), "--out", str(out), "--no-progress", "--baseline", "baseline"]) == 0
+def test_recipe_comparison_of_hand_made_runs(combined):
+    out = combined
     md = (out / "report.md").read_text()
     cmp = _section(md, "## Recipes compared, seed by seed")
     rows = {r["lr"]: r for r in _table(cmp, 0)}

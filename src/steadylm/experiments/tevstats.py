@@ -51,7 +51,8 @@ def cumulative_lr(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def signal(run: Run, key: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of a candidate signal. ΔTEV/Σlr at step t is (μ_TEV(t) − μ_TEV(t0)) over
-    the learning rate summed over the updates after the first reading t0 (undefined at t0)."""
+    the learning rate summed over the updates after the first reading t0; it starts at the first
+    reading after an update (at t0 it is undefined, not a divergence)."""
     if key not in DERIVED:
         return run.series(key)
     steps, mu = run.series(DERIVED[key])
@@ -59,9 +60,8 @@ def signal(run: Run, key: str) -> tuple[np.ndarray, np.ndarray]:
     if not len(steps) or not len(lr_steps):
         return np.zeros(0, dtype=int), np.zeros(0)
     since = np.interp(steps, lr_steps, cum) - np.interp(steps[0], lr_steps, cum)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        values = np.where(since > 0, (mu - mu[0]) / since, np.nan)
-    return steps, values
+    moved = since > 0
+    return steps[moved], (mu[moved] - mu[0]) / since[moved]
 
 
 def signals_logged(runs: list[Run]) -> list[str]:
