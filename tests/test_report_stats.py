@@ -12,7 +12,7 @@ from scipy import stats as sp
 
 from steadylm.data.prepare import prepare
 from steadylm.experiments import analysis
-from steadylm.experiments.runs import Run
+from steadylm.experiments.runs import Run, recipes
 from steadylm.experiments.stats import (
     Estimate,
     grouped_spearman,
@@ -283,3 +283,45 @@ def test_trajectory_and_matched_loss_helpers():
         150.0
     )
     assert crossing_step(np.array([0, 100]), np.array([6.0, 5.0]), 4.0) is None
+
+
+def test_variants_that_differ_only_in_learning_rate_are_one_recipe():
+    """A spec may give each learning rate its own variant (lr and min_lr set together); the
+    comparison pairs by recipe, so both rates are compared with the baseline."""
+    runs, summaries = [], []
+    for arm, attention in (("pre_ln", "mha"), ("mlra", "mlra")):
+        for tag, lr in (("opt", 1e-3), ("stress", 3e-3)):
+            for seed in (1, 2):
+                config = {
+                    "model": {"n_layer": 6, "attention": attention},
+                    "train": {"lr": lr, "min_lr": lr / 10, "seed": seed, "log_every": 10},
+                }
+                run = Run(
+                    f"{arm}-{tag}-s{seed}",
+                    None,
+                    f"{arm}-{tag}",
+                    6,
+                    lr,
+                    seed,
+                    "finished",
+                    config=config,
+                )
+                runs.append(run)
+    names = recipes(runs)
+    assert (
+        names["mlra-stress-s2"] == "mlra-opt / mlra-stress"
+        and names["pre_ln-opt-s1"] == "pre_ln-opt / pre_ln-stress"
+    )
+    for r in runs:
+        loss = (
+            5.0
+            + r.seed * 0.1
+            - (0.2 if r.variant.startswith("mlra") else 0.0)
+            + (0.01 if r.seed == 2 else 0)
+        )
+        summaries.append(
+            {**_summary(r.variant, r.depth, r.lr, r.seed, loss), "recipe": names[r.name]}
+        )
+    cmp = analysis.compare_recipes(summaries, names["pre_ln-opt-s1"])
+    assert sorted(r.key.lr for r in cmp["rows"]) == [1e-3, 3e-3] and cmp["family"] == 2
+    assert all(r.estimate.mean == pytest.approx(-0.2) for r in cmp["rows"])

@@ -35,8 +35,8 @@ TAIL = 10  # the final training loss is the mean of the last TAIL logged losses
 # ----------------------------------------------------------------- runs
 
 
-def summarize(run: Run, ref: Reference | None = None) -> dict[str, Any]:
-    """A run's final figures. `diverged`: the trainer stopped it as diverged, or its final
+def summarize(run: Run, ref: Reference | None = None, recipe: str | None = None) -> dict[str, Any]:
+    """A run's final figures; `recipe` names what comparisons pair it by (default: its variant). `diverged`: the trainer stopped it as diverged, or its final
     training loss is not finite or above its first-step loss (training went backwards).
     `collapsed`: its final validation loss is within the margin of the unigram cross-entropy
     `ref`, or above (None when either is unknown)."""
@@ -53,7 +53,7 @@ def summarize(run: Run, ref: Reference | None = None) -> dict[str, Any]:
     skipped = {int(r["step"]) for r in run.rows if r.get("skipped")} | set(run.event_steps("skip"))
     ref = ref or Reference(None, error="not computed")
     return {
-        "name": run.name, "variant": run.variant, "depth": run.depth, "lr": run.lr, "seed": run.seed,
+        "name": run.name, "variant": run.variant, "recipe": recipe or run.variant, "depth": run.depth, "lr": run.lr, "seed": run.seed,
         "status": run.status, "steps": len(run.rows), "error": run.error,
         "initial_loss": initial,
         "final_train_loss": final_train,
@@ -93,14 +93,19 @@ def group_table(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def recipe_of(summary: dict[str, Any]) -> str:
+    """What a run is compared as: its recipe (runs.recipes), else its variant."""
+    return summary.get("recipe") or summary["variant"]
+
+
 def lr_sensitivity(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (depth, variant) with two or more learning rates: the final loss at each, and the
+    """Per (depth, recipe) with two or more learning rates: the final loss at each, and the
     sensitivity of Wortsman et al. (2023): the mean over learning rates of min(final, initial)
     minus its best value, a diverged run counting as its initial loss."""
     by: dict[tuple, dict[float, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for s in summaries:
         if s["steps"] and s["lr"] is not None:
-            by[(s["depth"], s["variant"])][s["lr"]].append(s)
+            by[(s["depth"], recipe_of(s))][s["lr"]].append(s)
     out = []
     for (depth, variant), per_lr in by.items():
         if len(per_lr) < 2:
@@ -168,7 +173,7 @@ def _cells(summaries: list[dict[str, Any]]) -> dict[CellKey, list[dict[str, Any]
     cells: dict[CellKey, list[dict[str, Any]]] = defaultdict(list)
     for s in summaries:
         if s["steps"]:
-            cells[CellKey(s["variant"], s["depth"], s["lr"])].append(s)
+            cells[CellKey(recipe_of(s), s["depth"], s["lr"])].append(s)
     return cells
 
 
@@ -249,11 +254,12 @@ def delta_over_steps(runs: list[Run], summaries: list[dict[str, Any]], compariso
     """For every compared cell: the seed-paired difference of `key` (variant − baseline) at each
     step both logged it, pooled per (learning rate, step) as in the final comparison, and how
     it evolved (a lasting gain, an early gain the baseline caught up with, ...)."""
+    recipe = {s["name"]: recipe_of(s) for s in summaries}
     series: dict[tuple, dict[int, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     for run in runs:
         steps, values = run.series(key)
         for s, v in zip(steps.tolist(), values.tolist()):
-            series[(run.variant, run.depth, run.lr)][s][run.seed] = v
+            series[(recipe[run.name], run.depth, run.lr)][s][run.seed] = v
     cells = [r.key for r in comparison["rows"] if r.estimate is not None]
     baseline = comparison["baseline"]
     per_step: dict[int, dict[CellKey, list[float]]] = defaultdict(dict)

@@ -36,7 +36,7 @@ from steadylm.experiments.document import (
     to_html,
     to_markdown,
 )
-from steadylm.experiments.runs import Run, load_runs
+from steadylm.experiments.runs import Run, load_runs, recipes
 from steadylm.experiments.spec import short_float
 from steadylm.experiments.stats import CONFIDENCE, PERMUTATIONS, Estimate
 from steadylm.experiments.unigram import COLLAPSE_MARGIN, Reference, References
@@ -131,18 +131,21 @@ class Report:
         self.opt = options
         self.sources = sources
         self.variants = list(dict.fromkeys(r.variant for r in runs))
-        if options.baseline is not None and options.baseline not in self.variants:
+        self.recipe = recipes(runs)
+        by_variant = {r.variant: self.recipe[r.name] for r in runs}
+        names = list(dict.fromkeys([*self.variants, *self.recipe.values()]))
+        if options.baseline is not None and options.baseline not in names:
             raise SteadyLMError(f"--baseline: no variant {options.baseline!r} in these runs; "
-                                f"choose one of {', '.join(self.variants)}")
-        self.baseline = options.baseline or self.variants[0]
+                                f"choose one of {', '.join(names)}")
+        self.baseline = by_variant.get(options.baseline or self.variants[0], options.baseline)
         refs = References(options.progress)
         self.refs: dict[str, Reference] = {}
         for r in runs:  # only runs with a validation loss need the reference
             if r.last("val_loss") is not None:
                 self.refs[r.name] = refs(r.cfg())
-        self.summaries = [analysis.summarize(r, self.refs.get(r.name)) for r in runs]
+        self.summaries = [analysis.summarize(r, self.refs.get(r.name), self.recipe[r.name]) for r in runs]
         self.by_name = {s["name"]: s for s in self.summaries}
-        self.colors = plots.colors_for(self.variants)
+        self.colors = plots.colors_for(names)
         self.with_data = [r for r in runs if r.rows]
         self.blocks: list[Block] = []
 
@@ -151,7 +154,9 @@ class Report:
         self.blocks.append(Figure(f"plots/{name}", caption))
 
     def _order(self, variant: str) -> int:
-        return self.variants.index(variant)
+        """Spec order of a variant, or of a recipe's first variant."""
+        first = variant.split(" / ")[0]
+        return self.variants.index(first) if first in self.variants else len(self.variants)
 
     def intro(self) -> None:
         counts = Counter(r.status for r in self.runs)
@@ -425,7 +430,7 @@ class Report:
                         "is pure noise, the dotted diagonal pure drift.")
         else:
             self.blocks.append(Para("No run logged both μ_TEV and σ_TEV with its learning rate."))
-        matched = tevstats.tev_matched(self.with_data, cmp["cells"]) if cmp.get("cells") else []
+        matched = tevstats.tev_matched(self.with_data, cmp["cells"], self.recipe) if cmp.get("cells") else []
         out["matched"] = matched
         if matched:
             self.blocks += [Heading("μ_TEV at a matched step and at a matched validation loss", 3), Para(

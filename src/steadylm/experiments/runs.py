@@ -30,6 +30,14 @@ RECIPE_KEYS = (
 _DEFAULTS = {"model": ModelConfig(), "train": TrainConfig()}
 # Grid keys shown as their own axes rather than folded into the variant's label.
 AXES = ("model.n_layer", "train.lr", "train.seed")
+# Config keys that do not make a recipe: the comparison's axes (depth, learning rate with its
+# floor, seed) and settings that do not change what is trained.
+NOT_RECIPE = {
+    "model": {"n_layer"},
+    "train": {"lr", "min_lr", "seed", "device", "compile", "log_every", "checkpoint_every",
+              "checkpoint_schedule", "keep_checkpoints"},
+    "monitor": {"tensorboard"},
+}
 
 
 def num(v: Any) -> float:
@@ -110,6 +118,28 @@ def recipe_label(config: dict[str, Any]) -> str:
         if value != getattr(_DEFAULTS[section], key):
             parts.append(f"{key}={value}")
     return ", ".join(parts) or "baseline"
+
+
+def recipes(runs: list[Run]) -> dict[str, str]:
+    """Each run's recipe, for comparisons: runs whose configs agree on everything but depth,
+    learning rate (and min_lr), seed and settings that do not change training are one recipe,
+    named by their variant if they share one, else by their variants joined with " / " (a spec
+    that gives each learning rate its own variant, e.g. `mlra-opt` and `mlra-stress`). Runs
+    without a config keep their variant."""
+
+    def fingerprint(run: Run) -> str:
+        if not run.config:
+            return "variant:" + run.variant
+        kept = {sec: {k: v for k, v in keys.items() if k not in NOT_RECIPE.get(sec, set())}
+                for sec, keys in run.config.items() if isinstance(keys, dict)}
+        return json.dumps(kept, sort_keys=True, default=str)
+
+    names: dict[str, list[str]] = {}
+    for r in runs:
+        names.setdefault(fingerprint(r), [])
+        if r.variant not in names[fingerprint(r)]:
+            names[fingerprint(r)].append(r.variant)
+    return {r.name: " / ".join(names[fingerprint(r)]) for r in runs}
 
 
 def load_run(run_dir: Path, name: str | None = None, index: dict[str, Any] | None = None) -> Run:

@@ -231,15 +231,15 @@ def _at_loss(runs: list[Run], key: str, target: float) -> dict[int, float]:
 
 
 def tev_matched(
-    runs: list[Run], comparison: dict[str, Any], key: str = "tev_mean"
+    runs: list[Run], comparison: dict[str, Any], recipe: dict[str, str], key: str = "tev_mean"
 ) -> list[dict[str, Any]]:
     """For every compared cell: the seed-paired difference (variant − baseline) of the signal
     at the final step, and at the validation loss every run of the cell reached (the highest of
     their lowest validation losses), read where each run first reached it. Standard errors
-    pooled per learning rate, as in the loss comparison."""
+    pooled per learning rate, as in the loss comparison. `recipe`: each run's recipe by name."""
     by: dict[tuple, list[Run]] = defaultdict(list)
     for r in runs:
-        by[(r.variant, r.depth, r.lr)].append(r)
+        by[(recipe[r.name], r.depth, r.lr)].append(r)
     baseline = comparison["baseline"]
     final_d: dict[CellKey, list[float]] = {}
     matched_d: dict[CellKey, list[float]] = {}
