@@ -15,6 +15,7 @@ from steadylm.experiments import analysis
 from steadylm.experiments.runs import Run, recipes
 from steadylm.experiments.stats import (
     Estimate,
+    detectable,
     grouped_spearman,
     holm,
     pooled_estimates,
@@ -62,9 +63,13 @@ def test_paired_interval_on_a_known_case():
     assert both["a"].df == both["b"].df == 4
     assert both["a"].se == pytest.approx(math.sqrt(2.5 / 3))
     assert both["b"].hi - both["b"].mean == pytest.approx(sp.t.ppf(0.975, 4) * math.sqrt(2.5 / 3))
+    # Smallest detectable effect at 80% power, two-sided 5%: (t_0.975 + t_0.8) on df 4, times SE.
+    want = (sp.t.ppf(0.975, 4) + sp.t.ppf(0.8, 4)) * math.sqrt(2.5 / 3)
+    assert detectable(both["a"]) == pytest.approx(want, rel=1e-8)
     # One seed: a mean but no interval.
     one = pooled_estimates({"a": [0.3]})["a"]
     assert one.mean == 0.3 and one.se is None and one.lo is None and not one.excludes_zero
+    assert detectable(one) is None
 
 
 def test_spearman_matches_hand_computed_values():

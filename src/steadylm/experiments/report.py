@@ -38,7 +38,7 @@ from steadylm.experiments.document import (
 )
 from steadylm.experiments.runs import Run, load_runs, recipes
 from steadylm.experiments.spec import short_float
-from steadylm.experiments.stats import CONFIDENCE, PERMUTATIONS, Estimate
+from steadylm.experiments.stats import CONFIDENCE, PERMUTATIONS, POWER, Estimate, detectable
 from steadylm.experiments.unigram import COLLAPSE_MARGIN, Reference, References
 
 MAX_ROWS = 12  # events listed in a table; summary.json holds them all
@@ -307,15 +307,17 @@ class Report:
             "the paired differences pooled over all cells of the same learning rate (degrees of freedom: "
             f"{dfs or 'none'}); the interval is Student's t at {conf}. p tests Δ = 0; Holm's correction is over "
             f"the **{cmp['family']} cell{'s' if cmp['family'] != 1 else ''} compared** (every cell, not the most favourable). Negative Δ: the "
-            "variant is better."))
+            f"variant is better. 'Detectable' is the smallest true |Δ| the cell would find with {POWER:.0%} "
+            f"power at the {1 - CONFIDENCE:g} level: (t_{{{(1 + CONFIDENCE) / 2:g}}} + t_{{{POWER:g}}}) × SE."))
         self.blocks.append(Table(
             ["n_layer", "lr", "variant", "seeds", "variant loss", f"{self.baseline} loss", "Δ", "SE",
-             f"{conf} CI", "p", "Holm p"],
+             f"{conf} CI", "p", "Holm p", "detectable"],
             [[str(r.key.depth), lr_text(r.key.lr), r.key.variant, str(r.estimate.n) if r.estimate else "—",
               fmt(r.variant_mean, ".4f"), fmt(r.baseline_mean, ".4f"),
               *([fmt(r.estimate.mean, "+.4f"), fmt(r.estimate.se, ".4f"), fmt_ci(r.estimate).split(" ", 1)[1]
-                 if r.estimate.lo is not None else "—", fmt_p(r.estimate.p), fmt_p(r.holm_p)]
-                if r.estimate else [f"not compared: {r.excluded.value}", "", "", "", ""])]
+                 if r.estimate.lo is not None else "—", fmt_p(r.estimate.p), fmt_p(r.holm_p),
+                 fmt(detectable(r.estimate), ".4f")]
+                if r.estimate else [f"not compared: {r.excluded.value}", "", "", "", "", ""])]
              for r in cmp["rows"]]))
         inter = analysis.depth_interaction(cmp)
         out["depth_interaction"] = inter
@@ -325,11 +327,12 @@ class Report:
                 "variant's advantage grows with depth. Standard errors combined as for independent seeds, "
                 f"t with the pooled degrees of freedom, Holm over the {len(inter)} differences.")]
             self.blocks.append(Table(
-                ["variant", "lr", "Δ deep", "Δ shallow", "deep − shallow", f"{conf} CI", "p", "Holm p"],
+                ["variant", "lr", "Δ deep", "Δ shallow", "deep − shallow", f"{conf} CI", "p", "Holm p", "detectable"],
                 [[e["variant"], lr_text(e["lr"]), f"{fmt(e['delta_deep'], '+.4f')} (L{e['deep']})",
                   f"{fmt(e['delta_shallow'], '+.4f')} (L{e['shallow']})", fmt(e["estimate"].mean, "+.4f"),
                   fmt_ci(e["estimate"]).split(" ", 1)[1] if e["estimate"].lo is not None else "—",
-                  fmt_p(e["estimate"].p), fmt_p(e["holm_p"])] for e in inter]))
+                  fmt_p(e["estimate"].p), fmt_p(e["holm_p"]), fmt(detectable(e["estimate"]), ".4f")]
+                 for e in inter]))
         steps = analysis.delta_over_steps(self.with_data, self.summaries, cmp)
         out["over_steps"] = steps
         if steps:

@@ -190,6 +190,20 @@ class Estimate:
         return self.lo is not None and self.hi is not None and (self.lo > 0 or self.hi < 0)
 
 
+POWER = 0.8  # the power at which the report states the smallest detectable effect
+
+
+def detectable(
+    e: Estimate | None, power: float = POWER, confidence: float = CONFIDENCE
+) -> float | None:
+    """The smallest true difference this comparison would find (two-sided test at 1 − confidence)
+    with probability `power`: (t_{(1+confidence)/2} + t_power) · SE on the same degrees of
+    freedom (the usual normal-approximation formula with t quantiles). None without an SE."""
+    if e is None or e.se is None or e.df < 1:
+        return None
+    return (t_quantile(0.5 + confidence / 2, e.df) + t_quantile(power, e.df)) * e.se
+
+
 def estimate(
     mean: float, n: int, se: float | None, df: int, confidence: float = CONFIDENCE
 ) -> Estimate:
