@@ -16,7 +16,7 @@ from pathlib import Path
 
 from steadylm.experiments import analysis
 from steadylm.experiments.spec import parse_spec
-from steadylm.experiments.stats import grouped_spearman
+from steadylm.experiments.stats import detectable, grouped_spearman
 from steadylm.experiments.sweep import Sweep
 from steadylm.experiments.unigram import collapsed, reference
 
@@ -39,7 +39,8 @@ cmp = analysis.compare_recipes(runs, "pre_ln")
 print(f"\nΔ final val loss vs pre_ln, {cmp['family']} cells, pooled df {cmp['pooled_df']}")
 for row in cmp["rows"]:
     k, e = row.key, row.estimate
-    what = f"{ci(e)}, Holm {row.holm_p:.2g}" if e else f"not compared: {row.excluded.value}"
+    what = (f"{ci(e)}, Holm {row.holm_p:.2g}, detectable {detectable(e):.3f}" if e
+            else f"not compared: {row.excluded.value}")
     print(f"  {k.variant:15s} L{k.depth:<3d} lr {k.lr:<6g} {what}")
 print("\ndepth interaction (Δ deepest − Δ shallowest)")
 for e in analysis.depth_interaction(cmp):

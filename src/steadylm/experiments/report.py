@@ -308,7 +308,7 @@ class Report:
             f"{dfs or 'none'}); the interval is Student's t at {conf}. p tests Δ = 0; Holm's correction is over "
             f"the **{cmp['family']} cell{'s' if cmp['family'] != 1 else ''} compared** (every cell, not the most favourable). Negative Δ: the "
             f"variant is better. 'Detectable' is the smallest true |Δ| the cell would find with {POWER:.0%} "
-            f"power at the {1 - CONFIDENCE:g} level: (t_{{{(1 + CONFIDENCE) / 2:g}}} + t_{{{POWER:g}}}) × SE."))
+            f"power at the {1 - CONFIDENCE:g} level: (t({(1 + CONFIDENCE) / 2:g}) + t({POWER:g})) × SE."))
         self.blocks.append(Table(
             ["n_layer", "lr", "variant", "seeds", "variant loss", f"{self.baseline} loss", "Δ", "SE",
              f"{conf} CI", "p", "Holm p", "detectable"],
