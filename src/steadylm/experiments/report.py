@@ -319,6 +319,10 @@ class Report:
                  fmt(detectable(r.estimate), ".4f")]
                 if r.estimate else [f"not compared: {r.excluded.value}", "", "", "", "", ""])]
              for r in cmp["rows"]]))
+        if cmp["family"] == 0:
+            self.blocks.append(Para("No compared cell has a seed-to-seed spread to estimate (one paired seed "
+                                    "per cell), so the differences above have no interval or p-value: run "
+                                    "two or more seeds."))
         inter = analysis.depth_interaction(cmp)
         out["depth_interaction"] = inter
         if inter:
