@@ -1,6 +1,7 @@
-"""`steadylm report`: rendered from a real tiny sweep plus hand-made runs with a spike and a
-divergence; its table numbers recomputed here from the runs' metrics.jsonl; the statistics
-checked against hand-computed cases."""
+"""`steadylm report`: rendered from a real tiny sweep plus hand-made runs with known final
+losses, a loss blow-up that TEV saw coming, a divergence and a collapsed run; its table numbers
+recomputed here from the runs' metrics.jsonl. The statistics themselves are checked on
+hand-made cases in test_report_stats.py."""
 
 import json
 import math
@@ -9,21 +10,26 @@ import statistics
 
 import numpy as np
 import pytest
-
 from helpers import tiny_overrides, write_corpus
+
 from steadylm.cli import main
 from steadylm.config import load_config
-from steadylm.experiments.analysis import early_warning, rankdata, spearman, spearman_pvalue
-from steadylm.experiments.runs import Run
+from steadylm.experiments.unigram import COLLAPSE_MARGIN, reference
 
 SPIKE, N_STEPS, TEV_LEAD = 150, 200, 10
+GAIN = -0.2  # the hand-made mlra runs' final validation loss minus the baseline's, per seed
+NOISE = (0.0, 0.01, -0.01)
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "c")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, corpus):
     """A real 2-variant x 2-seed sweep of the tests' tiny model, with every monitor logging."""
     root = tmp_path_factory.mktemp("report")
-    corpus = write_corpus(root / "corpus")
     extra = {"train.max_steps": 12, "monitor.gradvar_every": 2, "monitor.act_every": 4}
     fixed = "\n".join(f'"{k}" = {v}' for k, v in (o.split("=", 1) for o in tiny_overrides(corpus, **extra)))
     spec = root / "spec.toml"
@@ -33,25 +39,29 @@ def sweep(tmp_path_factory):
     return root / "sweep"
 
 
-def _write_run(folder, lr, seed, spike=False, diverge_at=None):
-    """A hand-made run: smooth TEV that steps up TEV_LEAD steps before a loss spike (whose
-    gradient norm jumps only at the spike), or values turning "nan" where it diverges."""
+def _write_run(folder, corpus, lr, seed, final_val, mlra=False, spike=False, diverge_at=None, gradvar=True):
+    """A hand-made run on the test corpus whose validation loss ends at `final_val`: smooth TEV
+    that steps up TEV_LEAD steps before a loss blow-up (whose gradient norm jumps only at the
+    blow-up), or values turning "nan" where it diverges."""
     folder.mkdir(parents=True)
-    cfg = load_config(None, ["model.n_layer=3", f"train.lr={lr}", f"train.min_lr={lr / 10}", f"train.seed={seed}"])
+    over = tiny_overrides(corpus, **{"model.n_layer": 3, "train.lr": lr, "train.min_lr": lr / 10, "train.seed": seed})
+    cfg = load_config(None, over + (["model.attention=mlra"] if mlra else []))
     (folder / "config.toml").write_text(cfg.to_toml())
     rng = np.random.default_rng(seed)
     lines = []
     for step in range(N_STEPS):
-        loss = 6.0 - 2.0 * step / N_STEPS + 0.01 * rng.standard_normal()
+        loss = 6.0 - 3.5 * step / N_STEPS + 0.01 * rng.standard_normal()
         tev = 0.02 + 1e-5 * step + 1e-7 * rng.standard_normal() + (5e-5 if spike and step >= SPIKE - TEV_LEAD else 0)
         gnorm = 1.0 + 0.01 * rng.standard_normal()
         if spike and step == SPIKE:
             loss, gnorm = 9.0, 10.0
         row = {"step": step, "tokens": step * 100, "loss": loss, "lr": lr, "grad_norm": gnorm,
                "tev_mean": tev, "tev_std": tev / 10, "tokens_per_s": 1000.0}
+        if gradvar and step % 10 == 0:
+            row["grad_var_embed"] = 1e-6 * (1 + 0.1 * rng.standard_normal())
         if (step + 1) % 50 == 0:
-            row["val_loss"] = loss + 0.1
-            row["val_ppl"] = math.exp(loss + 0.1)
+            row["val_loss"] = final_val + 0.5 * (N_STEPS - step - 1) / N_STEPS
+            row["val_ppl"] = math.exp(row["val_loss"])
         if diverge_at is not None and step >= diverge_at:
             row = {**row, **{k: "nan" for k in ("loss", "grad_norm", "tev_mean", "tev_std")}}
             row.pop("val_loss", None), row.pop("val_ppl", None)
@@ -61,13 +71,20 @@ def _write_run(folder, lr, seed, spike=False, diverge_at=None):
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     status = "diverged" if diverge_at is not None else "finished"
     (folder / "status.json").write_text(json.dumps({"status": status, "step": N_STEPS}))
+    return cfg
 
 
 @pytest.fixture(scope="module")
-def handmade(tmp_path_factory):
+def handmade(tmp_path_factory, corpus):
+    """Baseline and MLRA at lr 1e-3 with known paired differences; at lr 1e-2 a baseline run
+    with a blow-up, one that diverges, and an MLRA run that collapsed."""
     root = tmp_path_factory.mktemp("handmade")
-    _write_run(root / "spiky", lr=1e-3, seed=1, spike=True)
-    _write_run(root / "blowup", lr=1e-2, seed=1, diverge_at=120)
+    for seed, noise in zip((1, 2, 3), NOISE):
+        _write_run(root / f"base-s{seed}", corpus, 1e-3, seed, 2.5 + 0.01 * seed)
+        _write_run(root / f"mlra-s{seed}", corpus, 1e-3, seed, 2.5 + 0.01 * seed + GAIN + noise, mlra=True)
+    _write_run(root / "spiky", corpus, 1e-2, 1, 2.4, spike=True)
+    _write_run(root / "blowup", corpus, 1e-2, 2, 2.4, diverge_at=120)
+    _write_run(root / "flat", corpus, 1e-2, 1, 6.0, mlra=True, gradvar=False)
     return root
 
 
@@ -77,9 +94,10 @@ def _section(md, heading):
     return md[start:nxt if nxt > 0 else None]
 
 
-def _table(text):
-    """The first Markdown table in `text` as a list of {header: cell} dicts."""
-    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+def _table(text, which=0):
+    """The `which`-th Markdown table in `text` as a list of {header: cell} dicts."""
+    blocks = re.findall(r"((?:^\|.*\n?)+)", text, flags=re.MULTILINE)
+    lines = blocks[which].strip().splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     return [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
 
@@ -96,13 +114,21 @@ def _close(cell, expected):
 
 def _finals(run_dir):
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    last = lambda k: [float(r[k]) for r in rows if k in r and "event" not in r][-1]  # noqa: E731
+    last = lambda k: [float(r[k]) for r in rows if k in r and "event" not in r][-1]
     return {k: last(k) for k in ("val_loss", "val_ppl", "tev_mean", "tev_std")}
 
 
-def test_report_tables_match_the_runs_metrics(sweep, handmade, tmp_path):
-    out = tmp_path / "rep"
-    assert main(["report", str(sweep), str(handmade), "--out", str(out)]) == 0
+@pytest.fixture(scope="module")
+def combined(sweep, handmade, tmp_path_factory):
+    """One report of the sweep and the hand-made runs, compared with the hand-made baseline."""
+    out = tmp_path_factory.mktemp("combined") / "rep"
+    assert main(["report", str(sweep), str(handmade), "--out", str(out), "--no-progress",
+                 "--baseline", "baseline"]) == 0
+    return out
+
+
+def test_report_tables_match_the_runs_metrics(sweep, combined):
+    out = combined
     md = (out / "report.md").read_text()
     summary = json.loads((out / "summary.json").read_text())
 
@@ -110,9 +136,14 @@ def test_report_tables_match_the_runs_metrics(sweep, handmade, tmp_path):
     index = [json.loads(ln) for ln in (sweep / "index.jsonl").read_text().splitlines()]
     table = {row["variant"]: row for row in _table(_section(md, "## n_layer = 2"))}
     assert set(table) == {"base", "mlra"}
+    ref = reference(load_config(sweep / index[0]["dir"] / "config.toml"), progress=False).nats
+    n_collapsed_sweep = 0
     for variant, row in table.items():
         finals = [_finals(sweep / r["dir"]) for r in index if r["variant"] == variant]
         assert row["runs"] == "2" and row["diverged"] == "0/2" and row["spikes"] == "0"
+        n_collapsed = sum(f["val_loss"] >= ref - COLLAPSE_MARGIN for f in finals)
+        assert row["collapsed"] == f"{n_collapsed}/2"
+        n_collapsed_sweep += n_collapsed
         for col, key in (("val loss", "val_loss"), ("val ppl", "val_ppl"), ("μ_TEV", "tev_mean"), ("σ_TEV", "tev_std")):
             values = [f[key] for f in finals]
             _close(row[col], (statistics.mean(values), statistics.stdev(values)))
@@ -120,23 +151,31 @@ def test_report_tables_match_the_runs_metrics(sweep, handmade, tmp_path):
             assert group["final_" + key]["mean"] == pytest.approx(statistics.mean(values), rel=1e-12)
             assert group["final_" + key]["sd"] == pytest.approx(statistics.stdev(values), rel=1e-12)
 
-    # The hand-made runs: one spike, one divergence (its "nan" values read as non-finite).
-    deep = {row["lr"]: row for row in _table(_section(md, "## n_layer = 3"))}
-    assert deep["1e-3"]["spikes"] == "1" and deep["1e-3"]["diverged"] == "0/1"
-    assert deep["1e-2"]["diverged"] == "1/1"
-    lr_rows = _table(_section(md, "## Learning-rate sensitivity").split("### n_layer = 3")[1])
-    assert lr_rows[0]["lr 1e-2"] == "diverged (1/1)" and lr_rows[0]["best lr"] == "1e-3"
+    # The hand-made runs: one blow-up, one divergence (its "nan" values read as non-finite).
+    deep = {(row["variant"], row["lr"]): row for row in _table(_section(md, "## n_layer = 3"))}
+    assert deep[("baseline", "1e-2")]["spikes"] == "1" and deep[("baseline", "1e-2")]["diverged"] == "1/2"
+    assert deep[("attention=mlra", "1e-2")]["collapsed"] == "1/1"
 
-    # Early warning: TEV stepped TEV_LEAD steps before the spike, the gradient norm only at it.
-    ew = _table(_section(md, "## Early warning"))
-    spike = next(r for r in ew if r["run"] == "spiky")
-    assert spike["spike step"] == str(SPIKE)
-    assert spike["μ_TEV lead"] == str(TEV_LEAD) and spike["gradient norm lead"] == "0"
+    # Early warning: the blow-up is a loss-defined event; TEV stepped TEV_LEAD steps before it,
+    # the gradient norm only at it; the divergence is an event at its first non-finite step.
+    ew = _section(md, "## Early warning")
+    events = {r["run"]: r for r in _table(ew, 0)}
+    assert events["spiky"]["event step"] == str(SPIKE)
+    assert events["spiky"]["μ_TEV"] == f"{TEV_LEAD} ahead" and events["spiky"]["gradient norm"] == "at it"
+    assert events["spiky"]["ΔTEV/Σlr"] == f"{TEV_LEAD} ahead"
+    assert events["blowup"]["event step"] == "120" and events["blowup"]["peak loss"] == "inf"
+    scores = {r["signal"]: r for r in _table(ew, 1)}
+    assert scores["μ_TEV"]["warned"] == "1" and scores["gradient norm"]["warned"] == "0"
 
-    # TEV against gradient variance: the sweep logged it every 2 steps.
-    tev = _section(md, "## TEV and gradient variance")
-    assert "Not computed" not in tev and "ρ(μ_TEV, g)" in tev
-    assert summary["tev_gradvar"]["available"] and summary["tev_gradvar"]["runs"] == 4
+    # 12 steps are too few for the sweep's runs to learn more than a unigram table: all collapsed,
+    # so they are left out of the correlations.
+    assert n_collapsed_sweep == 4
+
+    # TEV against gradient variance, within (depth, lr) groups: the six hand-made runs at lr 1e-3
+    # form the one group with 3 or more runs that learned.
+    tev = _section(md, "## TEV")
+    gv = {r["signal"]: r for r in _table(tev.split("### Does TEV track")[1])}
+    assert gv["μ_TEV"]["groups"] == "1" and gv["μ_TEV"]["runs"] == "6"
 
     # One self-contained page: every figure embedded, none linked.
     html = (out / "report.html").read_text()
@@ -146,72 +185,60 @@ def test_report_tables_match_the_runs_metrics(sweep, handmade, tmp_path):
     assert all(f"plots/{name}" in md for name in pngs)
 
 
-def test_report_says_in_words_what_it_cannot_compute(sweep, handmade, tmp_path, capsys):
-    no_spikes = tmp_path / "a"
-    assert main(["report", str(sweep), "--out", str(no_spikes)]) == 0
-    md = (no_spikes / "report.md").read_text()
-    assert "No run had a spike event" in md
-    assert "single learning rate" in md
+def test_recipe_comparison_of_hand_made_runs(combined):
+    out = combined
+    md = (out / "report.md").read_text()
+    cmp = _section(md, "## Recipes compared, seed by seed")
+    rows = {r["lr"]: r for r in _table(cmp, 0)}
+    # lr 1e-3: Δ = GAIN + noise per seed; SE = sd(NOISE) / sqrt(3) on 2 degrees of freedom.
+    se = statistics.stdev(NOISE) / math.sqrt(3)
+    assert float(rows["1e-3"]["Δ"]) == pytest.approx(GAIN, abs=5e-5)
+    assert float(rows["1e-3"]["SE"]) == pytest.approx(se, abs=5e-5)
+    lo, hi = map(float, rows["1e-3"]["95% CI"].strip("[]").split(","))
+    assert (lo, hi) == pytest.approx((GAIN - 4.302653 * se, GAIN + 4.302653 * se), abs=1e-4)
+    # lr 1e-2: the MLRA run collapsed (and a baseline seed diverged): shown, not compared.
+    assert rows["1e-2"]["Δ"] == "not compared: collapsed"
+    assert "**1 cell compared**" in cmp
+    best = {r["variant"]: r for r in _table(cmp.split("### Each recipe at its own best learning rate")[1])}
+    assert best["attention=mlra"]["best lr"] == "1e-3"
+    summary = json.loads((out / "summary.json").read_text())
+    flat = next(r for r in summary["runs"] if r["name"] == "flat")
+    assert flat["collapsed"] is True and flat["unigram_nats"] < 6.0 - COLLAPSE_MARGIN
 
-    no_gradvar = tmp_path / "b"
-    assert main(["report", str(handmade / "spiky"), "--out", str(no_gradvar)]) == 0
-    md = (no_gradvar / "report.md").read_text()
-    assert "Not computed: no run logged the embedding's gradient variance" in md
+
+def test_report_says_in_words_what_it_cannot_compute(sweep, handmade, tmp_path, capsys):
+    out = tmp_path / "b"
+    assert main(["report", str(handmade / "flat"), "--out", str(out), "--no-progress"]) == 0
+    md = (out / "report.md").read_text()
+    assert "single learning rate" in md
+    assert "Not logged by these runs, so not judged: μ_TEV, frequent third" in md
+    assert "Not computed: no run that learned logged the embedding's gradient variance" in md
     assert "Not logged here, so their panels are empty: gradient variance" in md
+    assert "nothing to compare" in md and "No run had an instability event" in md
+    assert "Collapsed: `flat`." in md
 
     # A report folder is replaced whole; any other folder is left alone.
-    assert main(["report", str(sweep), "--out", str(no_gradvar)]) == 0
-    assert "n_layer = 2" in (no_gradvar / "report.md").read_text()
-    assert main(["report", str(sweep), "--out", str(tmp_path)]) == 2
+    assert main(["report", str(handmade / "spiky"), "--out", str(out), "--no-progress"]) == 0
+    assert "spiky" in (out / "report.md").read_text() and "Collapsed: `flat`" not in (out / "report.md").read_text()
+    assert main(["report", str(sweep), "--out", str(tmp_path), "--no-progress"]) == 2
     assert "already holds other files" in capsys.readouterr().err
+    assert main(["report", str(sweep), "--out", str(tmp_path / "c"), "--baseline", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "--baseline: no variant 'nope'" in err and "base, mlra" in err
+    assert not (tmp_path / "c").exists()
+    assert main(["report", str(sweep), "--out", str(tmp_path / "d"), "--rise", "0"]) == 2
+    assert "--rise: must be > 0" in capsys.readouterr().err
 
 
-def test_preface_is_placed_under_the_title_in_both_renderings(sweep, tmp_path, capsys):
+def test_preface_is_placed_under_the_title_in_both_renderings(handmade, tmp_path, capsys):
     preface = tmp_path / "reading.md"
     preface.write_text("## Reading\n\nMLRA lowers **TEV** at\nevery depth.\n\n- first `claim`\n  continued\n- second\n")
     out = tmp_path / "rep"
-    assert main(["report", str(sweep), "--out", str(out), "--preface", str(preface)]) == 0
+    assert main(["report", str(handmade / "flat"), "--out", str(out), "--preface", str(preface), "--no-progress"]) == 0
     md = (out / "report.md").read_text()
     assert md.index("## Reading") < md.index("## n_layer")
     assert "MLRA lowers **TEV** at every depth.\n\n- first `claim` continued\n- second\n" in md
     html = (out / "report.html").read_text()
     assert "<h2>Reading</h2>" in html and "<li>first <code>claim</code> continued</li>" in html
-    assert main(["report", str(sweep), "--out", str(tmp_path / "x"), "--preface", str(tmp_path / "none.md")]) == 2
+    assert main(["report", str(handmade / "flat"), "--out", str(tmp_path / "x"), "--preface", str(tmp_path / "none.md")]) == 2
     assert "--preface: cannot read" in capsys.readouterr().err
-
-
-def test_spearman_matches_hand_computed_values():
-    # No ties: d = (0, -1, 1, 0), rho = 1 - 6 * 2 / (4 * 15) = 0.8
-    assert spearman([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)
-    # Ties: y ranks (1, 2, 3.5, 5, 3.5); Pearson of ranks = 8 / sqrt(10 * 9.5)
-    assert rankdata([5, 6, 7, 8, 7]).tolist() == [1, 2, 3.5, 5, 3.5]
-    assert spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(8 / math.sqrt(95))
-    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    # Non-finite pairs are dropped; fewer than 3 pairs or a constant side give no rho.
-    assert spearman([1, 2, float("nan"), 4, 5], [2, 1, 0, 4, 3]) == spearman([1, 2, 4, 5], [2, 1, 4, 3])
-    assert spearman([1, 2], [1, 2]) is None and spearman([1, 1, 1], [1, 2, 3]) is None
-    # A perfect order of 7 happens in 2 of 5040 orderings: p ~ 4e-4, well under 0.01.
-    assert spearman_pvalue(range(7), range(7)) < 0.01
-    assert spearman_pvalue([1, 2, 3, 4], [10, 30, 20, 40]) > 0.2
-
-
-def test_early_warning_leads_and_false_alarms():
-    steps = np.arange(300)
-    rng = np.random.default_rng(0)
-    tev = 0.02 + 1e-5 * steps + 1e-7 * rng.standard_normal(300)
-    tev[240:] += 1e-4  # a level shift 20 steps before the spike at 260
-    gnorm = 1 + 0.01 * rng.standard_normal(300)
-    gnorm[260] = 5.0
-    rows = [{"step": int(s), "tev_mean": float(t), "tev_std": float(t) / 10, "grad_norm": float(g)}
-            for s, t, g in zip(steps, tev, gnorm)]
-    spikes = [{"event": "spike", "step": 260}, {"event": "spike", "step": 265}]  # one episode
-    run = Run("r", None, "v", 2, 1e-3, 1, "finished", rows=rows, events=spikes)
-    ew = early_warning([run], window=30, k=4.0, horizon=30)
-    assert len(ew["spikes"]) == 1
-    leads = ew["spikes"][0]["leads"]
-    assert leads["tev_mean"] == 20 and leads["grad_norm"] == 0
-    assert ew["summary"]["tev_mean"]["ahead"] == 1 and ew["summary"]["grad_norm"]["at_spike"] == 1
-    assert ew["summary"]["tev_mean"]["false_alarm_rate"] < 0.02
-    # A spike with no history before its horizon cannot be scored.
-    early = Run("e", None, "v", 2, 1e-3, 1, "finished", rows=rows, events=[{"event": "spike", "step": 40}])
-    assert early_warning([early], 30, 4.0, 30)["spikes"][0]["leads"]["tev_mean"] == "too early"

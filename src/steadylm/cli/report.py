@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = """\
 Compare the runs of one or more sweeps (folders with index.jsonl), run folders, or folders of
 runs. Writes REPORT/report.md, a self-contained REPORT/report.html (figures embedded),
 REPORT/plots/*.png and REPORT/summary.json (every number of the tables).
 
-The report has, per depth (model.n_layer): one line per variant for training and validation
-loss, mu_TEV and sigma_TEV, gradient norm, gradient variance and the final residual RMS per
-layer, with spike markers; a table of final validation loss and perplexity, final mu/sigma_TEV,
-spikes, skipped steps and divergence, mean +- sd over seeds. Then learning-rate sensitivity
-(final loss vs lr, Wortsman et al. 2023), TEV against gradient variance across runs at matched
-steps (Spearman) with Delta TEV^2 against cumulative lr^2 x gradient variance, and an early-warning
-comparison: how many steps before each spike TEV left its normal range (first differences
-more than K standard deviations from the mean of the previous W), against the same rule on the
-gradient norm. What cannot be computed from the runs is said in words."""
+The report has: which runs collapsed (final validation loss within 0.05 nats of the unigram
+cross-entropy of the validation tokens evaluated, or above; computed through the cached data
+preparation); per depth (model.n_layer), curves and a table of finals (mean +- sd over seeds);
+learning-rate sensitivity (Wortsman et al. 2023); each variant against the baseline per (depth,
+lr) cell, seed-paired, with a pooled standard error, t interval and Holm's correction over the
+cells compared, the depth interaction, the difference along training and each recipe at its own
+best lr; TEV signals against the final loss and the embedding's gradient variance within (depth,
+lr) groups (permutations inside groups), TEV growth between Adam's pure-noise and pure-drift
+references, and TEV at a matched step and a matched validation loss; and an early-warning test
+against instability events defined from the loss alone (RISE nats above its running minimum, or
+non-finite), each signal's hits set against the same number of alarms at random steps. Collapsed
+and diverged cells are shown but kept out of comparisons. What cannot be computed is said in words."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,12 +36,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--title", default="steadylm report", help="the report's title")
     p.add_argument("--preface", metavar="FILE.md",
                    help="Markdown (headings, paragraphs, - lists) placed under the title: your reading of the results")
+    p.add_argument("--baseline", metavar="VARIANT",
+                   help="the variant the others are compared with (default: the first variant)")
     p.add_argument("--window", type=int, default=50, metavar="W",
                    help="early warning: differences forming a signal's baseline (default 50)")
     p.add_argument("--k", type=float, default=4.0, metavar="K",
                    help="early warning: standard deviations from the baseline that count as out of range (default 4)")
     p.add_argument("--horizon", type=int, default=50, metavar="H",
-                   help="early warning: steps before a spike in which a flag counts as a warning (default 50)")
+                   help="early warning: steps before an event in which a flag counts as a warning (default 50)")
+    p.add_argument("--rise", type=float, default=1.0, metavar="NATS",
+                   help="early warning: an instability event is the loss this far above its running minimum (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars while preparing the data")
     p.set_defaults(func=run)
 
 
@@ -48,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
     preface = ""
     if args.preface:
         try:
-            preface = open(args.preface, encoding="utf-8").read()
+            preface = Path(args.preface).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise SteadyLMError(f"--preface: cannot read {args.preface!r} ({e})") from None
-    html = write_report(args.dirs, args.out, Options(window=args.window, k=args.k, horizon=args.horizon,
-                                                     title=args.title, preface=preface))
+    html = write_report(args.dirs, args.out, Options(
+        window=args.window, k=args.k, horizon=args.horizon, rise=args.rise, baseline=args.baseline,
+        title=args.title, preface=preface, progress=not args.no_progress))
     print(f"report  {html.parent / 'report.md'}\nhtml    {html}")
     return 0

@@ -1,84 +1,45 @@
-"""The report's numbers, as plain functions of runs: finals per run, means over seeds,
-learning-rate sensitivity, TEV against gradient variance, and the early-warning comparison.
+"""The report's numbers about losses, as plain functions of runs: finals per run (with the
+collapsed-run rule), means over seeds, learning-rate sensitivity, and the recipe comparison:
+seed-paired differences per (depth, learning rate) cell with pooled standard errors and Holm's
+correction, the depth interaction, the difference along training, and each recipe at its own
+best learning rate.
 
-Every definition the report states in words is implemented here, once.
+Every definition the report states in words is implemented here, once; TEV's statistics are in
+`tevstats`, the early-warning test in `warning`.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections import defaultdict
-from typing import Any, Iterable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
 
 import numpy as np
 
-from steadylm.experiments.runs import Run, num
+from steadylm.experiments.runs import Run
+from steadylm.experiments.stats import (
+    Estimate,
+    estimate,
+    finite,
+    holm,
+    mean_sd,
+    paired_differences,
+    pooled_estimates,
+)
+from steadylm.experiments.unigram import Reference, collapsed
 
 TAIL = 10  # the final training loss is the mean of the last TAIL logged losses
-PERMUTATIONS = 10_000  # shuffles behind a Spearman p-value
-
-
-def _finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)
-
-
-# ----------------------------------------------------------------- statistics
-
-
-def rankdata(x: Iterable[float]) -> np.ndarray:
-    """Ranks 1..n, ties given the mean of the ranks they span."""
-    x = np.asarray(list(x), dtype=float)
-    values, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    first = np.cumsum(counts) - counts  # 0-based position of each distinct value's first rank
-    return (first + (counts + 1) / 2)[inverse]
-
-
-def spearman(x: Iterable[float], y: Iterable[float]) -> float | None:
-    """Spearman's rho: Pearson's correlation of the ranks, over the pairs where both are finite.
-    None with fewer than 3 pairs or when either side is constant (rho is undefined)."""
-    x, y = np.asarray(list(x), dtype=float), np.asarray(list(y), dtype=float)
-    keep = np.isfinite(x) & np.isfinite(y)
-    if keep.sum() < 3:
-        return None
-    rx, ry = rankdata(x[keep]), rankdata(y[keep])
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = math.sqrt(float((rx**2).sum() * (ry**2).sum()))
-    return float((rx * ry).sum() / denom) if denom > 0 else None
-
-
-def spearman_pvalue(x: Iterable[float], y: Iterable[float], n: int = PERMUTATIONS, seed: int = 0) -> float | None:
-    """Two-sided permutation p-value of Spearman's rho: the share of shuffles of y at least as
-    correlated (in absolute value) as observed, counting the observation itself."""
-    x, y = np.asarray(list(x), dtype=float), np.asarray(list(y), dtype=float)
-    keep = np.isfinite(x) & np.isfinite(y)
-    rho = spearman(x[keep], y[keep])
-    if rho is None:
-        return None
-    rx, ry = rankdata(x[keep]), rankdata(y[keep])
-    rx = (rx - rx.mean()) / np.linalg.norm(rx - rx.mean())
-    ry = (ry - ry.mean()) / np.linalg.norm(ry - ry.mean())
-    perms = np.random.default_rng(seed).permuted(np.tile(ry, (n, 1)), axis=1)
-    hits = int((np.abs(perms @ rx) >= abs(rho) - 1e-12).sum())
-    return (hits + 1) / (n + 1)
-
-
-def mean_sd(values: Iterable[float | None]) -> dict[str, Any]:
-    """Mean and sample standard deviation over the finite values; `n` counts them."""
-    v = np.asarray([x for x in values if _finite(x)], dtype=float)
-    return {
-        "mean": float(v.mean()) if len(v) else None,
-        "sd": float(v.std(ddof=1)) if len(v) >= 2 else None,
-        "n": int(len(v)),
-    }
-
 
 # ----------------------------------------------------------------- runs
 
 
-def summarize(run: Run) -> dict[str, Any]:
-    """A run's final figures. `diverged`: the trainer stopped it as diverged, or its final
-    training loss is not finite or above its first-step loss (training went backwards)."""
+def summarize(run: Run, ref: Reference | None = None, recipe: str | None = None) -> dict[str, Any]:
+    """A run's final figures; `recipe` names what comparisons pair it by (default: its variant). `diverged`: the trainer stopped it as diverged, or its final
+    training loss is not finite or above its first-step loss (training went backwards).
+    `collapsed`: its final validation loss is within the margin of the unigram cross-entropy
+    `ref`, or above (None when either is unknown)."""
     _, loss = run.series("loss")
     initial = float(loss[0]) if len(loss) else None
     final_train = float(loss[-TAIL:].mean()) if len(loss) else None
@@ -87,11 +48,12 @@ def summarize(run: Run) -> dict[str, Any]:
     if ppl is None and val is not None:
         ppl = math.exp(val) if val < 700 else math.inf
     diverged = run.status == "diverged" or (
-        initial is not None and not (_finite(final_train) and final_train <= initial)
+        initial is not None and not (finite(final_train) and final_train <= initial)
     )
     skipped = {int(r["step"]) for r in run.rows if r.get("skipped")} | set(run.event_steps("skip"))
+    ref = ref or Reference(None, error="not computed")
     return {
-        "name": run.name, "variant": run.variant, "depth": run.depth, "lr": run.lr, "seed": run.seed,
+        "name": run.name, "variant": run.variant, "recipe": recipe or run.variant, "depth": run.depth, "lr": run.lr, "seed": run.seed,
         "status": run.status, "steps": len(run.rows), "error": run.error,
         "initial_loss": initial,
         "final_train_loss": final_train,
@@ -101,16 +63,17 @@ def summarize(run: Run) -> dict[str, Any]:
         "final_tev_std": run.last("tev_std"),
         "final_grad_norm": run.last("grad_norm"),
         "spikes": len(run.event_steps("spike")),
-        "spike_steps": run.event_steps("spike"),
         "skipped": len(skipped),
         "diverged": diverged,
+        "unigram_nats": ref.nats,
+        "collapsed": collapsed(val, ref),
         "final_loss": val if val is not None else final_train,
     }
 
 
 def group_table(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (depth, variant, lr): finals as mean ± sd over seeds, spikes and skipped
-    steps summed, diverged counted."""
+    steps summed, diverged and collapsed runs counted."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for s in summaries:
         if s["steps"]:
@@ -125,18 +88,24 @@ def group_table(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "spikes": sum(m["spikes"] for m in members),
             "skipped": sum(m["skipped"] for m in members),
             "diverged": sum(m["diverged"] for m in members),
+            "collapsed": sum(bool(m["collapsed"]) for m in members),
         })
     return out
 
 
+def recipe_of(summary: dict[str, Any]) -> str:
+    """What a run is compared as: its recipe (runs.recipes), else its variant."""
+    return summary.get("recipe") or summary["variant"]
+
+
 def lr_sensitivity(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (depth, variant) with two or more learning rates: the final loss at each, and the
+    """Per (depth, recipe) with two or more learning rates: the final loss at each, and the
     sensitivity of Wortsman et al. (2023): the mean over learning rates of min(final, initial)
     minus its best value, a diverged run counting as its initial loss."""
     by: dict[tuple, dict[float, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for s in summaries:
         if s["steps"] and s["lr"] is not None:
-            by[(s["depth"], s["variant"])][s["lr"]].append(s)
+            by[(s["depth"], recipe_of(s))][s["lr"]].append(s)
     out = []
     for (depth, variant), per_lr in by.items():
         if len(per_lr) < 2:
@@ -144,13 +113,14 @@ def lr_sensitivity(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         lrs = sorted(per_lr)
         capped = []
         for lr in lrs:
-            vals = [s["initial_loss"] if s["diverged"] or not _finite(s["final_loss"])
+            vals = [s["initial_loss"] if s["diverged"] or not finite(s["final_loss"])
                     else min(s["final_loss"], s["initial_loss"]) for s in per_lr[lr]]
             capped.append(float(np.mean(vals)))
         out.append({
             "depth": depth, "variant": variant, "lrs": lrs,
             "final_loss": [mean_sd(s["final_loss"] for s in per_lr[lr] if not s["diverged"]) for lr in lrs],
             "diverged": [sum(s["diverged"] for s in per_lr[lr]) for lr in lrs],
+            "collapsed": [sum(bool(s["collapsed"]) for s in per_lr[lr]) for lr in lrs],
             "runs": [len(per_lr[lr]) for lr in lrs],
             "best_lr": lrs[int(np.argmin(capped))],
             "sensitivity": float(np.mean(capped) - min(capped)),
@@ -158,173 +128,219 @@ def lr_sensitivity(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-# ----------------------------------------------------------------- TEV and gradient variance
+# ----------------------------------------------------------------- recipe comparison
 
 
-def tev_budget(run: Run) -> dict[int, dict[str, float]]:
-    """At each step that logged the embedding's gradient variance g: μ_TEV, σ_TEV, g,
-    ΔTEV² = mean_i TEV_i² (= μ² + σ²) minus its value at the first step, and the budget
-    Σ lr²·g over the updates since, with g interpolated linearly between the steps that logged it
-    (skipped steps made no update and add nothing)."""
-    gv_steps, gv = run.series("grad_var_embed")
-    ok = np.isfinite(gv)
-    gv_steps, gv = gv_steps[ok], gv[ok]
-    tev = {r["step"]: (num(r["tev_mean"]), num(r["tev_std"])) for r in run.rows if "tev_mean" in r and "tev_std" in r}
-    rows = [r for r in run.rows if "lr" in r]
-    if not len(gv_steps) or not tev or not rows:
-        return {}
-    steps = np.array([r["step"] for r in rows])
-    moved = np.array([0.0 if r.get("skipped") else 1.0 for r in rows])
-    lr = np.array([num(r["lr"]) for r in rows])
-    budget = dict(zip(steps.tolist(), np.cumsum(lr**2 * np.interp(steps, gv_steps, gv) * moved).tolist()))
-    first = min(tev)  # its TEV reading already includes its own update: count the updates after it
-    mu0, sd0 = tev[first]
-    out = {}
-    for s, g in zip(gv_steps.tolist(), gv.tolist()):
-        if s in tev and s in budget and first in budget:
-            mu, sd = tev[s]
-            out[s] = {"tev_mean": mu, "tev_std": sd, "grad_var": g,
-                      "delta_tev2": (mu**2 + sd**2) - (mu0**2 + sd0**2), "budget": budget[s] - budget[first]}
+class Exclusion(str, Enum):
+    """Why a cell is shown but kept out of the comparisons."""
+
+    COLLAPSED = "collapsed"  # a seed ended at the unigram cross-entropy or above
+    DIVERGED = "diverged"  # a seed diverged
+    UNPAIRED = "no seed in common"  # the variant and the baseline share no finished seed
+
+
+class Trajectory(str, Enum):
+    """How the seed-paired difference evolved over the evaluations of a cell."""
+
+    LASTING_GAIN = "lasting gain"  # below 0 (95% CI) at the last evaluation
+    CATCH_UP = "early gain, caught up"  # below 0 at some evaluation, not at the last
+    WORSE = "worse at the end"  # above 0 at the last evaluation
+    NO_DIFFERENCE = "no clear difference"  # never below 0, not above at the end
+    UNKNOWN = "not estimable"  # no degrees of freedom for an interval
+
+
+@dataclass(frozen=True)
+class CellKey:
+    variant: str
+    depth: int | None
+    lr: float | None
+
+
+@dataclass
+class Comparison:
+    """variant − baseline in one (depth, lr) cell, paired by seed."""
+
+    key: CellKey
+    baseline: str
+    estimate: Estimate | None = None
+    holm_p: float | None = None
+    excluded: Exclusion | None = None
+    variant_mean: float | None = None
+    baseline_mean: float | None = None
+
+
+def _cells(summaries: list[dict[str, Any]]) -> dict[CellKey, list[dict[str, Any]]]:
+    cells: dict[CellKey, list[dict[str, Any]]] = defaultdict(list)
+    for s in summaries:
+        if s["steps"]:
+            cells[CellKey(recipe_of(s), s["depth"], s["lr"])].append(s)
+    return cells
+
+
+def cell_exclusion(members: list[dict[str, Any]]) -> Exclusion | None:
+    if any(m["collapsed"] for m in members):
+        return Exclusion.COLLAPSED
+    if any(m["diverged"] for m in members):
+        return Exclusion.DIVERGED
+    return None
+
+
+def _by_seed(members: list[dict[str, Any]], key: str) -> dict[int, float]:
+    return {m["seed"]: m[key] for m in members if m["seed"] is not None and finite(m[key])}
+
+
+def compare_recipes(summaries: list[dict[str, Any]], baseline: str, key: str = "final_loss") -> dict[str, Any]:
+    """Each variant against `baseline` in every (depth, lr) cell both ran: the mean over seeds
+    of (variant − baseline), paired by seed, its standard error pooled over the cells of the
+    same learning rate, a t interval and p-value, and Holm's correction over every cell
+    compared. Cells where either side has a collapsed or diverged seed are listed, not compared."""
+    cells = _cells(summaries)
+    rows: list[Comparison] = []
+    diffs: dict[CellKey, list[float]] = {}
+    for k in sorted(cells, key=lambda c: (_order(c.depth), _order(c.lr), c.variant)):
+        base = CellKey(baseline, k.depth, k.lr)
+        if k.variant == baseline or base not in cells:
+            continue
+        mine, theirs = cells[k], cells[base]
+        row = Comparison(k, baseline, variant_mean=mean_sd(m[key] for m in mine)["mean"],
+                         baseline_mean=mean_sd(m[key] for m in theirs)["mean"])
+        row.excluded = cell_exclusion(mine) or cell_exclusion(theirs)
+        if row.excluded is None:
+            d = paired_differences(_by_seed(mine, key), _by_seed(theirs, key))
+            if d:
+                diffs[k] = d
+            else:
+                row.excluded = Exclusion.UNPAIRED
+        rows.append(row)
+    est = pooled_estimates(diffs, {k: k.lr for k in diffs})
+    for row in rows:
+        row.estimate = est.get(row.key)
+    compared = [r for r in rows if r.estimate is not None and r.estimate.p is not None]
+    for r, p in zip(compared, holm([r.estimate.p for r in compared])):
+        r.holm_p = p
+    pooled_df = {k.lr: e.df for k, e in est.items()}
+    return {"baseline": baseline, "metric": key, "rows": rows, "family": len(compared), "pooled_df": pooled_df}
+
+
+def _order(x):
+    return (x is None, x)
+
+
+def depth_interaction(comparison: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per variant and learning rate compared at two or more depths: Δ at the deepest minus Δ
+    at the shallowest, with the two standard errors combined (independent seeds) and the
+    pooled degrees of freedom of that learning rate; Holm over all of them."""
+    by: dict[tuple, dict[int, Estimate]] = defaultdict(dict)
+    for r in comparison["rows"]:
+        if r.estimate is not None and r.key.depth is not None:
+            by[(r.key.variant, r.key.lr)][r.key.depth] = r.estimate
+    out = []
+    for (variant, lr), per_depth in sorted(by.items(), key=lambda kv: (kv[0][0], _order(kv[0][1]))):
+        if len(per_depth) < 2:
+            continue
+        shallow, deep = min(per_depth), max(per_depth)
+        a, b = per_depth[deep], per_depth[shallow]
+        se = math.sqrt(a.se**2 + b.se**2) if a.se is not None and b.se is not None else None
+        out.append({"variant": variant, "lr": lr, "deep": deep, "shallow": shallow,
+                    "delta_deep": a.mean, "delta_shallow": b.mean,
+                    "estimate": estimate(a.mean - b.mean, min(a.n, b.n), se, min(a.df, b.df))})
+    for e, p in zip(out, holm([e["estimate"].p for e in out])):
+        e["holm_p"] = p
     return out
 
 
-def tev_vs_gradvar(runs: list[Run]) -> dict[str, Any]:
-    """Spearman's rho across runs at each matched step (a step at which several runs logged the
-    gradient variance): μ_TEV vs g, σ_TEV vs g, and ΔTEV² vs Σ lr²·g; at the featured step (the
-    latest with the most runs) also p-values and the same within each learning rate."""
-    per_run = {r.name: tev_budget(r) for r in runs}
-    per_run = {k: v for k, v in per_run.items() if v}
-    if not per_run:
-        return {"available": False, "reason": "no run logged the embedding's gradient variance "
-                "(monitor.gradvar_every = 0, or runs shorter than its cadence)"}
-    steps = sorted({s for v in per_run.values() for s in v})
-    table = []
-    for s in steps:
-        pts = [v[s] for v in per_run.values() if s in v]
-        col = {k: [p[k] for p in pts] for k in pts[0]}
-        table.append({
-            "step": s, "runs": len(pts),
-            "rho_tev_mean": spearman(col["tev_mean"], col["grad_var"]),
-            "rho_tev_std": spearman(col["tev_std"], col["grad_var"]),
-            "rho_delta": spearman(col["delta_tev2"], col["budget"]),
-        })
-    usable = [t for t in table if t["rho_tev_mean"] is not None]
-    if not usable:
-        return {"available": False, "runs": len(per_run), "reason": (
-            f"{len(per_run)} run(s) logged gradient variance, but no step has the 3 runs with "
-            "finite, non-constant values that a rank correlation needs")}
-    most = max(t["runs"] for t in usable)
-    featured = max((t for t in usable if t["runs"] == most), key=lambda t: t["step"])["step"]
-    points = [{"run": name, **v[featured]} for name, v in per_run.items() if featured in v]
-    pv = {
-        "p_tev_mean": spearman_pvalue([p["tev_mean"] for p in points], [p["grad_var"] for p in points]),
-        "p_tev_std": spearman_pvalue([p["tev_std"] for p in points], [p["grad_var"] for p in points]),
-        "p_delta": spearman_pvalue([p["delta_tev2"] for p in points], [p["budget"] for p in points]),
-    }
-    lr_of = {r.name: r.lr for r in runs}
-    by_lr = []
-    for lr in sorted({lr_of[p["run"]] for p in points if lr_of[p["run"]] is not None}):
-        mine = [p for p in points if lr_of[p["run"]] == lr]
-        by_lr.append({"lr": lr, "runs": len(mine),
-                      "rho_tev_mean": spearman([p["tev_mean"] for p in mine], [p["grad_var"] for p in mine]),
-                      "rho_delta": spearman([p["delta_tev2"] for p in mine], [p["budget"] for p in mine])})
-    rhos = [t["rho_tev_mean"] for t in usable]
-    return {
-        "available": True, "runs": len(per_run), "steps": table, "featured_step": featured,
-        "featured": next(t for t in table if t["step"] == featured) | pv,
-        "median_rho_tev_mean": float(np.median(rhos)), "points": points, "by_lr": by_lr,
-        "trajectories": per_run,
-    }
-
-
-# ----------------------------------------------------------------- early warning
-
-
-def out_of_range(values: np.ndarray, window: int, k: float) -> np.ndarray:
-    """flag[i]: the first difference d_i = x_i − x_{i−1} lies more than k standard deviations
-    from the mean of the `window` differences before it (or is not finite). Only the past is
-    used, so a flag is something a monitor could have raised at that step. The first window+1
-    points cannot be judged and are never flagged."""
-    x = np.asarray(values, dtype=float)
-    flags = np.zeros(len(x), dtype=bool)
-    if len(x) < window + 2:
-        return flags
-    d = np.diff(x)
-    d_clean = np.where(np.isfinite(d), d, np.nan)
-    past = np.lib.stride_tricks.sliding_window_view(d_clean, window)[: len(d) - window]  # d[i-1-window:i-1]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows after a divergence
-        m, s = np.nanmean(past, axis=1), np.nanstd(past, axis=1)
-    current = d[window:]  # d_i for i = window+1 ..
-    judged = np.isfinite(m) & np.isfinite(s)
-    with np.errstate(invalid="ignore"):
-        out = ~np.isfinite(current) | (judged & (np.abs(current - m) > k * s))
-    flags[window + 1:] = out
-    return flags
-
-
-def _episodes(spikes: list[int], horizon: int) -> list[int]:
-    """Spikes that open an episode: a spike within `horizon` steps of the previous one belongs to it."""
-    heads, last = [], None
-    for s in sorted(set(spikes)):
-        if last is None or s - last > horizon:
-            heads.append(s)
-        last = s
-    return heads
-
-
-SIGNALS = ("tev_mean", "tev_std", "grad_norm")
-
-
-def early_warning(runs: list[Run], window: int, k: float, horizon: int) -> dict[str, Any]:
-    """For each spike episode, per signal: steps between the earliest out-of-range flag within
-    `horizon` steps before the spike (the spike's own step included) and the spike; None if none.
-    Alongside, each signal's false-alarm rate: the share of judged steps flagged farther than
-    `horizon` from any spike, and the chance that rate gives of a flag by luck in a horizon.
-    A run's steps after its first non-finite value are not judged (it has diverged)."""
-    spikes_out: list[dict[str, Any]] = []
-    quiet = {sig: [0, 0] for sig in SIGNALS}  # flagged, judged steps away from spikes
+def delta_over_steps(runs: list[Run], summaries: list[dict[str, Any]], comparison: dict[str, Any],
+                     key: str = "val_loss") -> list[dict[str, Any]]:
+    """For every compared cell: the seed-paired difference of `key` (variant − baseline) at each
+    step both logged it, pooled per (learning rate, step) as in the final comparison, and how
+    it evolved (a lasting gain, an early gain the baseline caught up with, ...)."""
+    recipe = {s["name"]: recipe_of(s) for s in summaries}
+    series: dict[tuple, dict[int, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     for run in runs:
-        heads = _episodes(run.event_steps("spike"), horizon)
-        all_spikes = np.array(run.event_steps("spike"), dtype=int)
-        leads: dict[int, dict[str, Any]] = {s: {} for s in heads}
-        for sig in SIGNALS:
-            steps, x = run.series(sig)
-            if len(steps) < window + 2:
-                for s in heads:
-                    leads[s][sig] = "too short"
-                continue
-            # After its first non-finite value a run has diverged: nothing later is judged.
-            bad = np.flatnonzero(~np.isfinite(x))
-            idx = np.arange(len(steps))
-            judged = (idx > window) & (idx <= (bad[0] if len(bad) else len(x)))
-            flags = out_of_range(x, window, k) & judged
-            first_judged = steps[window + 1]
-            near = np.zeros(len(steps), dtype=bool)
-            for s in all_spikes:
-                near |= np.abs(steps - s) <= horizon
-            quiet[sig][0] += int((flags & judged & ~near).sum())
-            quiet[sig][1] += int((judged & ~near).sum())
-            for s in heads:
-                if s - horizon < first_judged:
-                    leads[s][sig] = "too early"
-                    continue
-                hit = steps[flags & (steps >= s - horizon) & (steps <= s)]
-                leads[s][sig] = int(s - hit.min()) if len(hit) else None
-        spikes_out += [{"run": run.name, "step": s, "leads": leads[s]} for s in heads]
-    summary = {}
-    for sig in SIGNALS:
-        scored = [sp["leads"][sig] for sp in spikes_out if not isinstance(sp["leads"].get(sig), str)]
-        ahead = [x for x in scored if x is not None and x >= 1]
-        flagged, judged = quiet[sig]
-        rate = flagged / judged if judged else None
-        summary[sig] = {
-            "scored": len(scored),
-            "ahead": len(ahead),
-            "at_spike": sum(1 for x in scored if x == 0),
-            "missed": sum(1 for x in scored if x is None),
-            "median_lead": float(np.median(ahead)) if ahead else None,
-            "false_alarm_rate": rate,
-            "chance_per_horizon": 1 - (1 - rate) ** (horizon + 1) if rate is not None else None,
-        }
-    return {"window": window, "k": k, "horizon": horizon, "spikes": spikes_out, "summary": summary}
+        steps, values = run.series(key)
+        for s, v in zip(steps.tolist(), values.tolist()):
+            series[(recipe[run.name], run.depth, run.lr)][s][run.seed] = v
+    cells = [r.key for r in comparison["rows"] if r.estimate is not None]
+    baseline = comparison["baseline"]
+    per_step: dict[int, dict[CellKey, list[float]]] = defaultdict(dict)
+    for k in cells:
+        mine, theirs = series[(k.variant, k.depth, k.lr)], series[(baseline, k.depth, k.lr)]
+        for s in sorted(set(mine) & set(theirs)):
+            d = paired_differences(mine[s], theirs[s])
+            if d:
+                per_step[s][k] = d
+    est_at = {s: pooled_estimates(c, {k: k.lr for k in c}) for s, c in per_step.items()}
+    out = []
+    for k in cells:
+        points = [(s, est_at[s][k]) for s in sorted(est_at) if k in est_at[s]]
+        if not points:
+            continue
+        out.append({"key": k, "steps": [s for s, _ in points], "estimates": [e for _, e in points],
+                    "trajectory": classify(points)})
+    return out
+
+
+def classify(points: list[tuple[int, Estimate]]) -> Trajectory:
+    last = points[-1][1]
+    if last.lo is None:
+        return Trajectory.UNKNOWN
+    if last.hi < 0:
+        return Trajectory.LASTING_GAIN
+    if last.lo > 0:
+        return Trajectory.WORSE
+    if any(e.hi is not None and e.hi < 0 for _, e in points):
+        return Trajectory.CATCH_UP
+    return Trajectory.NO_DIFFERENCE
+
+
+def seed_variance(summaries: list[dict[str, Any]], key: str = "final_loss") -> dict[float | None, tuple[float, int]]:
+    """Per learning rate: the seed-to-seed variance of one recipe's final `key`, pooled over the
+    cells (depth, variant) of that rate not collapsed or diverged, and its degrees of freedom."""
+    ss: dict[float | None, float] = defaultdict(float)
+    dof: dict[float | None, int] = defaultdict(int)
+    for k, members in _cells(summaries).items():
+        v = np.array([m[key] for m in members if finite(m[key])])
+        if cell_exclusion(members) is None and len(v) >= 2:
+            ss[k.lr] += float(((v - v.mean()) ** 2).sum())
+            dof[k.lr] += len(v) - 1
+    return {lr: (ss[lr] / dof[lr], dof[lr]) for lr in dof}
+
+
+def best_lr_comparison(summaries: list[dict[str, Any]], comparison: dict[str, Any],
+                       key: str = "final_loss") -> list[dict[str, Any]]:
+    """Per depth: each recipe at its own best learning rate (lowest mean final loss over the
+    cells not collapsed or diverged) against the baseline at its own. Δ is the mean of the
+    seed-paired differences. At the same rate, its interval is that of the cell comparison; at
+    different rates the pairing spans two rates, so the standard error is √(v₁/n + v₂/n) from each
+    rate's pooled seed variance (`seed_variance`, ignoring the pairing, which can only widen it)
+    with Welch–Satterthwaite degrees of freedom. The best rate is chosen on the same runs, which
+    flatters every recipe a little."""
+    baseline = comparison["baseline"]
+    cells = _cells(summaries)
+    by_cell = {r.key: r.estimate for r in comparison["rows"]}
+    var = seed_variance(summaries, key)
+    best: dict[tuple, tuple[float, CellKey]] = {}
+    for k, members in cells.items():
+        if cell_exclusion(members) is None and k.lr is not None:
+            m = mean_sd(x[key] for x in members)["mean"]
+            if m is not None and ((k.variant, k.depth) not in best or m < best[(k.variant, k.depth)][0]):
+                best[(k.variant, k.depth)] = (m, k)
+    out = []
+    for (variant, depth), (m, k) in sorted(best.items(), key=lambda kv: (_order(kv[0][1]), kv[0][0])):
+        base = best.get((baseline, depth))
+        row: dict[str, Any] = {"variant": variant, "depth": depth, "lr": k.lr, "mean": m, "estimate": None}
+        if base is not None and variant != baseline:
+            row["baseline_lr"] = base[1].lr
+            if base[1].lr == k.lr:
+                row["estimate"] = by_cell.get(k)
+            else:
+                d = paired_differences(_by_seed(cells[k], key), _by_seed(cells[base[1]], key))
+                if d and k.lr in var and base[1].lr in var:
+                    (v1, f1), (v2, f2) = var[k.lr], var[base[1].lr]
+                    a, b = v1 / len(d), v2 / len(d)
+                    df = (a + b) ** 2 / (a**2 / f1 + b**2 / f2) if a + b > 0 else min(f1, f2)
+                    row["estimate"] = estimate(float(np.mean(d)), len(d), math.sqrt(a + b), int(df))
+                elif d:
+                    row["estimate"] = estimate(float(np.mean(d)), len(d), None, 0)
+        out.append(row)
+    return out

@@ -14,6 +14,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from steadylm.experiments.runs import Run
+from steadylm.experiments.spec import short_float
+from steadylm.experiments.warning import out_of_range
 
 DPI = 90
 _MARKERS = "osD^v<>P*X"
@@ -101,12 +103,12 @@ def curves(by_variant: dict[str, list[Run]], colors: dict[str, Any], title: str)
     fig = Figure(figsize=(16, 7.2))
     axes = fig.subplots(2, 4).ravel()
     panels = [
-        ("loss", "training loss (smoothed)", dict(smooth=True)),
+        ("loss", "training loss (smoothed)", {"smooth": True}),
         ("val_loss", "validation loss", {}),
         ("tev_mean", "μ_TEV", {}),
         ("tev_std", "σ_TEV", {}),
-        ("grad_norm", "gradient norm (before clipping)", dict(log=True)),
-        ("grad_var_embed", "gradient variance, embedding", dict(log=True)),
+        ("grad_norm", "gradient norm (before clipping)", {"log": True}),
+        ("grad_var_embed", "gradient variance, embedding", {"log": True}),
     ]
     for ax, (key, label, opts) in zip(axes, panels):
         drawn = [_band(ax, runs, key, colors[v], v, **opts) for v, runs in by_variant.items()]
@@ -194,44 +196,62 @@ def _log_axes(ax, xs, ys) -> None:
         ax.set_yscale("log")
 
 
-def tev_gradvar(result: dict[str, Any], meta: dict[str, Run], colors: dict[str, Any]) -> Figure:
-    """Across runs at the featured matched step: μ_TEV vs gradient variance and ΔTEV² vs
-    Σ lr²·g; and each run's ΔTEV² against its own Σ lr²·g as it trains."""
-    fig = Figure(figsize=(16, 4.6))
-    a, b, c = fig.subplots(1, 3)
-    meta = {name: meta[name] for name in result["trajectories"]}  # the runs that logged g
-    depths = sorted({r.depth for r in meta.values()}, key=lambda d: (d is None, d))
-    marker = {d: _MARKERS[i % len(_MARKERS)] for i, d in enumerate(depths)}
-    pts = result["points"]
+def _depth_markers(depths) -> dict[Any, str]:
+    return {d: _MARKERS[i % len(_MARKERS)] for i, d in enumerate(sorted(set(depths), key=lambda d: (d is None, d)))}
+
+
+def delta_steps(entries: list[dict[str, Any]], colors: dict[str, Any]) -> Figure:
+    """Seed-paired Δ against step with its confidence band: a panel per learning rate, a colour per
+    variant, a line style per depth."""
+    lrs = sorted({e["key"].lr for e in entries}, key=lambda x: (x is None, x))
+    depths = sorted({e["key"].depth for e in entries}, key=lambda d: (d is None, d))
+    styles = {d: ("-", "--", ":", "-.")[i % 4] for i, d in enumerate(depths)}
+    fig = Figure(figsize=(min(5 * len(lrs), 16), 4))
+    axes = fig.subplots(1, len(lrs), squeeze=False).ravel()
+    for ax, lr in zip(axes, lrs):
+        for e in (e for e in entries if e["key"].lr == lr):
+            mean = np.array([x.mean for x in e["estimates"]])
+            lo = np.array([np.nan if x.lo is None else x.lo for x in e["estimates"]])
+            hi = np.array([np.nan if x.hi is None else x.hi for x in e["estimates"]])
+            color = colors[e["key"].variant]
+            ax.plot(e["steps"], mean, color=color, ls=styles[e["key"].depth], marker=".",
+                    label=f"{e['key'].variant}, n_layer {e['key'].depth}")
+            ax.fill_between(e["steps"], lo, hi, color=color, alpha=0.12, lw=0)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_title(f"lr = {'—' if lr is None else short_float(lr)}", fontsize=10)
+        ax.set_xlabel("step", fontsize=9)
+        ax.set_ylabel("Δ validation loss (nats)", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def tev_gradvar(result: dict[str, Any], colors: dict[str, Any]) -> Figure:
+    """μ_TEV against the embedding's gradient variance at one step, one point per run, labelled
+    by learning rate."""
+    fig = Figure(figsize=(7, 4.6))
+    ax = fig.subplots()
+    pts = [p for p in result["points"].values() if np.isfinite(p.get("tev_mean", np.nan))]
+    marker = _depth_markers(p["depth"] for p in pts)
     for p in pts:
-        r = meta[p["run"]]
-        kw = dict(color=colors[r.variant], marker=marker[r.depth], s=30, edgecolor="k", lw=0.4)
-        a.scatter(p["grad_var"], p["tev_mean"], **kw)
-        b.scatter(p["budget"], p["delta_tev2"], **kw)
-    f = result["featured"]
-    _log_axes(a, [p["grad_var"] for p in pts], [p["tev_mean"] for p in pts])
-    _log_axes(b, [p["budget"] for p in pts], [p["delta_tev2"] for p in pts])
-    a.set(xlabel="gradient variance, embedding", ylabel="μ_TEV")
-    a.set_title(f"step {result['featured_step']}: Spearman ρ = {_rho(f['rho_tev_mean'])}", fontsize=10)
-    b.set(xlabel="Σ lr²·gradient variance", ylabel="ΔTEV²")
-    b.set_title(f"step {result['featured_step']}: Spearman ρ = {_rho(f['rho_delta'])}", fontsize=10)
-    xs_all, ys_all = [], []
-    for name, traj in result["trajectories"].items():
-        r = meta[name]
-        steps = [s for s in sorted(traj) if traj[s]["budget"] > 0]  # the first reading is (0, 0)
-        xs, ys = [traj[s]["budget"] for s in steps], [traj[s]["delta_tev2"] for s in steps]
-        c.plot(xs, ys, color=colors[r.variant], lw=1, marker=marker[r.depth], ms=3)
-        xs_all += xs
-        ys_all += ys
-    _log_axes(c, xs_all, ys_all)
-    c.set(xlabel="Σ lr²·gradient variance", ylabel="ΔTEV²")
-    c.set_title("each run over training", fontsize=10)
-    for v, col in colors.items():
-        if any(r.variant == v for r in meta.values()):
-            c.plot([], [], color=col, label=v)
+        ax.scatter(p["grad_var"], p["tev_mean"], color=colors[p["variant"]], marker=marker[p["depth"]], s=30,
+                   edgecolor="k", lw=0.4)
+    for lr in {p["lr"] for p in pts}:
+        mine = [p for p in pts if p["lr"] == lr]
+        ax.annotate(f"lr {'—' if lr is None else short_float(lr)}",
+                    (float(np.median([p["grad_var"] for p in mine])), float(np.max([p["tev_mean"] for p in mine]))),
+                    fontsize=8, color="#444", ha="center", va="bottom")
+    _log_axes(ax, [p["grad_var"] for p in pts], [p["tev_mean"] for p in pts])
+    ax.set(xlabel="gradient variance, embedding", ylabel="μ_TEV")
+    s = result["signals"].get("tev_mean")
+    if s:
+        ax.set_title(f"step {result['step']}: ρ within groups {_rho(s['within'].rho)}, "
+                     f"across all {_rho(s['across'].rho)}", fontsize=10)
+    for v in dict.fromkeys(p["variant"] for p in pts):
+        ax.plot([], [], ls="", marker="o", color=colors[v], label=v)
     for d, m in marker.items():
-        c.plot([], [], ls="", marker=m, color="k", label=f"n_layer {d}")
-    c.legend(fontsize=8, loc="best")
+        ax.plot([], [], ls="", marker=m, color="k", label=f"n_layer {d}")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
 
@@ -240,21 +260,56 @@ def _rho(r: float | None) -> str:
     return "n/a" if r is None else f"{r:+.2f}"
 
 
-def early_warning(cases: list[dict[str, Any]], window: int, horizon: int) -> Figure:
-    """For each spike shown: μ_TEV and gradient norm around it, out-of-range steps marked."""
-    fig = Figure(figsize=(14, 2.6 * len(cases)))
-    axes = fig.subplots(len(cases), 2, squeeze=False)
-    for row, case in zip(axes, cases):
-        run, spike, flags = case["run"], case["step"], case["flags"]
-        for ax, key, label in zip(row, ("tev_mean", "grad_norm"), ("μ_TEV", "gradient norm")):
+def adam_references(result: dict[str, Any], meta: dict[str, Run], colors: dict[str, Any]) -> Figure:
+    """ΔTEV²/Σlr² against (Σlr)²/Σlr² per run: 1 is the pure-noise reference, the diagonal the
+    pure-drift one."""
+    fig = Figure(figsize=(7, 4.6))
+    ax = fig.subplots()
+    marker = _depth_markers(meta[name].depth for name in result["trajectories"])
+    xs_all = []
+    for name, t in result["trajectories"].items():
+        ok = (t["noise"] > 0) & (t["delta_tev2"] > 0) & (t["drift"] > 0)
+        if not ok.any():
+            continue
+        x, y = t["drift"][ok] / t["noise"][ok], t["delta_tev2"][ok] / t["noise"][ok]
+        r = meta[name]
+        ax.plot(x, y, color=colors[r.variant], lw=0.8, alpha=0.7)
+        ax.scatter(x[-1:], y[-1:], color=colors[r.variant], marker=marker[r.depth], s=24, edgecolor="k", lw=0.4,
+                   zorder=5)
+        xs_all += x.tolist()
+    if xs_all:
+        lo, hi = min(xs_all), max(xs_all)
+        ax.plot([lo, hi], [1, 1], color="k", ls="--", lw=0.8, label="pure noise: Σlr²")
+        ax.plot([lo, hi], [lo, hi], color="k", ls=":", lw=0.8, label="pure drift: (Σlr)²")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set(xlabel="(Σlr)² / Σlr²", ylabel="ΔTEV² / Σlr²")
+    for v, col in colors.items():
+        if any(meta[n].variant == v for n in result["trajectories"]):
+            ax.plot([], [], color=col, label=v)
+    for d, m in marker.items():
+        ax.plot([], [], ls="", marker=m, color="k", label=f"n_layer {d}")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def early_warning(cases: list[tuple[Run, int]], window: int, k: float, horizon: int) -> Figure:
+    """For each event shown: the training loss, μ_TEV and the gradient norm around it, with the
+    out-of-range steps of the last two marked."""
+    fig = Figure(figsize=(15, 2.6 * len(cases)))
+    axes = fig.subplots(len(cases), 3, squeeze=False)
+    for row, (run, event) in zip(axes, cases):
+        for ax, key, label in zip(row, ("loss", "tev_mean", "grad_norm"), ("training loss", "μ_TEV", "gradient norm")):
             steps, x = run.series(key)
-            keep = (steps >= spike - window - horizon) & (steps <= spike + horizon // 2)
+            keep = (steps >= event - window - horizon) & (steps <= event + horizon // 2)
             ax.plot(steps[keep], x[keep], color="#333", lw=1)
-            f = flags[key][keep] if key in flags else np.zeros(keep.sum(), dtype=bool)
-            ax.scatter(steps[keep][f], x[keep][f], color="tab:orange", s=18, zorder=5, label="out of range")
-            ax.axvline(spike, color="tab:red", lw=1, ls="--", label="spike")
-            ax.axvspan(spike - horizon, spike, color="tab:red", alpha=0.06)
-            ax.set_title(f"{run.name}: {label} around the spike at step {spike}", fontsize=9)
+            if key != "loss":
+                f = out_of_range(x, window, k)[keep]
+                ax.scatter(steps[keep][f], x[keep][f], color="tab:orange", s=18, zorder=5, label="out of range")
+            ax.axvline(event, color="tab:red", lw=1, ls="--", label="event")
+            ax.axvspan(event - horizon, event, color="tab:red", alpha=0.06)
+            ax.set_title(f"{run.name}: {label} around the event at step {event}", fontsize=9)
             ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig

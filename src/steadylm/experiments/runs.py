@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomllib
 
-from steadylm.config import ModelConfig, TrainConfig
+from steadylm.config import Config, ModelConfig, TrainConfig, config_from_dict
 from steadylm.errors import SteadyLMError
 from steadylm.experiments.sweep import read_index, read_status
 from steadylm.train.metrics import read_metrics
@@ -30,6 +30,14 @@ RECIPE_KEYS = (
 _DEFAULTS = {"model": ModelConfig(), "train": TrainConfig()}
 # Grid keys shown as their own axes rather than folded into the variant's label.
 AXES = ("model.n_layer", "train.lr", "train.seed")
+# Config keys that do not make a recipe: the comparison's axes (depth, learning rate with its
+# floor, seed) and settings that do not change what is trained.
+NOT_RECIPE = {
+    "model": {"n_layer"},
+    "train": {"lr", "min_lr", "seed", "device", "compile", "log_every", "checkpoint_every",
+              "checkpoint_schedule", "keep_checkpoints"},
+    "monitor": {"tensorboard"},
+}
 
 
 def num(v: Any) -> float:
@@ -54,6 +62,16 @@ class Run:
     error: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)  # one per step, in step order
     events: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)  # the run's config.toml as read
+
+    def cfg(self) -> Config | None:
+        """The run's resolved config, or None when its config.toml is missing or no longer valid."""
+        if not self.config:
+            return None
+        try:
+            return config_from_dict(self.config)
+        except SteadyLMError:
+            return None
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of the steps that logged `key`."""
@@ -102,6 +120,28 @@ def recipe_label(config: dict[str, Any]) -> str:
     return ", ".join(parts) or "baseline"
 
 
+def recipes(runs: list[Run]) -> dict[str, str]:
+    """Each run's recipe, for comparisons: runs whose configs agree on everything but depth,
+    learning rate (and min_lr), seed and settings that do not change training are one recipe,
+    named by their variant if they share one, else by their variants joined with " / " (a spec
+    that gives each learning rate its own variant, e.g. `mlra-opt` and `mlra-stress`). Runs
+    without a config keep their variant."""
+
+    def fingerprint(run: Run) -> str:
+        if not run.config:
+            return "variant:" + run.variant
+        kept = {sec: {k: v for k, v in keys.items() if k not in NOT_RECIPE.get(sec, set())}
+                for sec, keys in run.config.items() if isinstance(keys, dict)}
+        return json.dumps(kept, sort_keys=True, default=str)
+
+    names: dict[str, list[str]] = {}
+    for r in runs:
+        names.setdefault(fingerprint(r), [])
+        if r.variant not in names[fingerprint(r)]:
+            names[fingerprint(r)].append(r.variant)
+    return {r.name: " / ".join(names[fingerprint(r)]) for r in runs}
+
+
 def load_run(run_dir: Path, name: str | None = None, index: dict[str, Any] | None = None) -> Run:
     config = _read_config(run_dir)
     index = index or {}
@@ -137,6 +177,7 @@ def load_run(run_dir: Path, name: str | None = None, index: dict[str, Any] | Non
         error=index.get("error") or read_status(run_dir).get("reason") or read_status(run_dir).get("error"),
         rows=[rows[s] for s in sorted(rows)],
         events=events,
+        config=config,
     )
 
 
