@@ -1,0 +1,239 @@
+"""Tensor-train (TT) token embedding (Hrinchuk et al., *Tensorized Embedding Layers*, Findings of
+EMNLP 2020): the |V| x d matrix E stored as N small cores instead of |V|·d numbers.
+
+The padded vocabulary P = I_1···I_N >= |V| and the width d = J_1···J_N are factorised, and
+
+    E[i, j] = G1[i_1, :, j_1, :] @ G2[i_2, :, j_2, :] @ ... @ GN[i_N, :, j_N, :]    (a 1 x 1 product)
+
+where (i_1..i_N) and (j_1..j_N) are the mixed-radix digits of i and j, row-major: the first factor
+is the most significant digit, i = ((i_1·I_2 + i_2)·I_3 + i_3)··· (the same order as
+`torch.reshape`, so `full()` is a plain reshape of the contracted cores). Core k is stored as
+(I_k, R_{k-1}, J_k, R_k), the paper's G^(k)[r, i, j, r'] at [i, r, j, r'], so the slices of a
+batch of tokens are one gather along the first dimension. R_0 = R_N = 1, every other rank is
+`rank`.
+
+`forward(idx)` contracts only the slices of the tokens asked for, never the whole matrix;
+`full()` contracts all cores (for a tied output layer and for tests); `row_blocks()` yields the
+real rows a block at a time (for TEV, which must not hold the whole matrix). Rows |V|..P-1 are
+padding of the factorisation: `full()` and `row_blocks()` never produce them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from steadylm.config import ConfigError, ModelConfig
+
+# Rows reconstructed at a time by `row_blocks`: 1M fp32 entries (4 MB) per block whatever the width.
+_BLOCK_ELEMENTS = 1 << 20
+
+
+@dataclass(frozen=True)
+class TTShape:
+    """Factors of the padded vocabulary (`vocab`) and of the width (`dim`), paired core by core."""
+
+    vocab: tuple[int, ...]
+    dim: tuple[int, ...]
+
+    @property
+    def padded_rows(self) -> int:
+        return math.prod(self.vocab)
+
+    @property
+    def width(self) -> int:
+        return math.prod(self.dim)
+
+    def __str__(self) -> str:
+        return f"({','.join(map(str, self.vocab))})x({','.join(map(str, self.dim))})"
+
+
+def tt_num_parameters(shape: TTShape, rank: int) -> int:
+    """Σ_k R_{k-1}·I_k·J_k·R_k with R_0 = R_N = 1."""
+    ranks = tt_ranks(len(shape.vocab), rank)
+    return sum(ranks[k] * i * j * ranks[k + 1] for k, (i, j) in enumerate(zip(shape.vocab, shape.dim)))
+
+
+def tt_ranks(n_cores: int, rank: int) -> list[int]:
+    return [1] + [rank] * (n_cores - 1) + [1]
+
+
+def core_init_std(target_std: float, rank: int, n_cores: int) -> float:
+    """Core std s such that each entry of E has variance target_std² (the paper's Eq. 2).
+
+    An entry is a sum over R^(N-1) rank paths of products of N independent N(0, s²) numbers, so
+    Var E[i, j] = R^(N-1)·s^(2N); solving for s gives (σ² / R^(N-1))^(1/(2N))."""
+    return (target_std**2 / rank ** (n_cores - 1)) ** (1.0 / (2 * n_cores))
+
+
+def _factorisations(n_cores: int, high: int, target: int, exact: bool) -> list[tuple[int, ...]]:
+    """Non-decreasing tuples of `n_cores` factors in [1, high] whose product equals `target`
+    (`exact`) or, otherwise, is the smallest product >= `target` that such tuples reach."""
+    limit = target if exact else high**n_cores  # (high, ..., high) bounds the smallest product
+    found: list[tuple[int, ...]] = []
+
+    def walk(prefix: tuple[int, ...], prod: int) -> None:
+        lo = prefix[-1] if prefix else 1
+        if len(prefix) == n_cores - 1:  # the last factor is forced: the smallest that suffices
+            last = max(lo, -(-target // prod))
+            if last <= high and (not exact or prod * last == target):
+                found.append((*prefix, last))
+            return
+        for f in range(lo, high + 1):
+            if prod * f ** (n_cores - len(prefix)) > limit:
+                break  # every continuation has a larger product
+            walk((*prefix, f), prod * f)
+
+    walk((), 1)
+    if not exact and found:
+        smallest = min(math.prod(t) for t in found)
+        found = [t for t in found if math.prod(t) == smallest]
+    return found
+
+
+def _most_balanced(cands: list[tuple[int, ...]]) -> tuple[int, ...]:
+    # Smallest largest factor, then largest smallest factor, then lexicographic: deterministic.
+    return min(cands, key=lambda t: (max(t), -min(t), t))
+
+
+def auto_shape(vocab_size: int, dim: int, n_cores: int) -> TTShape:
+    """Factors close to each other (the paper's rule: balanced factors give the best compression),
+    in ascending order and paired smallest with smallest, as in the paper's shapes.
+
+    Width: the most balanced exact factorisation of `dim` (128 -> 4·4·8, 768 -> 8·8·12).
+    Vocabulary: c = ceil(|V|^(1/N)) bounds every factor (c^N >= |V| always works); among tuples
+    under that bound, the smallest product >= |V| (least padding), then the most balanced
+    (4096 -> 16·16·16, 25000 -> 28·30·30, 50257 -> 37·37·37)."""
+    if n_cores < 2:
+        raise ValueError(f"a TT embedding needs at least 2 cores, got {n_cores}")
+    d_cands = _factorisations(n_cores, dim, dim, exact=True)
+    c = math.ceil(vocab_size ** (1.0 / n_cores))
+    while (c - 1) ** n_cores >= vocab_size:  # float roots can overshoot by one
+        c -= 1
+    while c**n_cores < vocab_size:
+        c += 1
+    v_cands = _factorisations(n_cores, c, vocab_size, exact=False)
+    return TTShape(vocab=_most_balanced(v_cands), dim=_most_balanced(d_cands))
+
+
+def check_shape(shape: TTShape, vocab_size: int, dim: int) -> str | None:
+    """None if `shape` can hold a |V| x d matrix, else why not (one line)."""
+    if len(shape.vocab) != len(shape.dim):
+        return f"{len(shape.vocab)} vocabulary factors but {len(shape.dim)} width factors"
+    if min(shape.vocab + shape.dim) < 1:
+        return "every factor must be >= 1"
+    if shape.width != dim:
+        return f"width factors {shape.dim} multiply to {shape.width}, not n_embd={dim}"
+    if shape.padded_rows < vocab_size:
+        return f"vocabulary factors {shape.vocab} multiply to {shape.padded_rows} < vocab_size={vocab_size}"
+    return None
+
+
+class TTEmbedding(nn.Module):
+    """An embedding (ids (...,) -> (..., d)) whose |V| x d matrix is a tensor train."""
+
+    def __init__(self, num_embeddings: int, shape: TTShape, rank: int, init_std: float):
+        super().__init__()
+        problem = check_shape(shape, num_embeddings, shape.width)
+        if problem:
+            raise ValueError(f"TT shape {shape}: {problem}")
+        if rank < 1:
+            raise ValueError(f"TT rank must be >= 1, got {rank}")
+        self.num_embeddings = num_embeddings  # |V|, the rows that exist
+        self.embedding_dim = shape.width
+        self.shape = shape
+        self.rank = rank
+        self.init_std = init_std
+        ranks = tt_ranks(len(shape.vocab), rank)
+        self.cores = nn.ParameterList(
+            nn.Parameter(torch.empty(i, ranks[k], j, ranks[k + 1]))  # (I_k, R_{k-1}, J_k, R_k)
+            for k, (i, j) in enumerate(zip(shape.vocab, shape.dim))
+        )
+        # Place value of each vocabulary digit: i_k = (i // radix_k) % I_k (row-major).
+        radix = [math.prod(shape.vocab[k + 1:]) for k in range(len(shape.vocab))]
+        self.register_buffer("radix", torch.tensor(radix), persistent=False)
+        self.register_buffer("base", torch.tensor(shape.vocab), persistent=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Cores N(0, s²) with s from `core_init_std`, so E's entries have variance init_std²."""
+        std = core_init_std(self.init_std, self.rank, len(self.cores))
+        for core in self.cores:
+            core.normal_(0.0, std)
+
+    def num_parameters(self) -> int:
+        return tt_num_parameters(self.shape, self.rank)
+
+    def digits(self, idx: torch.Tensor) -> torch.Tensor:
+        """Row-major mixed-radix digits: (n,) -> (n, N)."""
+        return torch.div(idx[:, None], self.radix, rounding_mode="floor") % self.base
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows of the tokens in `idx` (any shape, ids < num_embeddings), contracted from the
+        cores' slices at their digits: (...,) -> (..., d). Per token the cost is
+        Σ_k R²·J_1···J_k multiply-adds; the full matrix is never formed."""
+        flat = idx.reshape(-1)
+        dig = self.digits(flat)  # (n, N)
+        n = flat.numel()
+        out = self.cores[0][dig[:, 0]].reshape(n, -1, self.cores[0].shape[-1])  # (n, J_1, R_1)
+        for k in range(1, len(self.cores)):
+            c = self.cores[k][dig[:, k]]  # (n, R_{k-1}, J_k, R_k)
+            _, r, j, r2 = c.shape
+            # (n, J_1..J_{k-1}, R) @ (n, R, J_k·R_k) -> (n, J_1..J_k, R_k): j digits stay row-major
+            out = torch.bmm(out, c.reshape(n, r, j * r2)).reshape(n, -1, r2)
+        return out.reshape(*idx.shape, self.embedding_dim)  # R_N = 1
+
+    def full(self) -> torch.Tensor:
+        """The |V| x d matrix, contracted core by core (differentiable; padding rows dropped).
+
+        Costs about P·d·R multiply-adds and one |V| x d tensor: what a tied output layer reads."""
+        m = self.cores[0].reshape(self.cores[0].shape[0], -1, self.cores[0].shape[-1])  # (I_1, J_1, R_1)
+        for core in self.cores[1:]:
+            # (A, B, R) x (I_k, R, J_k, R') -> (A, I_k, B, J_k, R'): rows and columns stay row-major
+            m = torch.einsum("abr,irjs->aibjs", m, core)
+            a, i, b, j, s = m.shape
+            m = m.reshape(a * i, b * j, s)
+        return m[: self.num_embeddings, :, 0]  # (|V|, d)
+
+    def row_blocks(self, n_rows: int | None = None) -> Iterator[torch.Tensor]:
+        """The first `n_rows` rows (all real rows by default) as consecutive (b, d) blocks of at
+        most `_BLOCK_ELEMENTS` entries, each from `forward`, so no more than one block is held."""
+        n_rows = self.num_embeddings if n_rows is None else n_rows
+        if not 0 < n_rows <= self.num_embeddings:
+            raise ValueError(f"n_rows={n_rows} must be in 1..{self.num_embeddings}")
+        step = max(1, _BLOCK_ELEMENTS // self.embedding_dim)
+        device = self.cores[0].device
+        for start in range(0, n_rows, step):
+            yield self(torch.arange(start, min(start + step, n_rows), device=device))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, shape={self.shape}, rank={self.rank}, "
+            f"params={self.num_parameters()}"
+        )
+
+
+def resolve_shape(cfg: ModelConfig) -> TTShape:
+    """The TT shape of `model.tt_shape` ("auto": `auto_shape`) for the config's vocabulary and width."""
+    if cfg.tt_shape == "auto":
+        return auto_shape(cfg.vocab_size, cfg.n_embd, cfg.tt_cores)
+    shape = TTShape(vocab=tuple(cfg.tt_shape[0]), dim=tuple(cfg.tt_shape[1]))
+    problem = check_shape(shape, cfg.vocab_size, cfg.n_embd)
+    if problem:
+        raise ConfigError(f"model.tt_shape: {problem}")
+    return shape
+
+
+def describe(emb: TTEmbedding) -> str:
+    """One line for the user: shape, padding, rank, parameters and compression against dense."""
+    dense = emb.num_embeddings * emb.embedding_dim
+    return (
+        f"TT embedding {emb.shape} rank {emb.rank}: {emb.num_embeddings} rows padded to "
+        f"{emb.shape.padded_rows}, {emb.num_parameters():,} parameters ({dense / emb.num_parameters():.1f}x "
+        f"fewer than the dense {emb.num_embeddings} x {emb.embedding_dim})"
+    )
