@@ -237,3 +237,17 @@ def describe(emb: TTEmbedding) -> str:
         f"{emb.shape.padded_rows}, {emb.num_parameters():,} parameters ({dense / emb.num_parameters():.1f}x "
         f"fewer than the dense {emb.num_embeddings} x {emb.embedding_dim})"
     )
+
+
+CORE_PREFIX = "transformer.wte.cores."
+
+
+@torch.no_grad()
+def densify_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A TT model's state dict with its cores replaced by the reconstructed (V, d)
+    `transformer.wte.weight`, as a dense GPT-2 stores it (for export and inspection)."""
+    emb = TTEmbedding(cfg.vocab_size, resolve_shape(cfg), cfg.tt_rank, init_std=1.0)
+    emb.load_state_dict({k.removeprefix("transformer.wte."): v for k, v in sd.items() if k.startswith(CORE_PREFIX)})
+    out = {k: v for k, v in sd.items() if not k.startswith(CORE_PREFIX)}
+    out["transformer.wte.weight"] = emb.full().float().contiguous()
+    return out
