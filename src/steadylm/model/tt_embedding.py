@@ -133,6 +133,34 @@ def check_shape(shape: TTShape, vocab_size: int, dim: int) -> str | None:
     return None
 
 
+def tt_gather(cores: list[torch.Tensor], digits: torch.Tensor) -> torch.Tensor:
+    """Rows at row-major vocabulary digits (n, N) -> (n, J_1···J_N).
+
+    Per row the cost is Σ_k R_{k-1}·J_1···J_k·R_k multiply-adds, and only the n rows' core slices
+    are gathered."""
+    n = digits.shape[0]
+    out = cores[0][digits[:, 0]].reshape(n, -1, cores[0].shape[-1])  # (n, J_1, R_1)
+    for k in range(1, len(cores)):
+        c = cores[k][digits[:, k]]  # (n, R_{k-1}, J_k, R_k)
+        _, r, j, r2 = c.shape
+        # (n, J_1..J_{k-1}, R) @ (n, R, J_k·R_k) -> (n, J_1..J_k, R_k): j digits stay row-major
+        out = torch.bmm(out, c.reshape(n, r, j * r2)).reshape(n, -1, r2)
+    return out[:, :, 0]  # R_N = 1
+
+
+def tt_full(cores: list[torch.Tensor]) -> torch.Tensor:
+    """All I_1···I_N rows, contracted core by core: (P, J_1···J_N).
+
+    About P·d·R multiply-adds and no tensor larger than the result."""
+    m = cores[0].reshape(cores[0].shape[0], -1, cores[0].shape[-1])  # (I_1, J_1, R_1)
+    for core in cores[1:]:
+        # (A, B, R) x (I_k, R, J_k, R') -> (A, I_k, B, J_k, R'): rows and columns stay row-major
+        m = torch.einsum("abr,irjs->aibjs", m, core)
+        a, i, b, j, s = m.shape
+        m = m.reshape(a * i, b * j, s)
+    return m[:, :, 0]
+
+
 class TTEmbedding(nn.Module):
     """An embedding (ids (...,) -> (..., d)) whose |V| x d matrix is a tensor train."""
 
@@ -174,31 +202,14 @@ class TTEmbedding(nn.Module):
         return torch.div(idx[:, None], self.radix, rounding_mode="floor") % self.base
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Rows of the tokens in `idx` (any shape, ids < num_embeddings), contracted from the
-        cores' slices at their digits: (...,) -> (..., d). Per token the cost is
-        Σ_k R²·J_1···J_k multiply-adds; the full matrix is never formed."""
-        flat = idx.reshape(-1)
-        dig = self.digits(flat)  # (n, N)
-        n = flat.numel()
-        out = self.cores[0][dig[:, 0]].reshape(n, -1, self.cores[0].shape[-1])  # (n, J_1, R_1)
-        for k in range(1, len(self.cores)):
-            c = self.cores[k][dig[:, k]]  # (n, R_{k-1}, J_k, R_k)
-            _, r, j, r2 = c.shape
-            # (n, J_1..J_{k-1}, R) @ (n, R, J_k·R_k) -> (n, J_1..J_k, R_k): j digits stay row-major
-            out = torch.bmm(out, c.reshape(n, r, j * r2)).reshape(n, -1, r2)
-        return out.reshape(*idx.shape, self.embedding_dim)  # R_N = 1
+        """Rows of the tokens in `idx` (any shape, ids < num_embeddings): (...,) -> (..., d),
+        contracted from the cores' slices at their digits, never from the full matrix."""
+        rows = tt_gather(list(self.cores), self.digits(idx.reshape(-1)))  # (n, d)
+        return rows.reshape(*idx.shape, self.embedding_dim)
 
     def full(self) -> torch.Tensor:
-        """The |V| x d matrix, contracted core by core (differentiable; padding rows dropped).
-
-        Costs about P·d·R multiply-adds and one |V| x d tensor: what a tied output layer reads."""
-        m = self.cores[0].reshape(self.cores[0].shape[0], -1, self.cores[0].shape[-1])  # (I_1, J_1, R_1)
-        for core in self.cores[1:]:
-            # (A, B, R) x (I_k, R, J_k, R') -> (A, I_k, B, J_k, R'): rows and columns stay row-major
-            m = torch.einsum("abr,irjs->aibjs", m, core)
-            a, i, b, j, s = m.shape
-            m = m.reshape(a * i, b * j, s)
-        return m[: self.num_embeddings, :, 0]  # (|V|, d)
+        """The |V| x d matrix (differentiable; padding rows dropped): what a tied head reads."""
+        return tt_full(list(self.cores))[: self.num_embeddings]
 
     def row_blocks(self, n_rows: int | None = None) -> Iterator[torch.Tensor]:
         """The first `n_rows` rows (all real rows by default) as consecutive (b, d) blocks of at
