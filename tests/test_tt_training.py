@@ -59,8 +59,9 @@ def test_tt_run_logs_tev_and_its_checkpoint_is_inspectable(tmp_path, corpus, cap
     idx = torch.randint(0, 300, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(model(idx), model.hidden_states(idx) @ model.head_weight().t())
-    assert main(["analyze", str(run), "--json", "--no-progress", "--device", "cpu"]) == 0
-    assert json.loads(capsys.readouterr().out)
+    if head == "tied_dense":
+        assert main(["analyze", str(run), "--json", "--tokens", "256", "--no-progress", "--device", "cpu"]) == 0
+        assert json.loads(capsys.readouterr().out)
 
 
 def test_tt_config_errors_exit_2_and_leave_no_run(tmp_path, corpus, capsys):
