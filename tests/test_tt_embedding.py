@@ -176,23 +176,32 @@ def test_tied_head_reads_the_reconstructed_matrix_and_separate_head_is_its_own()
     assert all(c.grad is not None and c.grad.abs().sum() > 0 for c in tied.transformer.wte.cores)
 
 
-def test_tev_monitor_uses_row_blocks_and_leaves_padding_out(monkeypatch):
+@pytest.mark.parametrize("shape,rank", SHAPES)
+@pytest.mark.parametrize("limit", [1, 40, 200, 1 << 20])
+def test_row_blocks_are_the_real_rows_a_bounded_block_at_a_time(monkeypatch, shape, rank, limit):
+    torch.manual_seed(6)
+    rows = shape.padded_rows - 5
+    emb = TTEmbedding(rows, shape, rank, init_std=0.1).double()
+    monkeypatch.setattr(tt_embedding, "_BLOCK_ELEMENTS", limit)
+    full = emb.full().detach()
+    last_factor_rows = shape.vocab[-1] * shape.width  # the smallest group of rows a block can hold
+    for n_rows in (rows, 17):
+        with torch.no_grad():
+            blocks = list(emb.row_blocks(n_rows))
+        assert max(b.numel() for b in blocks) <= max(limit, last_factor_rows)
+        torch.testing.assert_close(torch.cat(blocks), full[:n_rows], rtol=0, atol=1e-14)
+
+
+def test_tev_monitor_reads_row_blocks_and_leaves_padding_out(monkeypatch):
     torch.manual_seed(4)
     model = _tt_model(vocab=97)  # auto shape (5,5,5): rows 97..124 are factorisation padding
     emb = model.transformer.wte
     assert emb.shape.padded_rows > 97
-    monkeypatch.setattr(tt_embedding, "_BLOCK_ELEMENTS", 24 * 10)  # at most 10 rows at a time
-    sizes = []
-    real_forward = TTEmbedding.forward
-
-    def spy(self, idx):
-        sizes.append(idx.numel())
-        return real_forward(self, idx)
-
-    monkeypatch.setattr(TTEmbedding, "forward", spy)
+    monkeypatch.setattr(tt_embedding, "_BLOCK_ELEMENTS", 24 * 10)
+    monkeypatch.setattr(TTEmbedding, "full", lambda self: pytest.fail("TEV must not materialise the matrix"))
     monitor = TEVMonitor.for_model(model, vocab_size=90)  # and rows 90..96 are tokenizer padding
     got = monitor.compute()
-    assert sizes and max(sizes) <= 10 and sum(sizes) == 90
+    monkeypatch.undo()
     expected = tev_per_row(emb.full(), 90)
     assert got["tev_mean"].item() == pytest.approx(expected.mean().item(), rel=1e-5)
     assert got["tev_std"].item() == pytest.approx(expected.std(correction=0).item(), rel=1e-4)

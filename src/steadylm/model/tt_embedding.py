@@ -133,11 +133,14 @@ def check_shape(shape: TTShape, vocab_size: int, dim: int) -> str | None:
     return None
 
 
-def tt_gather(cores: list[torch.Tensor], digits: torch.Tensor) -> torch.Tensor:
-    """Rows at row-major vocabulary digits (n, N) -> (n, J_1···J_N).
+def mixed_radix_digits(idx: torch.Tensor, factors: tuple[int, ...]) -> torch.Tensor:
+    """Row-major digits of `idx` (n,) in base `factors`, the first most significant: (n, len)."""
+    places = [math.prod(factors[k + 1:]) for k in range(len(factors))]
+    return torch.stack([torch.div(idx, p, rounding_mode="floor") % f for p, f in zip(places, factors)], dim=1)
 
-    Per row the cost is Σ_k R_{k-1}·J_1···J_k·R_k multiply-adds, and only the n rows' core slices
-    are gathered."""
+
+def _contract_slices(cores: list[torch.Tensor], digits: torch.Tensor) -> torch.Tensor:
+    """The product of the cores' slices at `digits` (n, m): (n, J_1···J_m, R_m)."""
     n = digits.shape[0]
     out = cores[0][digits[:, 0]].reshape(n, -1, cores[0].shape[-1])  # (n, J_1, R_1)
     for k in range(1, len(cores)):
@@ -145,14 +148,24 @@ def tt_gather(cores: list[torch.Tensor], digits: torch.Tensor) -> torch.Tensor:
         _, r, j, r2 = c.shape
         # (n, J_1..J_{k-1}, R) @ (n, R, J_k·R_k) -> (n, J_1..J_k, R_k): j digits stay row-major
         out = torch.bmm(out, c.reshape(n, r, j * r2)).reshape(n, -1, r2)
-    return out[:, :, 0]  # R_N = 1
+    return out
+
+
+def tt_gather(cores: list[torch.Tensor], digits: torch.Tensor) -> torch.Tensor:
+    """Rows at row-major vocabulary digits (n, N) -> (n, J_1···J_N).
+
+    Per row the cost is Σ_k R_{k-1}·J_1···J_k·R_k multiply-adds, and only the n rows' core slices
+    are gathered: the lookup of a batch's tokens."""
+    return _contract_slices(cores, digits)[:, :, 0]  # R_N = 1
 
 
 def tt_full(cores: list[torch.Tensor]) -> torch.Tensor:
-    """All I_1···I_N rows, contracted core by core: (P, J_1···J_N).
+    """All I_1···I_N rows, contracted core by core: (P, R_0·J_1···J_N).
 
-    About P·d·R multiply-adds and no tensor larger than the result."""
-    m = cores[0].reshape(cores[0].shape[0], -1, cores[0].shape[-1])  # (I_1, J_1, R_1)
+    About P·d·R multiply-adds in a few large products, and no tensor larger than the result
+    times R/J_N. A leading rank R_0 > 1 (the tail of a longer train) becomes the most significant
+    column digit."""
+    m = cores[0].reshape(cores[0].shape[0], -1, cores[0].shape[-1])  # (I_1, R_0·J_1, R_1)
     for core in cores[1:]:
         # (A, B, R) x (I_k, R, J_k, R') -> (A, I_k, B, J_k, R'): rows and columns stay row-major
         m = torch.einsum("abr,irjs->aibjs", m, core)
@@ -181,10 +194,6 @@ class TTEmbedding(nn.Module):
             nn.Parameter(torch.empty(i, ranks[k], j, ranks[k + 1]))  # (I_k, R_{k-1}, J_k, R_k)
             for k, (i, j) in enumerate(zip(shape.vocab, shape.dim))
         )
-        # Place value of each vocabulary digit: i_k = (i // radix_k) % I_k (row-major).
-        radix = [math.prod(shape.vocab[k + 1:]) for k in range(len(shape.vocab))]
-        self.register_buffer("radix", torch.tensor(radix), persistent=False)
-        self.register_buffer("base", torch.tensor(shape.vocab), persistent=False)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -199,7 +208,7 @@ class TTEmbedding(nn.Module):
 
     def digits(self, idx: torch.Tensor) -> torch.Tensor:
         """Row-major mixed-radix digits: (n,) -> (n, N)."""
-        return torch.div(idx[:, None], self.radix, rounding_mode="floor") % self.base
+        return mixed_radix_digits(idx, self.shape.vocab)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Rows of the tokens in `idx` (any shape, ids < num_embeddings): (...,) -> (..., d),
@@ -212,15 +221,29 @@ class TTEmbedding(nn.Module):
         return tt_full(list(self.cores))[: self.num_embeddings]
 
     def row_blocks(self, n_rows: int | None = None) -> Iterator[torch.Tensor]:
-        """The first `n_rows` rows (all real rows by default) as consecutive (b, d) blocks of at
-        most `_BLOCK_ELEMENTS` entries, each from `forward`, so no more than one block is held."""
+        """The first `n_rows` rows (all real rows by default) as consecutive (b, d) blocks.
+
+        The train is split after its m leading cores, m the fewest for which the rows sharing
+        their leading digits (t = I_{m+1}···I_N of them) fit in `_BLOCK_ELEMENTS` entries. The
+        tail cores are contracted once, (t, R, J_tail); each block is then one product of the
+        leading cores' slices (p, J_head, R) with it, for as many leading digits p as fit. At most
+        one block (or t rows, if more) and the tail exist at once, never the whole matrix."""
         n_rows = self.num_embeddings if n_rows is None else n_rows
         if not 0 < n_rows <= self.num_embeddings:
             raise ValueError(f"n_rows={n_rows} must be in 1..{self.num_embeddings}")
-        step = max(1, _BLOCK_ELEMENTS // self.embedding_dim)
-        device = self.cores[0].device
-        for start in range(0, n_rows, step):
-            yield self(torch.arange(start, min(start + step, n_rows), device=device))
+        cores, vocab, d = list(self.cores), self.shape.vocab, self.embedding_dim
+        m = 1
+        while m < len(cores) - 1 and math.prod(vocab[m:]) * d > _BLOCK_ELEMENTS:
+            m += 1
+        t = math.prod(vocab[m:])
+        tail = tt_full(cores[m:]).reshape(t, cores[m].shape[1], -1)  # (t, R_m, J_{m+1}···J_N)
+        per_block = max(1, _BLOCK_ELEMENTS // (t * d))  # leading-digit groups per block
+        groups = -(-n_rows // t)
+        for g0 in range(0, groups, per_block):
+            lead = torch.arange(g0, min(g0 + per_block, groups), device=tail.device)
+            head = _contract_slices(cores[:m], mixed_radix_digits(lead, vocab[:m]))  # (p, J_1···J_m, R_m)
+            block = torch.einsum("par,trb->ptab", head, tail).reshape(-1, d)  # row g·t + i_tail
+            yield block[: n_rows - g0 * t]
 
     def extra_repr(self) -> str:
         return (
