@@ -11,6 +11,7 @@ import pytest
 from helpers import tiny_overrides, write_corpus
 from steadylm.cli import main
 from steadylm.config import parse_override
+from steadylm.errors import SteadyLMError
 from steadylm.experiments.spec import parse_spec, short_float, toml_value
 from steadylm.experiments.sweep import read_index
 from steadylm.train.metrics import read_metrics
@@ -56,6 +57,26 @@ model.attention = "mlra"
     assert (c.model.n_layer, c.train.lr, c.train.seed, c.model.attention, c.train.warmup_steps) == (3, 3e-3, 2, "mlra", 1)
     assert c.train.max_steps == 8  # from [sweep.set]
     assert cfgs["base-n_layer2-lr1e-3-s1"].model.attention == "mha"
+
+
+@pytest.mark.parametrize("order, names", [
+    (None, ["a-s1", "a-s2", "b-s1", "b-s2"]),
+    ('"variant_major"', ["a-s1", "a-s2", "b-s1", "b-s2"]),
+    ('"seed_major"', ["a-s1", "b-s1", "a-s2", "b-s2"]),
+])
+def test_run_order_variant_or_seed_major(tmp_path, corpus, order, names):
+    spec = write_spec(tmp_path / "s.toml", corpus, '[sweep.variants.a]\n[sweep.variants.b]\n"model.n_layer" = 3\n',
+                      drop=("model.n_layer",))
+    if order:
+        spec.write_text(spec.read_text().replace("seeds = [1, 2]\n", f"seeds = [1, 2]\norder = {order}\n"))
+    assert [p.name for p in parse_spec(spec).runs()] == names
+
+
+def test_unknown_run_order_is_named(tmp_path, corpus):
+    spec = write_spec(tmp_path / "s.toml", corpus, "")
+    spec.write_text(spec.read_text().replace("seeds = [1, 2]\n", 'seeds = [1, 2]\norder = "seeds"\n'))
+    with pytest.raises(SteadyLMError, match="order: 'seeds' is not one of variant_major, seed_major"):
+        parse_spec(spec)
 
 
 @pytest.mark.parametrize("x, text", [(3e-3, "3e-3"), (0.5, "0.5"), (1e-4, "1e-4"), (2.5e-3, "2.5e-3"), (2.0, "2"),

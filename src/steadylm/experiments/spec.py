@@ -3,6 +3,7 @@
     [sweep]
     base = "tiny-cpu"          # a preset, or a TOML file (relative to this spec)
     seeds = [1, 2]             # each becomes train.seed
+    order = "seed_major"       # optional: all runs of seed 1 first (default "variant_major")
 
     [sweep.set]                # applied to every run
     "train.max_steps" = 300
@@ -17,7 +18,10 @@
     "model.mlra_init" = "variance_preserving"
 
 Keys are `section.key` as in `--set`, quoted or as TOML dotted keys (`model.n_layer = [4, 8]`).
-Runs are variants x grid x seeds, named from what varies, e.g. `mlra-n_layer8-lr3e-3-s1`.
+Runs are variants x grid x seeds, named from what varies, e.g. `mlra-n_layer8-lr3e-3-s1`, and
+run in that order (variants outermost, so a partial sweep covers every seed of the first
+recipes), or with `order = "seed_major"` seeds outermost (a partial sweep compares every recipe
+at the first seeds).
 A key belongs to one of set, grid or variants, so no run depends on which of them wins.
 """
 
@@ -37,7 +41,8 @@ from typing import Any
 from steadylm.config import SECTIONS, Config, load_config, preset_names
 from steadylm.errors import SteadyLMError
 
-SWEEP_KEYS = ("base", "seeds", "set", "grid", "variants")
+SWEEP_KEYS = ("base", "seeds", "order", "set", "grid", "variants")
+ORDERS = ("variant_major", "seed_major")
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]*")
 
 
@@ -111,9 +116,11 @@ class SweepSpec:
     fixed: dict[str, Any]
     grid: dict[str, list[Any]]
     variants: dict[str, dict[str, Any]]
+    order: str = "variant_major"
 
     def runs(self) -> list[RunPlan]:
-        """Every run, variants outermost and seeds innermost, so partial sweeps cover recipes first."""
+        """Every run, variants outermost and seeds innermost (`order = "variant_major"`), or
+        seeds outermost (`"seed_major"`)."""
         varying = [k for k, values in self.grid.items() if len(values) > 1]
         labels = _short_labels(varying)
         variants: list[tuple[str | None, dict[str, Any]]] = list(self.variants.items()) or [(None, {})]
@@ -137,6 +144,8 @@ class SweepSpec:
                 f"{self.path}: runs would share the name {dupes[0]!r} (grid values that read the same once "
                 "made file-name safe); rename the values or use named variants"
             )
+        if self.order == "seed_major":
+            plans.sort(key=lambda p: seeds.index(p.seed))  # stable: recipes keep their order
         return plans
 
     def resolve(self) -> list[tuple[RunPlan, Config]]:
@@ -212,6 +221,12 @@ def _resolve_base(path: Path, base: Any) -> str:
             f"{', '.join(preset_names())}{hint}"
         )
     return base
+
+
+def _order(path: Path, order: Any) -> str:
+    if order not in ORDERS:
+        raise SteadyLMError(f"{path}: [sweep] order: {order!r} is not one of {', '.join(ORDERS)}")
+    return order
 
 
 def _seeds(path: Path, seeds: Any) -> list[int] | None:
@@ -297,6 +312,7 @@ def parse_spec(path: str | Path) -> SweepSpec:
         fixed=_table(f"{path}: [sweep.set]", sweep.get("set", {})),
         grid=_grid(path, sweep.get("grid", {})),
         variants=_variants(path, sweep.get("variants", {})),
+        order=_order(path, sweep.get("order", "variant_major")),
     )
     _check_disjoint(path, spec)
     return spec
