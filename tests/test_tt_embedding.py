@@ -214,3 +214,11 @@ def test_densify_state_dict_gives_the_matrix_of_the_cores():
     sd = densify_state_dict(model.config, model.state_dict())
     assert not any(k.startswith("transformer.wte.cores") for k in sd)
     torch.testing.assert_close(sd["transformer.wte.weight"], model.transformer.wte.full().detach())
+
+
+def test_ids_outside_the_vocabulary_fail_like_nn_embedding():
+    emb = TTEmbedding(100, auto_shape(100, 8, 2), 2, init_std=0.02)  # padded to 100: (10, 10)
+    assert emb(torch.zeros(0, 3, dtype=torch.long)).shape == (0, 3, 8)
+    for bad in (100, -1, 250):  # digits would wrap to a real row without the check
+        with pytest.raises(RuntimeError, match="token id out of range"):
+            emb(torch.tensor([3, bad]))

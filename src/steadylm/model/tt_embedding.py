@@ -142,12 +142,13 @@ def mixed_radix_digits(idx: torch.Tensor, factors: tuple[int, ...]) -> torch.Ten
 def _contract_slices(cores: list[torch.Tensor], digits: torch.Tensor) -> torch.Tensor:
     """The product of the cores' slices at `digits` (n, m): (n, J_1···J_m, R_m)."""
     n = digits.shape[0]
-    out = cores[0][digits[:, 0]].reshape(n, -1, cores[0].shape[-1])  # (n, J_1, R_1)
+    _, _, j, r = cores[0].shape  # R_0 = 1
+    out = cores[0][digits[:, 0]].reshape(n, j, r)  # (n, J_1, R_1)
     for k in range(1, len(cores)):
         c = cores[k][digits[:, k]]  # (n, R_{k-1}, J_k, R_k)
         _, r, j, r2 = c.shape
         # (n, J_1..J_{k-1}, R) @ (n, R, J_k·R_k) -> (n, J_1..J_k, R_k): j digits stay row-major
-        out = torch.bmm(out, c.reshape(n, r, j * r2)).reshape(n, -1, r2)
+        out = torch.bmm(out, c.reshape(n, r, j * r2)).reshape(n, out.shape[1] * j, r2)
     return out
 
 
@@ -213,7 +214,10 @@ class TTEmbedding(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Rows of the tokens in `idx` (any shape, ids < num_embeddings): (...,) -> (..., d),
         contracted from the cores' slices at their digits, never from the full matrix."""
-        rows = tt_gather(list(self.cores), self.digits(idx.reshape(-1)))  # (n, d)
+        flat = idx.reshape(-1)
+        # Digits wrap silently where nn.Embedding would fail: check, without a host sync on GPUs.
+        torch._assert_async(((flat >= 0) & (flat < self.num_embeddings)).all(), "token id out of range")
+        rows = tt_gather(list(self.cores), self.digits(flat))  # (n, d)
         return rows.reshape(*idx.shape, self.embedding_dim)
 
     def full(self) -> torch.Tensor:
