@@ -68,7 +68,10 @@ def test_row_major_index_convention_against_an_independent_reference(shape, rank
         di, dj = np.unravel_index(i, shape.vocab), np.unravel_index(j, shape.dim)
         assert full[i, j] == pytest.approx(_entry(cores, di, dj), abs=1e-13)
         assert tuple(emb.digits(torch.tensor([int(i)]))[0].tolist()) == tuple(int(x) for x in di)
-        fi, fj = np.unravel_index(i, shape.vocab, order="F"), np.unravel_index(j, shape.dim, order="F")
+        fi, fj = (
+            np.unravel_index(i, shape.vocab, order="F"),
+            np.unravel_index(j, shape.dim, order="F"),
+        )
         mismatched += abs(full[i, j] - _entry(cores, fi, fj)) > 1e-9
     assert mismatched > 20
 
@@ -76,7 +79,11 @@ def test_row_major_index_convention_against_an_independent_reference(shape, rank
 def test_parameter_count_and_the_papers_compression_ratios():
     for shape, rank in SHAPES:
         emb = TTEmbedding(shape.padded_rows, shape, rank, init_std=0.1)
-        assert sum(p.numel() for p in emb.parameters()) == tt_num_parameters(shape, rank) == emb.num_parameters()
+        assert (
+            sum(p.numel() for p in emb.parameters())
+            == tt_num_parameters(shape, rank)
+            == emb.num_parameters()
+        )
     # Hrinchuk et al., Table 1 (IMDB, 25000 x 256, rank 16): TT1 93x, TT2 232x, TT3 441x.
     dense = 25000 * 256
     for vocab, dim, params, ratio in [
@@ -134,7 +141,13 @@ def test_auto_shape_is_balanced_deterministic_and_covers_the_vocabulary():
     assert auto_shape(4096, 128, 3) == TTShape((16, 16, 16), (4, 4, 8))
     assert auto_shape(50257, 768, 3) == TTShape((37, 37, 37), (8, 8, 12))
     assert auto_shape(30522, 256, 3) == TTShape((30, 32, 32), (4, 8, 8))
-    for vocab, dim, n in [(300, 32, 3), (4096, 128, 4), (25000, 256, 6), (50257, 256, 2), (97, 48, 3)]:
+    for vocab, dim, n in [
+        (300, 32, 3),
+        (4096, 128, 4),
+        (25000, 256, 6),
+        (50257, 256, 2),
+        (97, 48, 3),
+    ]:
         shape = auto_shape(vocab, dim, n)
         assert shape == auto_shape(vocab, dim, n)
         assert len(shape.vocab) == len(shape.dim) == n
@@ -145,7 +158,9 @@ def test_auto_shape_is_balanced_deterministic_and_covers_the_vocabulary():
 
 
 def test_explicit_shape_is_checked_against_the_vocabulary():
-    cfg = ModelConfig(n_embd=128, n_head=4, vocab_size=4000, embedding="tt", tt_shape=[[16, 16, 16], [4, 4, 8]])
+    cfg = ModelConfig(
+        n_embd=128, n_head=4, vocab_size=4000, embedding="tt", tt_shape=[[16, 16, 16], [4, 4, 8]]
+    )
     assert resolve_shape(cfg) == TTShape((16, 16, 16), (4, 4, 8))
     cfg.vocab_size = 5000
     with pytest.raises(ConfigError, match="multiply to 4096 < vocab_size=5000"):
@@ -153,8 +168,17 @@ def test_explicit_shape_is_checked_against_the_vocabulary():
 
 
 def _tt_model(head="tied_dense", vocab=97, **extra):
-    cfg = ModelConfig(n_layer=1, n_embd=24, n_head=2, vocab_size=vocab, block_size=8, embedding="tt", tt_rank=4,
-                      tt_head=head, **extra)
+    cfg = ModelConfig(
+        n_layer=1,
+        n_embd=24,
+        n_head=2,
+        vocab_size=vocab,
+        block_size=8,
+        embedding="tt",
+        tt_rank=4,
+        tt_head=head,
+        **extra,
+    )
     return GPT(cfg)
 
 
@@ -165,7 +189,9 @@ def test_tied_head_reads_the_reconstructed_matrix_and_separate_head_is_its_own()
     idx = torch.randint(0, 97, (2, 8))
     h = tied.hidden_states(idx)
     torch.testing.assert_close(tied(idx), h @ tied.transformer.wte.full().t())
-    dense_params = GPT(ModelConfig(n_layer=1, n_embd=24, n_head=2, vocab_size=97, block_size=8)).num_parameters()
+    dense_params = GPT(
+        ModelConfig(n_layer=1, n_embd=24, n_head=2, vocab_size=97, block_size=8)
+    ).num_parameters()
     assert tied.num_parameters() == dense_params - 97 * 24 + tied.transformer.wte.num_parameters()
     sep = _tt_model("separate")
     assert sep.lm_head.weight.shape == (97, 24)
@@ -198,7 +224,9 @@ def test_tev_monitor_reads_row_blocks_and_leaves_padding_out(monkeypatch):
     emb = model.transformer.wte
     assert emb.shape.padded_rows > 97
     monkeypatch.setattr(tt_embedding, "_BLOCK_ELEMENTS", 24 * 10)
-    monkeypatch.setattr(TTEmbedding, "full", lambda self: pytest.fail("TEV must not materialise the matrix"))
+    monkeypatch.setattr(
+        TTEmbedding, "full", lambda self: pytest.fail("TEV must not materialise the matrix")
+    )
     monitor = TEVMonitor.for_model(model, vocab_size=90)  # and rows 90..96 are tokenizer padding
     got = monitor.compute()
     monkeypatch.undo()

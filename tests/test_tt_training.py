@@ -31,9 +31,10 @@ def _sets(corpus, **extra):
 @pytest.mark.parametrize("head", ["tied_dense", "separate"])
 def test_tt_run_logs_tev_and_its_checkpoint_is_inspectable(tmp_path, corpus, capsys, head):
     run = tmp_path / "run"
-    assert main(["train", *_sets(corpus, **{"model.tt_head": head}), "--out", str(run), "--no-progress"]) == 0
-    err = capsys.readouterr().err
-    assert "TT embedding (7,7,7)x(2,4,4) rank 4: 300 rows padded to 343, 616 parameters" in err  # auto shape, printed
+    args = ["train", *_sets(corpus, **{"model.tt_head": head}), "--out", str(run), "--no-progress"]
+    assert main(args) == 0
+    err = capsys.readouterr().err  # the auto shape is printed
+    assert "TT embedding (7,7,7)x(2,4,4) rank 4: 300 rows padded to 343, 616 parameters" in err
     rows = [r for r in read_metrics(run / "metrics.jsonl") if "event" not in r]
     assert [r["step"] for r in rows] == list(range(8))
     assert all(np.isfinite(r["tev_mean"]) and np.isfinite(r["loss"]) for r in rows)
@@ -50,28 +51,59 @@ def test_tt_run_logs_tev_and_its_checkpoint_is_inspectable(tmp_path, corpus, cap
     assert main(["tev", str(run), "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["tensor"] == "transformer.wte (TT cores, reconstructed)"
-    assert (got["rows"], got["d_model"], got["vocab_size"]) == (300, 32, 300)  # factorisation padding left out
+    assert (got["rows"], got["d_model"], got["vocab_size"]) == (
+        300,
+        32,
+        300,
+    )  # factorisation padding left out
     tev = w.std(axis=1)
     assert got["mu_tev"] == pytest.approx(tev.mean(), rel=1e-5)
     assert got["sigma_tev"] == pytest.approx(tev.std(), rel=1e-4)
-    assert got["mu_tev"] == pytest.approx(rows[-1]["tev_mean"], rel=1e-4)  # what training logged last
+    assert got["mu_tev"] == pytest.approx(
+        rows[-1]["tev_mean"], rel=1e-4
+    )  # what training logged last
 
     idx = torch.randint(0, 300, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(model(idx), model.hidden_states(idx) @ model.head_weight().t())
     if head == "tied_dense":
-        assert main(["analyze", str(run), "--json", "--tokens", "256", "--no-progress", "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "analyze",
+                    str(run),
+                    "--json",
+                    "--tokens",
+                    "256",
+                    "--no-progress",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
         assert json.loads(capsys.readouterr().out)
 
 
 def test_tt_config_errors_exit_2_and_leave_no_run(tmp_path, corpus, capsys):
     bad = [
         (["--set", "model.tt_rank=8"], "model.tt_rank=8 only applies to model.embedding='tt'"),
-        (_sets(corpus, **{"model.tt_cores": 2}) + ["--set", "model.tt_shape=[[4,4,4],[2,4,4]]"],
-         "two lists of model.tt_cores=2 positive factors"),
-        (_sets(corpus) + ["--set", "model.tt_shape=[[4,4,4],[2,4,4]]"], "multiply to 64 < vocab_size=300"),
-        (_sets(corpus) + ["--set", "model.tt_shape=[[7,7,7],[2,4,8]]"], "multiply to 64, not n_embd=32"),
-        (_sets(corpus) + ["--set", 'model.tt_head="tied"'], "model.tt_head: 'tied' is not one of tied_dense, separate"),
+        (
+            _sets(corpus, **{"model.tt_cores": 2}) + ["--set", "model.tt_shape=[[4,4,4],[2,4,4]]"],
+            "two lists of model.tt_cores=2 positive factors",
+        ),
+        (
+            _sets(corpus) + ["--set", "model.tt_shape=[[4,4,4],[2,4,4]]"],
+            "multiply to 64 < vocab_size=300",
+        ),
+        (
+            _sets(corpus) + ["--set", "model.tt_shape=[[7,7,7],[2,4,8]]"],
+            "multiply to 64, not n_embd=32",
+        ),
+        (
+            _sets(corpus) + ["--set", 'model.tt_head="tied"'],
+            "model.tt_head: 'tied' is not one of tied_dense, separate",
+        ),
     ]
     for i, (args, message) in enumerate(bad):
         out = tmp_path / f"r{i}"
@@ -82,17 +114,27 @@ def test_tt_config_errors_exit_2_and_leave_no_run(tmp_path, corpus, capsys):
 
 
 def _run_cli(args, env):
-    return subprocess.run([sys.executable, "-m", "steadylm", *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "steadylm", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
 def test_exact_resume_of_a_tt_model_in_a_new_process(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", n_docs=6, words_per_doc=40)
-    sets = _sets(corpus, **{"model.dropout": 0.1, "train.max_steps": 12, "train.checkpoint_every": 5})
+    sets = _sets(
+        corpus, **{"model.dropout": 0.1, "train.max_steps": 12, "train.checkpoint_every": 5}
+    )
     env = {**os.environ, "STEADYLM_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     whole = _run_cli(["train", *sets, "--out", str(tmp_path / "whole"), "--no-progress"], env)
     assert whole.returncode == 0, whole.stderr
-    first = _run_cli(["train", *sets, "--out", str(tmp_path / "split"), "--no-progress", "--stop-at", "7"], env)
+    first = _run_cli(
+        ["train", *sets, "--out", str(tmp_path / "split"), "--no-progress", "--stop-at", "7"], env
+    )
     assert first.returncode == 0, first.stderr
     second = _run_cli(["train", "--out", str(tmp_path / "split"), "--resume", "--no-progress"], env)
     assert second.returncode == 0, second.stderr

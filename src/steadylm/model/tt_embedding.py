@@ -3,7 +3,7 @@ EMNLP 2020): the |V| x d matrix E stored as N small cores instead of |V|·d numb
 
 The padded vocabulary P = I_1···I_N >= |V| and the width d = J_1···J_N are factorised, and
 
-    E[i, j] = G1[i_1, :, j_1, :] @ G2[i_2, :, j_2, :] @ ... @ GN[i_N, :, j_N, :]    (a 1 x 1 product)
+    E[i, j] = G1[i_1, :, j_1, :] @ G2[i_2, :, j_2, :] @ ... @ GN[i_N, :, j_N, :]   (1 x 1)
 
 where (i_1..i_N) and (j_1..j_N) are the mixed-radix digits of i and j, row-major: the first factor
 is the most significant digit, i = ((i_1·I_2 + i_2)·I_3 + i_3)··· (the same order as
@@ -55,7 +55,9 @@ class TTShape:
 def tt_num_parameters(shape: TTShape, rank: int) -> int:
     """Σ_k R_{k-1}·I_k·J_k·R_k with R_0 = R_N = 1."""
     ranks = tt_ranks(len(shape.vocab), rank)
-    return sum(ranks[k] * i * j * ranks[k + 1] for k, (i, j) in enumerate(zip(shape.vocab, shape.dim)))
+    return sum(
+        ranks[k] * i * j * ranks[k + 1] for k, (i, j) in enumerate(zip(shape.vocab, shape.dim))
+    )
 
 
 def tt_ranks(n_cores: int, rank: int) -> list[int]:
@@ -129,14 +131,17 @@ def check_shape(shape: TTShape, vocab_size: int, dim: int) -> str | None:
     if shape.width != dim:
         return f"width factors {shape.dim} multiply to {shape.width}, not n_embd={dim}"
     if shape.padded_rows < vocab_size:
-        return f"vocabulary factors {shape.vocab} multiply to {shape.padded_rows} < vocab_size={vocab_size}"
+        rows = shape.padded_rows
+        return f"vocabulary factors {shape.vocab} multiply to {rows} < vocab_size={vocab_size}"
     return None
 
 
 def mixed_radix_digits(idx: torch.Tensor, factors: tuple[int, ...]) -> torch.Tensor:
     """Row-major digits of `idx` (n,) in base `factors`, the first most significant: (n, len)."""
-    places = [math.prod(factors[k + 1:]) for k in range(len(factors))]
-    return torch.stack([torch.div(idx, p, rounding_mode="floor") % f for p, f in zip(places, factors)], dim=1)
+    places = [math.prod(factors[k + 1 :]) for k in range(len(factors))]
+    return torch.stack(
+        [torch.div(idx, p, rounding_mode="floor") % f for p, f in zip(places, factors)], dim=1
+    )
 
 
 def _contract_slices(cores: list[torch.Tensor], digits: torch.Tensor) -> torch.Tensor:
@@ -155,7 +160,7 @@ def _contract_slices(cores: list[torch.Tensor], digits: torch.Tensor) -> torch.T
 def tt_gather(cores: list[torch.Tensor], digits: torch.Tensor) -> torch.Tensor:
     """Rows at row-major vocabulary digits (n, N) -> (n, J_1···J_N).
 
-    Per row the cost is Σ_k R_{k-1}·J_1···J_k·R_k multiply-adds, and only the n rows' core slices
+    Per row the cost is Σ_k R_{k-1}·J_1···J_k·R_k multiply-adds, and only the n rows' slices
     are gathered: the lookup of a batch's tokens."""
     return _contract_slices(cores, digits)[:, :, 0]  # R_N = 1
 
@@ -163,9 +168,9 @@ def tt_gather(cores: list[torch.Tensor], digits: torch.Tensor) -> torch.Tensor:
 def tt_full(cores: list[torch.Tensor]) -> torch.Tensor:
     """All I_1···I_N rows, contracted core by core: (P, R_0·J_1···J_N).
 
-    About P·d·R multiply-adds in a few large products, and no tensor larger than the result
-    times R/J_N. A leading rank R_0 > 1 (the tail of a longer train) becomes the most significant
-    column digit."""
+    About P·d·R multiply-adds in a few large products; the intermediates are smaller than the
+    result while R <= I_N·J_N. A leading rank R_0 > 1 (the tail of a longer train) becomes the
+    most significant column digit."""
     m = cores[0].reshape(cores[0].shape[0], -1, cores[0].shape[-1])  # (I_1, R_0·J_1, R_1)
     for core in cores[1:]:
         # (A, B, R) x (I_k, R, J_k, R') -> (A, I_k, B, J_k, R'): rows and columns stay row-major
@@ -216,7 +221,9 @@ class TTEmbedding(nn.Module):
         contracted from the cores' slices at their digits, never from the full matrix."""
         flat = idx.reshape(-1)
         # Digits wrap silently where nn.Embedding would fail: check, without a host sync on GPUs.
-        torch._assert_async(((flat >= 0) & (flat < self.num_embeddings)).all(), "token id out of range")
+        torch._assert_async(
+            ((flat >= 0) & (flat < self.num_embeddings)).all(), "token id out of range"
+        )
         rows = tt_gather(list(self.cores), self.digits(flat))  # (n, d)
         return rows.reshape(*idx.shape, self.embedding_dim)
 
@@ -245,7 +252,8 @@ class TTEmbedding(nn.Module):
         groups = -(-n_rows // t)
         for g0 in range(0, groups, per_block):
             lead = torch.arange(g0, min(g0 + per_block, groups), device=tail.device)
-            head = _contract_slices(cores[:m], mixed_radix_digits(lead, vocab[:m]))  # (p, J_1···J_m, R_m)
+            digits = mixed_radix_digits(lead, vocab[:m])
+            head = _contract_slices(cores[:m], digits)  # (p, J_1···J_m, R_m)
             block = torch.einsum("par,trb->ptab", head, tail).reshape(-1, d)  # row g·t + i_tail
             yield block[: n_rows - g0 * t]
 
@@ -257,7 +265,8 @@ class TTEmbedding(nn.Module):
 
 
 def resolve_shape(cfg: ModelConfig) -> TTShape:
-    """The TT shape of `model.tt_shape` ("auto": `auto_shape`) for the config's vocabulary and width."""
+    """The TT shape of `model.tt_shape` ("auto": `auto_shape`) for the config's vocabulary and
+    width."""
     if cfg.tt_shape == "auto":
         return auto_shape(cfg.vocab_size, cfg.n_embd, cfg.tt_cores)
     shape = TTShape(vocab=tuple(cfg.tt_shape[0]), dim=tuple(cfg.tt_shape[1]))
@@ -272,7 +281,8 @@ def describe(emb: TTEmbedding) -> str:
     dense = emb.num_embeddings * emb.embedding_dim
     return (
         f"TT embedding {emb.shape} rank {emb.rank}: {emb.num_embeddings} rows padded to "
-        f"{emb.shape.padded_rows}, {emb.num_parameters():,} parameters ({dense / emb.num_parameters():.1f}x "
+        f"{emb.shape.padded_rows}, {emb.num_parameters():,} parameters "
+        f"({dense / emb.num_parameters():.1f}x "
         f"fewer than the dense {emb.num_embeddings} x {emb.embedding_dim})"
     )
 
@@ -285,7 +295,9 @@ def densify_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[st
     """A TT model's state dict with its cores replaced by the reconstructed (V, d)
     `transformer.wte.weight`, as a dense GPT-2 stores it (for export and inspection)."""
     emb = TTEmbedding(cfg.vocab_size, resolve_shape(cfg), cfg.tt_rank, init_std=1.0)
-    emb.load_state_dict({k.removeprefix("transformer.wte."): v for k, v in sd.items() if k.startswith(CORE_PREFIX)})
+    emb.load_state_dict(
+        {k.removeprefix("transformer.wte."): v for k, v in sd.items() if k.startswith(CORE_PREFIX)}
+    )
     out = {k: v for k, v in sd.items() if not k.startswith(CORE_PREFIX)}
     out["transformer.wte.weight"] = emb.full().float().contiguous()
     return out
