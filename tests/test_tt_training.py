@@ -35,6 +35,8 @@ def test_tt_run_logs_tev_and_its_checkpoint_is_inspectable(tmp_path, corpus, cap
     assert main(args) == 0
     err = capsys.readouterr().err  # the auto shape is printed
     assert "TT embedding (7,7,7)x(2,4,4) rank 4: 300 rows padded to 343, 616 parameters" in err
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["embedding_parameters"] == 616
     rows = [r for r in read_metrics(run / "metrics.jsonl") if "event" not in r]
     assert [r["step"] for r in rows] == list(range(8))
     assert all(np.isfinite(r["tev_mean"]) and np.isfinite(r["loss"]) for r in rows)
@@ -44,6 +46,7 @@ def test_tt_run_logs_tev_and_its_checkpoint_is_inspectable(tmp_path, corpus, cap
     names = json.loads((ckpt / "manifest.json").read_text())["files"]
     assert "model.safetensors" in names
     model = load_model(run)
+    assert prov["parameters"] == model.num_parameters()
     emb = model.transformer.wte
     assert (model.lm_head is None) == (head == "tied_dense")
     w = emb.full().detach().numpy().astype(np.float64)

@@ -163,6 +163,9 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "precision": self.precision,
             "dataset": str(self.data.dir),
+            # Parameter counts (tied head once): what a loss-vs-embedding-size comparison needs.
+            "parameters": self.model.num_parameters(),
+            "embedding_parameters": sum(p.numel() for p in self.model.transformer.wte.parameters()),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         (rd / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
