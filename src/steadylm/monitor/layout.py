@@ -3,8 +3,9 @@
 Works on steadylm's GPT and on Hugging Face models (GPT-2, Llama, BERT, ...) without knowing
 their class. The input embedding comes from `get_input_embeddings()` (else the first
 `nn.Embedding`); it is either a table with a (V, d) `.weight` or a factorised embedding (such as
-steadylm's tensor-train one) that yields its rows through `row_blocks()`; the blocks are the `nn.ModuleList` of same-typed modules holding the most
-parameters (`transformer.h`, `model.layers`, `encoder.layer`). Blocks are named `h.N` whatever
+steadylm's tensor-train one) that yields its rows through `row_blocks()`. The blocks are the
+`nn.ModuleList` of same-typed modules holding the most parameters (`transformer.h`,
+`model.layers`, `encoder.layer`). Blocks are named `h.N` whatever
 the model calls them, so metric keys (`grad_norm/h.3`) read the same across model families.
 """
 

@@ -92,8 +92,8 @@ class TEVMonitor:
     `embedding` is the input embedding module (anything with a (V, d) `.weight`, or a factorised
     embedding with `row_blocks()` such as `TTEmbedding`, whose rows are reconstructed a block at a
     time), that weight itself, or a zero-argument callable returning it (e.g. one that gathers an
-    FSDP-sharded weight). Only the first
-    `vocab_size` rows count (the real vocabulary; rows past it are padding); by default all rows.
+    FSDP-sharded weight). Only the first `vocab_size` rows count (the real vocabulary; rows past
+    it are padding); by default all rows.
     `untied_head` is the output head of an untied model, given the same way; its rows get
     `tev_head_mean tev_head_std`.
 
