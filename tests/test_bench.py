@@ -42,7 +42,7 @@ def test_table_renders_every_target():
     result = {"device": "cpu", "processor": "Some CPU", "threads": 2, "torch": "x", "peak_fp32_flops": 3e11, "peak_bf16_flops": 2e12,
               "training": {"fp32": m}, "tev_step_s": 0.01, "tev_exact_s": 0.1, "tokenizer_tokens_per_s": 1e6,
               "ratios": ratios, "best_bf16": "bf16",
-              "tt": {"tt_shape": "(37,37,37)x(4,8,8)", "tt_rank": 16, "tt_params": 50000, "tt_gather_s": 0.01, "tt_full_s": 0.02,
+              "tt": {"tt_shape": "(37,37,37)x(4,8,8)", "tt_rank": 16, "tt_tokens": 2048, "tt_params": 50000, "tt_gather_s": 0.01, "tt_full_s": 0.02,
                      "tt_tev_s": 0.03, "dense_lookup_s": 0.001},
               "targets": {k: {"value": 1.0, "op": op, "target": t, "met": bench._met(1.0, op, t)}
                           for k, (op, t) in bench.TARGETS.items()}}
@@ -51,7 +51,8 @@ def test_table_renders_every_target():
     for name in bench.TARGETS:
         assert name in table
     assert "NOT met" in table and " met" in table
-    assert "TT embedding (37,37,37)x(4,8,8) rank 16" in table and "gather 10.0 ms" in table
+    assert "TT embedding (37,37,37)x(4,8,8) rank 16" in table and "2048 tokens" in table
+    assert "gather 10.0 ms" in table
 
 
 def test_flops_per_token_counts_a_tt_models_head_matmul_and_not_its_cores():

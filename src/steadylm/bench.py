@@ -240,6 +240,7 @@ def tt_cost(rows: int = 50257, d: int = 256, tokens: int = 8 * 256, rank: int = 
     return {
         "tt_shape": str(shape),
         "tt_rank": rank,
+        "tt_tokens": tokens,
         "tt_params": tt.num_parameters(),
         "tt_gather_s": median_time(step(lambda: tt(ids), grad_rows, tt), reps, warmup=2),
         "tt_full_s": median_time(step(tt.full, grad_full, tt), reps, warmup=2),
@@ -326,7 +327,7 @@ def run(steps: int = 6, warmup: int = 3, compile: bool = True, progress: Callabl
 
 def format_tt(tt: dict[str, Any], share: float | None = None) -> str:
     line = (
-        f"TT embedding {tt['tt_shape']} rank {tt['tt_rank']} ({tt['tt_params']:,} params), per step of 2048 tokens, fwd+bwd: "
+        f"TT embedding {tt['tt_shape']} rank {tt['tt_rank']} ({tt['tt_params']:,} params), per step of {tt['tt_tokens']} tokens, fwd+bwd: "
         f"gather {tt['tt_gather_s'] * 1000:.1f} ms, tied-head reconstruction {tt['tt_full_s'] * 1000:.1f} ms, "
         f"TEV on rebuilt rows {tt['tt_tev_s'] * 1000:.1f} ms (dense lookup {tt['dense_lookup_s'] * 1000:.1f} ms)"
     )
