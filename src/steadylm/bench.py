@@ -72,7 +72,8 @@ def flops_per_token(model) -> float:
     # head's; a TT embedding's cores only feed lookups and the reconstruction, not counted.
     cfg = model.config
     embedding_and_head = ("transformer.wte", "transformer.wpe", "lm_head")
-    n = sum(p.numel() for name, p in model.named_parameters() if not name.startswith(embedding_and_head))
+    params = model.named_parameters()
+    n = sum(p.numel() for name, p in params if not name.startswith(embedding_and_head))
     return 6 * (n + cfg.vocab_size * cfg.n_embd) + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
 
@@ -215,7 +216,9 @@ def tev_cost(rows: int = 50257, d: int = 768, reps: int = 9) -> dict[str, float]
     }
 
 
-def tt_cost(rows: int = 50257, d: int = 256, tokens: int = 8 * 256, rank: int = 16, reps: int = 7) -> dict[str, Any]:
+def tt_cost(
+    rows: int = 50257, d: int = 256, tokens: int = 8 * 256, rank: int = 16, reps: int = 7
+) -> dict[str, Any]:
     """Seconds per training step of a TT embedding at the reference config (GPT-2 vocabulary,
     width 256, 2048 tokens per step, rank 16, auto shape), forward and backward: the gather of
     the step's tokens, the reconstruction the tied head reads (`tt_head = "tied_dense"`) and TEV
@@ -231,7 +234,9 @@ def tt_cost(rows: int = 50257, d: int = 256, tokens: int = 8 * 256, rank: int = 
     grad_full = torch.randn(rows, d)
     monitor = TEVMonitor(tt, rows)
 
-    def step(make: Callable[[], torch.Tensor], grad: torch.Tensor, module: torch.nn.Module) -> Callable[[], None]:
+    def step(
+        make: Callable[[], torch.Tensor], grad: torch.Tensor, module: torch.nn.Module
+    ) -> Callable[[], None]:
         def run() -> None:
             module.zero_grad(set_to_none=True)
             make().backward(grad)
@@ -296,6 +301,7 @@ def run(steps: int = 6, warmup: int = 3, compile: bool = True, progress: Callabl
     out.update(tokenizer_throughput())
 
     fp32, bf16, off = measures["fp32"], measures["bf16"], measures["fp32, monitors off"]
+    tt = out["tt"]
     best_bf16 = max((m for k, m in measures.items() if k.startswith("bf16")), key=lambda m: m.tokens_per_s)
     ratios = {
         "fp32_fraction_of_peak": fp32.flops_per_s / out["peak_fp32_flops"],
@@ -313,7 +319,7 @@ def run(steps: int = 6, warmup: int = 3, compile: bool = True, progress: Callabl
         # A tied TT model's extra work per step over a dense one (gather + reconstruction + TEV
         # on the rebuilt rows, less the dense lookup), as a share of the dense fp32 step.
         "tt_tied_extra_share_of_fp32_step": (
-            out["tt"]["tt_gather_s"] + out["tt"]["tt_full_s"] + out["tt"]["tt_tev_s"] - out["tt"]["dense_lookup_s"]
+            tt["tt_gather_s"] + tt["tt_full_s"] + tt["tt_tev_s"] - tt["dense_lookup_s"]
         ) / fp32.step_s,
     }
     out["best_bf16"] = best_bf16.label
@@ -327,9 +333,11 @@ def run(steps: int = 6, warmup: int = 3, compile: bool = True, progress: Callabl
 
 def format_tt(tt: dict[str, Any], share: float | None = None) -> str:
     line = (
-        f"TT embedding {tt['tt_shape']} rank {tt['tt_rank']} ({tt['tt_params']:,} params), per step of {tt['tt_tokens']} tokens, fwd+bwd: "
-        f"gather {tt['tt_gather_s'] * 1000:.1f} ms, tied-head reconstruction {tt['tt_full_s'] * 1000:.1f} ms, "
-        f"TEV on rebuilt rows {tt['tt_tev_s'] * 1000:.1f} ms (dense lookup {tt['dense_lookup_s'] * 1000:.1f} ms)"
+        f"TT embedding {tt['tt_shape']} rank {tt['tt_rank']} ({tt['tt_params']:,} params), "
+        f"per step of {tt['tt_tokens']} tokens, fwd+bwd: gather {tt['tt_gather_s'] * 1000:.1f} ms, "
+        f"tied-head reconstruction {tt['tt_full_s'] * 1000:.1f} ms, "
+        f"TEV on rebuilt rows {tt['tt_tev_s'] * 1000:.1f} ms "
+        f"(dense lookup {tt['dense_lookup_s'] * 1000:.1f} ms)"
     )
     return line if share is None else f"{line}; extra = {share:.3f} of a dense fp32 step"
 

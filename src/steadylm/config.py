@@ -92,15 +92,18 @@ class ModelConfig:
         self._validate_attention_variant()
         self._validate_embedding()
 
-    _TT_DEFAULTS = (("tt_rank", 16), ("tt_shape", "auto"), ("tt_cores", 3), ("tt_head", "tied_dense"))
+    _TT_DEFAULTS = (
+        ("tt_rank", 16), ("tt_shape", "auto"), ("tt_cores", 3), ("tt_head", "tied_dense"),
+    )
 
     def _validate_embedding(self) -> None:
         if self.embedding != "tt":  # as for MLRA: options that would be ignored are rejected
             for key, default in self._TT_DEFAULTS:
                 if getattr(self, key) != default:
                     raise ConfigError(
-                        f"model.{key}={getattr(self, key)!r} only applies to model.embedding='tt' "
-                        f"(got {self.embedding!r}); leave it at {default!r} or set model.embedding='tt'"
+                        f"model.{key}={getattr(self, key)!r} only applies to "
+                        f"model.embedding='tt' (got {self.embedding!r}); leave it at {default!r} "
+                        "or set model.embedding='tt'"
                     )
             return
         _positive(self, "model", "tt_rank")
@@ -109,17 +112,20 @@ class ModelConfig:
         if isinstance(shape, str):
             if shape != "auto":
                 raise ConfigError(
-                    f"model.tt_shape: {shape!r} is not valid; use \"auto\" or [[I_1, ..., I_N], [J_1, ..., J_N]]"
+                    f"model.tt_shape: {shape!r} is not valid; "
+                    "use \"auto\" or [[I_1, ..., I_N], [J_1, ..., J_N]]"
                 )
             return
         if len(shape) != 2 or any(len(f) != self.tt_cores or min(f, default=0) < 1 for f in shape):
             raise ConfigError(
-                f"model.tt_shape: {shape!r} must be two lists of model.tt_cores={self.tt_cores} positive "
-                "factors, [[I_1, ..., I_N], [J_1, ..., J_N]] (set model.tt_cores to the number of factors)"
+                f"model.tt_shape: {shape!r} must be two lists of model.tt_cores={self.tt_cores} "
+                "positive factors, [[I_1, ..., I_N], [J_1, ..., J_N]] "
+                "(set model.tt_cores to the number of factors)"
             )
         if math.prod(shape[1]) != self.n_embd:
             raise ConfigError(
-                f"model.tt_shape: width factors {shape[1]} multiply to {math.prod(shape[1])}, not n_embd={self.n_embd}"
+                f"model.tt_shape: width factors {shape[1]} multiply to {math.prod(shape[1])}, "
+                f"not n_embd={self.n_embd}"
             )
         if self.vocab_size and math.prod(shape[0]) < self.vocab_size:
             raise ConfigError(
@@ -356,7 +362,8 @@ def _matches(value: Any, hint: Any) -> bool:
 
 def _describe(hint: Any, plural: bool = False) -> str:
     if typing.get_origin(hint) is list:
-        return ("lists of " if plural else "a list of ") + _describe(typing.get_args(hint)[0], plural=True)
+        item = _describe(typing.get_args(hint)[0], plural=True)
+        return ("lists of " if plural else "a list of ") + item
     names = {str: ("a string", "strings"), int: ("an integer", "integers")}[hint]
     return names[plural]
 

@@ -140,11 +140,15 @@ def _tt_matrix(ckpt: Path, index) -> torch.Tensor:
         raise SteadyLMError(f"{ckpt / 'config.toml'}: {e}") from None
     cores = {n: _read_safetensors(index, n)[0] for n in index if n.startswith(CORE_PREFIX)}
     if not cores:
-        raise SteadyLMError(f"{ckpt}: config.toml says model.embedding='tt' but model.safetensors has no {CORE_PREFIX}* tensors")
+        raise SteadyLMError(
+            f"{ckpt}: config.toml says model.embedding='tt' but model.safetensors has no "
+            f"{CORE_PREFIX}* tensors"
+        )
     try:
         return densify_state_dict(cfg, cores)["transformer.wte.weight"]
     except RuntimeError as e:  # cores that do not fit the config's shape and rank
-        raise SteadyLMError(f"{ckpt}: the TT cores do not match config.toml ({str(e).splitlines()[0]})") from None
+        first = str(e).splitlines()[0]
+        raise SteadyLMError(f"{ckpt}: the TT cores do not match config.toml ({first})") from None
 
 
 # ------------------------------------------------------------------------ Hugging Face

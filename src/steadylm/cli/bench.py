@@ -11,7 +11,8 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="measure training speed, bf16 vs fp32, monitor and data cost, MLRA vs MHA, TT embedding cost",
+        help="measure training speed, bf16 vs fp32, monitor and data cost, MLRA vs MHA, "
+        "TT embedding cost",
         description="At the reference config (GPT-2 vocabulary, 6 layers x 256, 4 heads, block 256, "
         "batch 8, default monitors): the matmul peak for fp32 and bf16; training tokens/s and FLOP/s "
         "as a fraction of the peak with a per-section step breakdown; monitor cost (timed sections, "

@@ -33,7 +33,8 @@ class ModelLayout:
 
 def is_factorised(embedding: nn.Module) -> bool:
     """An embedding without a stored (V, d) table, whose rows come from `row_blocks(n_rows)`."""
-    return callable(getattr(embedding, "row_blocks", None)) and getattr(embedding, "weight", None) is None
+    has_rows = callable(getattr(embedding, "row_blocks", None))
+    return has_rows and getattr(embedding, "weight", None) is None
 
 
 def embedding_shape(embedding: nn.Module) -> tuple[int, int]:

@@ -200,8 +200,8 @@ class Trainer:
         self.fsdp = self.ctx.enabled and cfg.train.parallel == "fsdp"
         if self.fsdp and cfg.model.embedding == "tt":
             raise SteadyLMError(
-                "train.parallel='fsdp' does not support model.embedding='tt'; use train.parallel='ddp' "
-                "(the TT cores are small enough to replicate on every rank)"
+                "train.parallel='fsdp' does not support model.embedding='tt'; use "
+                "train.parallel='ddp' (the TT cores are small enough to replicate on every rank)"
             )
         torch.manual_seed(cfg.train.seed)  # the same init on every rank
         self.model = GPT(cfg.model).to(self.ctx.device)
