@@ -62,7 +62,7 @@ def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     sd, seen = {}, set()
     for k, v in model.state_dict().items():
         key = (v.data_ptr(), tuple(v.shape))
-        if key in seen:
+        if v.numel() and key in seen:  # empty tensors all share address 0: never deduplicated
             continue
         seen.add(key)
         sd[k] = v.detach().to("cpu", torch.float32).contiguous()
