@@ -37,10 +37,13 @@ def test_table_renders_every_target():
          "periodic": {"stats_extra_s": 0.01, "act_extra_s": 0.02, "gradvar_extra_s": 0.08, "amortised_s": 0.002}}
     ratios = {k: 1.0 for k in ("fp32_fraction_of_peak", "bf16_speedup_over_fp32", "monitor_share", "data_share",
                                "mlra_over_mha_step_time", "monitor_share_ab", "bf16_speedup_over_fp32_eager",
-                               "mlra_over_mha_peak_rss", "monitor_share_every_step", "gradvar_over_tev")}
+                               "mlra_over_mha_peak_rss", "monitor_share_every_step", "gradvar_over_tev",
+                               "tt_tied_extra_share_of_fp32_step")}
     result = {"device": "cpu", "processor": "Some CPU", "threads": 2, "torch": "x", "peak_fp32_flops": 3e11, "peak_bf16_flops": 2e12,
               "training": {"fp32": m}, "tev_step_s": 0.01, "tev_exact_s": 0.1, "tokenizer_tokens_per_s": 1e6,
               "ratios": ratios, "best_bf16": "bf16",
+              "tt": {"tt_shape": "(37,37,37)x(4,8,8)", "tt_rank": 16, "tt_tokens": 2048, "tt_params": 50000, "tt_gather_s": 0.01, "tt_full_s": 0.02,
+                     "tt_tev_s": 0.03, "dense_lookup_s": 0.001},
               "targets": {k: {"value": 1.0, "op": op, "target": t, "met": bench._met(1.0, op, t)}
                           for k, (op, t) in bench.TARGETS.items()}}
     table = bench.format_table(result)
@@ -48,3 +51,19 @@ def test_table_renders_every_target():
     for name in bench.TARGETS:
         assert name in table
     assert "NOT met" in table and " met" in table
+    assert "TT embedding (37,37,37)x(4,8,8) rank 16" in table and "2048 tokens" in table
+    assert "gather 10.0 ms" in table
+
+
+def test_flops_per_token_counts_a_tt_models_head_matmul_and_not_its_cores():
+    dense = GPT(ModelConfig(n_layer=2, n_embd=32, n_head=4, vocab_size=100, block_size=16))
+    for head in ("tied_dense", "separate"):
+        tt = GPT(ModelConfig(n_layer=2, n_embd=32, n_head=4, vocab_size=100, block_size=16, embedding="tt",
+                             tt_rank=4, tt_head=head))
+        assert bench.flops_per_token(tt) == bench.flops_per_token(dense)
+
+
+def test_tt_cost_measures_every_part_on_a_small_shape():
+    r = bench.tt_cost(rows=1000, d=32, tokens=64, rank=4, reps=1)
+    assert r["tt_shape"] == "(10,10,10)x(2,4,4)"
+    assert all(r[k] > 0 for k in ("tt_gather_s", "tt_full_s", "tt_tev_s", "dense_lookup_s"))

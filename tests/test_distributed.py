@@ -81,3 +81,21 @@ def test_resume_on_a_different_world_size(setup):
     # No dropout here, so even the re-seeded continuation follows the single-process run.
     for a, b in zip(single, rows):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+
+
+def test_tt_embedding_under_ddp_matches_one_process(setup):
+    """The TT cores are replicated like any parameter; FSDP2 refuses a TT embedding by name."""
+    root, env, over, _ = setup
+    tt = [*over, 'model.embedding="tt"', "model.tt_rank=4"]
+    single = _train(root / "tt_single", tt, 1, env)
+    double = _train(root / "tt_ddp", tt, 2, env)
+    for a, b in zip(single, double, strict=True):
+        for key in ("loss", "grad_norm", "tev_mean", "tev_std"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    sets = [x for o in [*tt, 'train.parallel="fsdp"'] for x in ("--set", o)]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "steadylm",
+                           "train", *sets, "--out", str(root / "tt_fsdp"), "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "does not support model.embedding='tt'" in proc.stderr
+    assert not (root / "tt_fsdp" / "config.toml").exists()

@@ -91,3 +91,21 @@ def test_export_refuses_non_gpt2_architecture(tmp_path):
 def test_load_model_rejects_unknown_folder(tmp_path):
     with pytest.raises(CheckpointError, match="neither config.toml"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize("head", ["tied_dense", "separate"])
+def test_export_of_a_tt_model_writes_the_dense_matrix_and_hf_logits_match(tmp_path, head):
+    torch.manual_seed(2)
+    cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, vocab_size=97, block_size=16, embedding="tt", tt_rank=4,
+                      tt_head=head)
+    model = GPT(cfg).eval()
+    _write_checkpoint(tmp_path / "ckpt", model)
+    out = export_hf(tmp_path / "ckpt", tmp_path / "hf")
+    hf = GPT2LMHeadModel.from_pretrained(out).eval()
+    torch.testing.assert_close(hf.transformer.wte.weight, model.transformer.wte.full().detach())
+    tied = hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()
+    assert tied == (head == "tied_dense")
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] == tied
+    idx = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, model(idx), atol=1e-5, rtol=1e-5)

@@ -5,8 +5,8 @@ thread count, and targets are ratios between figures measured here, so a noisy s
 moves numerator and denominator together. Training measurements run in a fresh process each
 (spawned), so peak memory is that configuration's alone.
 
-FLOPs per token follow DESIGN §8: 6·N (N without position embeddings, the tied head counted
-once) plus 12·L·d·T for attention (T = block size), both forward and backward.
+FLOPs per token: 6·N (N without position embeddings, the tied head counted once) plus 12·L·d·T
+for attention (T = block size), both forward and backward.
 """
 
 from __future__ import annotations
@@ -68,8 +68,13 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = PEAK_SHAPE, r
 
 
 def flops_per_token(model) -> float:
+    # 6·N with the head's V·d matmul counted once: the tied table's parameters, or a separate
+    # head's; a TT embedding's cores only feed lookups and the reconstruction, not counted.
     cfg = model.config
-    return 6 * model.num_parameters(exclude_position=True) + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+    embedding_and_head = ("transformer.wte", "transformer.wpe", "lm_head")
+    params = model.named_parameters()
+    n = sum(p.numel() for name, p in params if not name.startswith(embedding_and_head))
+    return 6 * (n + cfg.vocab_size * cfg.n_embd) + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
 
 @dataclass
@@ -211,6 +216,44 @@ def tev_cost(rows: int = 50257, d: int = 768, reps: int = 9) -> dict[str, float]
     }
 
 
+def tt_cost(
+    rows: int = 50257, d: int = 256, tokens: int = 8 * 256, rank: int = 16, reps: int = 7
+) -> dict[str, Any]:
+    """Seconds per training step of a TT embedding at the reference config (GPT-2 vocabulary,
+    width 256, 2048 tokens per step, rank 16, auto shape), forward and backward: the gather of
+    the step's tokens, the reconstruction the tied head reads (`tt_head = "tied_dense"`) and TEV
+    over the reconstructed rows; beside a dense table's lookup."""
+    from steadylm.model.tt_embedding import TTEmbedding, auto_shape
+    from steadylm.monitor.tev import TEVMonitor
+
+    shape = auto_shape(rows, d, 3)
+    tt = TTEmbedding(rows, shape, rank, init_std=0.02)
+    dense = torch.nn.Embedding(rows, d)
+    ids = torch.randint(0, rows, (tokens,))
+    grad_rows = torch.randn(tokens, d)
+    grad_full = torch.randn(rows, d)
+    monitor = TEVMonitor(tt, rows)
+
+    def step(
+        make: Callable[[], torch.Tensor], grad: torch.Tensor, module: torch.nn.Module
+    ) -> Callable[[], None]:
+        def run() -> None:
+            module.zero_grad(set_to_none=True)
+            make().backward(grad)
+        return run
+
+    return {
+        "tt_shape": str(shape),
+        "tt_rank": rank,
+        "tt_tokens": tokens,
+        "tt_params": tt.num_parameters(),
+        "tt_gather_s": median_time(step(lambda: tt(ids), grad_rows, tt), reps, warmup=2),
+        "tt_full_s": median_time(step(tt.full, grad_full, tt), reps, warmup=2),
+        "tt_tev_s": median_time(monitor.compute, reps, warmup=2),
+        "dense_lookup_s": median_time(step(lambda: dense(ids), grad_rows, dense), reps, warmup=2),
+    }
+
+
 def tokenizer_throughput(n_chars: int = 2_000_000) -> dict[str, float]:
     """GPT-2 tokenizer tokens/s on the default corpus's text (encode_batch, all threads)."""
     from steadylm.data.corpus import default_corpus
@@ -252,10 +295,13 @@ def run(steps: int = 6, warmup: int = 3, compile: bool = True, progress: Callabl
     out["training"] = {k: vars(v) for k, v in measures.items()}
     progress("TEV on 50257 x 768")
     out.update(tev_cost())
+    progress("TT embedding at the reference config")
+    out["tt"] = tt_cost()
     progress("tokenizer throughput")
     out.update(tokenizer_throughput())
 
     fp32, bf16, off = measures["fp32"], measures["bf16"], measures["fp32, monitors off"]
+    tt = out["tt"]
     best_bf16 = max((m for k, m in measures.items() if k.startswith("bf16")), key=lambda m: m.tokens_per_s)
     ratios = {
         "fp32_fraction_of_peak": fp32.flops_per_s / out["peak_fp32_flops"],
@@ -270,6 +316,11 @@ def run(steps: int = 6, warmup: int = 3, compile: bool = True, progress: Callabl
         "mlra_over_mha_peak_rss": measures["mlra fp32"].peak_rss_mb / fp32.peak_rss_mb,
         "tev_768_share_of_fp32_step": out["tev_step_s"] / fp32.step_s,
         "gradvar_over_tev": (fp32.gradvar_s or 0.0) / out["tev_step_s"],
+        # A tied TT model's extra work per step over a dense one (gather + reconstruction + TEV
+        # on the rebuilt rows, less the dense lookup), as a share of the dense fp32 step.
+        "tt_tied_extra_share_of_fp32_step": (
+            tt["tt_gather_s"] + tt["tt_full_s"] + tt["tt_tev_s"] - tt["dense_lookup_s"]
+        ) / fp32.step_s,
     }
     out["best_bf16"] = best_bf16.label
     out["ratios"] = ratios
@@ -278,6 +329,17 @@ def run(steps: int = 6, warmup: int = 3, compile: bool = True, progress: Callabl
         for name, (op, bound) in TARGETS.items()
     }
     return out
+
+
+def format_tt(tt: dict[str, Any], share: float | None = None) -> str:
+    line = (
+        f"TT embedding {tt['tt_shape']} rank {tt['tt_rank']} ({tt['tt_params']:,} params), "
+        f"per step of {tt['tt_tokens']} tokens, fwd+bwd: gather {tt['tt_gather_s'] * 1000:.1f} ms, "
+        f"tied-head reconstruction {tt['tt_full_s'] * 1000:.1f} ms, "
+        f"TEV on rebuilt rows {tt['tt_tev_s'] * 1000:.1f} ms "
+        f"(dense lookup {tt['dense_lookup_s'] * 1000:.1f} ms)"
+    )
+    return line if share is None else f"{line}; extra = {share:.3f} of a dense fp32 step"
 
 
 def _met(value: float, op: str, bound: float) -> bool:
@@ -308,6 +370,7 @@ def format_table(r: dict[str, Any]) -> str:
         f"TEV on 50257 x 768: {r['tev_step_s'] * 1000:.1f} ms per step (exact two-pass: {r['tev_exact_s'] * 1000:.0f} ms)",
         f"gradient-variance reference step: {r['training']['fp32']['gradvar_s'] or 0:.3f} s of hooks "
         f"= {r['ratios']['gradvar_over_tev']:.0f} x TEV's every-step cost",
+        format_tt(r["tt"], r["ratios"]["tt_tied_extra_share_of_fp32_step"]),
         f"GPT-2 tokenizer: {r['tokenizer_tokens_per_s']:,.0f} tokens/s",
         "",
         "targets:",

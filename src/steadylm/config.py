@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -51,6 +52,16 @@ class ModelConfig:
     embed_norm: str = "none"
     reparam: str = "none"
     qk_norm: bool = False
+    # Token embedding (docs/tt-embeddings.md): "dense" (nn.Embedding) or "tt", a tensor-train
+    # matrix of `tt_cores` cores of rank `tt_rank`, shaped `tt_shape` ("auto", or explicit
+    # [[I_1, ..., I_N], [J_1, ..., J_N]] with ΠJ = n_embd and ΠI >= vocab_size).
+    embedding: str = "dense"
+    tt_rank: int = 16
+    tt_shape: str | list[list[int]] = "auto"
+    tt_cores: int = 3
+    # "tied_dense": the head reads the reconstructed matrix (one reconstruction per forward);
+    # "separate": an untied dense (vocab x n_embd) head, as the paper does for its LM.
+    tt_head: str = "tied_dense"
 
     CHOICES = {
         "attention": ("mha", "mlra"),
@@ -59,6 +70,8 @@ class ModelConfig:
         "norm_layout": ("pre_ln", "post_ln", "sub_ln", "deepnorm"),
         "embed_norm": ("none", "scaled", "layernorm"),
         "reparam": ("none", "sigma"),
+        "embedding": ("dense", "tt"),
+        "tt_head": ("tied_dense", "separate"),
     }
 
     def validate(self) -> None:
@@ -77,6 +90,48 @@ class ModelConfig:
                 f"model.n_embd: {self.n_embd} is not divisible by model.n_head={self.n_head}"
             )
         self._validate_attention_variant()
+        self._validate_embedding()
+
+    _TT_DEFAULTS = (
+        ("tt_rank", 16), ("tt_shape", "auto"), ("tt_cores", 3), ("tt_head", "tied_dense"),
+    )
+
+    def _validate_embedding(self) -> None:
+        if self.embedding != "tt":  # as for MLRA: options that would be ignored are rejected
+            for key, default in self._TT_DEFAULTS:
+                if getattr(self, key) != default:
+                    raise ConfigError(
+                        f"model.{key}={getattr(self, key)!r} only applies to "
+                        f"model.embedding='tt' (got {self.embedding!r}); leave it at {default!r} "
+                        "or set model.embedding='tt'"
+                    )
+            return
+        _positive(self, "model", "tt_rank")
+        _at_least(self, "model", "tt_cores", 2)
+        shape = self.tt_shape
+        if isinstance(shape, str):
+            if shape != "auto":
+                raise ConfigError(
+                    f"model.tt_shape: {shape!r} is not valid; "
+                    "use \"auto\" or [[I_1, ..., I_N], [J_1, ..., J_N]]"
+                )
+            return
+        if len(shape) != 2 or any(len(f) != self.tt_cores or min(f, default=0) < 1 for f in shape):
+            raise ConfigError(
+                f"model.tt_shape: {shape!r} must be two lists of model.tt_cores={self.tt_cores} "
+                "positive factors, [[I_1, ..., I_N], [J_1, ..., J_N]] "
+                "(set model.tt_cores to the number of factors)"
+            )
+        if math.prod(shape[1]) != self.n_embd:
+            raise ConfigError(
+                f"model.tt_shape: width factors {shape[1]} multiply to {math.prod(shape[1])}, "
+                f"not n_embd={self.n_embd}"
+            )
+        if self.vocab_size and math.prod(shape[0]) < self.vocab_size:
+            raise ConfigError(
+                f"model.tt_shape: vocabulary factors {shape[0]} multiply to {math.prod(shape[0])} "
+                f"< vocab_size={self.vocab_size}"
+            )
 
     def _validate_attention_variant(self) -> None:
         # Options of the other attention variant would be silently ignored, and a sweep over
@@ -290,13 +345,30 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
         if type(value) is hint:
             return value
         raise ConfigError(f"{name}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
-    if isinstance(hint, types.UnionType):  # str | list[str]
-        if isinstance(value, str):
+    if isinstance(hint, types.UnionType):  # str | list[str], str | list[list[int]]
+        if any(_matches(value, arm) for arm in typing.get_args(hint)):
             return value
-        if isinstance(value, list) and all(isinstance(x, str) for x in value):
-            return value
-        raise ConfigError(f"{name}: expected a string or a list of strings, got {value!r}")
+        shown = " or ".join(_describe(arm) for arm in typing.get_args(hint))
+        raise ConfigError(f"{name}: expected {shown}, got {value!r}")
     raise TypeError(f"unsupported config type {hint} for {name}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether `value` is of the (str, int, list[...]) type `hint`; bool is not an int here."""
+    if hint in (str, int):
+        return type(value) is hint
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_matches(x, item) for x in value)
+    raise TypeError(f"unsupported config type {hint}")
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    if typing.get_origin(hint) is list:
+        item = _describe(typing.get_args(hint)[0], plural=True)
+        return ("lists of " if plural else "a list of ") + item
+    names = {str: ("a string", "strings"), int: ("an integer", "integers")}[hint]
+    return names[plural]
 
 
 def _shown(name: str) -> str:

@@ -3,7 +3,9 @@
 Accepted paths:
 
 - a steadylm run folder (`RUN/checkpoints/step_*`): its latest checkpoint whose manifest verifies;
-- a steadylm checkpoint folder (`model.safetensors` + `config.toml`): `transformer.wte.weight`;
+- a steadylm checkpoint folder (`model.safetensors` + `config.toml`): `transformer.wte.weight`,
+  or, for a tensor-train embedding (`model.embedding = "tt"`), the matrix reconstructed from the
+  stored cores `transformer.wte.cores.K` and the shape and rank in `config.toml`;
 - a Hugging Face folder (`config.json` + `*.safetensors` or `pytorch_model.bin`);
 - a `.safetensors` file;
 - a `.gguf` file: only `token_embd.weight` is read (memory-mapped) and dequantised.
@@ -110,14 +112,43 @@ def _steadylm(ckpt: Path, tensor: str | None, given: Path) -> Embedding:
     import tomllib
 
     index = _safetensors_index([ckpt / "model.safetensors"])
-    name = _pick(index, tensor, ckpt / "model.safetensors")
-    weight, dtype = _read_safetensors(index, name)
-    cfg_vocab = tomllib.loads((ckpt / "config.toml").read_text()).get("model", {}).get("vocab_size")
+    model_cfg = tomllib.loads((ckpt / "config.toml").read_text()).get("model", {})
+    if tensor is None and model_cfg.get("embedding") == "tt":
+        name, dtype = "transformer.wte (TT cores, reconstructed)", "F32"
+        weight = _tt_matrix(ckpt, index)
+    else:
+        name = _pick(index, tensor, ckpt / "model.safetensors")
+        weight, dtype = _read_safetensors(index, name)
+    cfg_vocab = model_cfg.get("vocab_size")
     decode, n_tok = _tokenizer_json(ckpt / "tokenizer.json")
     vocab, note = _vocab_rows(weight.shape[0], n_tok, "tokenizer.json", cfg_vocab, "[model] vocab_size")
     manifest = ckpt / "manifest.json"
     step = json.loads(manifest.read_text()).get("step") if manifest.is_file() else None
     return Embedding(given, "steadylm", name, dtype, weight, vocab, note, decode, "gpt", step, ckpt)
+
+
+def _tt_matrix(ckpt: Path, index) -> torch.Tensor:
+    """The (V, d) matrix of a TT checkpoint, from its cores and config (fp32, CPU)."""
+    import tomllib
+
+    from steadylm.config import config_from_dict
+    from steadylm.model.tt_embedding import CORE_PREFIX, densify_state_dict
+
+    try:
+        cfg = config_from_dict(tomllib.loads((ckpt / "config.toml").read_text())).model
+    except SteadyLMError as e:
+        raise SteadyLMError(f"{ckpt / 'config.toml'}: {e}") from None
+    cores = {n: _read_safetensors(index, n)[0] for n in index if n.startswith(CORE_PREFIX)}
+    if not cores:
+        raise SteadyLMError(
+            f"{ckpt}: config.toml says model.embedding='tt' but model.safetensors has no "
+            f"{CORE_PREFIX}* tensors"
+        )
+    try:
+        return densify_state_dict(cfg, cores)["transformer.wte.weight"]
+    except RuntimeError as e:  # cores that do not fit the config's shape and rank
+        first = str(e).splitlines()[0]
+        raise SteadyLMError(f"{ckpt}: the TT cores do not match config.toml ({first})") from None
 
 
 # ------------------------------------------------------------------------ Hugging Face

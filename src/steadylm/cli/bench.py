@@ -11,12 +11,14 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="measure training speed, bf16 vs fp32, monitor and data cost, MLRA vs MHA",
+        help="measure training speed, bf16 vs fp32, monitor and data cost, MLRA vs MHA, "
+        "TT embedding cost",
         description="At the reference config (GPT-2 vocabulary, 6 layers x 256, 4 heads, block 256, "
         "batch 8, default monitors): the matmul peak for fp32 and bf16; training tokens/s and FLOP/s "
         "as a fraction of the peak with a per-section step breakdown; monitor cost (timed sections, "
         "periodic steps amortised, and an on/off A/B); TEV on a 50257 x 768 matrix; the "
-        "gradient-variance reference against TEV; MLRA vs MHA step time and peak memory; tokenizer "
+        "gradient-variance reference against TEV; MLRA vs MHA step time and peak memory; the TT "
+        "embedding's per-step cost (gather, tied-head reconstruction, TEV; rank 16); tokenizer "
         "throughput and the data reader's share. Medians after warm-up; each training "
         "configuration runs in a fresh process. Needs the default corpus (fetched on first use).",
     )

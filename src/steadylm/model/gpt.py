@@ -7,7 +7,8 @@ of `c_attn`, `c_proj` and `c_fc` as (in, out); here they are `nn.Linear` weights
 
 The variants (docs/variants.md) are chosen by name in the config and resolved in one place each:
 attention in `attention.build_attention`, norm layout and embedding recipe in `norms`, σReparam
-in `reparam.linear`. With the defaults (mha, pre_ln, no embed_norm, reparam or qk_norm) the model
+in `reparam.linear`, the token embedding (dense or tensor-train, docs/tt-embeddings.md) in
+`token_embedding`. With the defaults (mha, pre_ln, no embed_norm, reparam or qk_norm) the model
 is exactly GPT-2; variant parameters have names of their own (`attn.c_attn_down`, `attn.q_norm`,
 `attn.ln_sub`, `mlp.ln_sub`, `transformer.ln_emb`, `*.sigma.gamma`, ...).
 
@@ -26,6 +27,7 @@ from steadylm.model.lm_head_loss import lm_head_loss
 from steadylm.model import reparam
 from steadylm.model.attention import build_attention
 from steadylm.model.norms import INIT_STD, NormLayout, embedding_recipe, layer_norm, norm_layout
+from steadylm.model.tt_embedding import TTEmbedding, resolve_shape
 
 
 class MLP(nn.Module):
@@ -88,7 +90,7 @@ class GPT(nn.Module):
         embedding = embedding_recipe(cfg)
         self.embed_scale = embedding.scale
         modules = dict(
-            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+            wte=token_embedding(cfg),
             wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
         )
         if embedding.layer_norm:
@@ -101,17 +103,24 @@ class GPT(nn.Module):
         )
         self.transformer = nn.ModuleDict(modules)
         # Built directly, never through reparam.linear: σReparam excludes the tied embedding.
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
+        # A TT embedding with the tied head has no lm_head: `head_weight()` reconstructs it.
+        self.lm_head = None
+        if cfg.embedding == "dense" or cfg.tt_head == "separate":
+            self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.embedding == "dense":
+            self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Embeddings N(0, 0.02²), norms 1 and 0, block weights by the layout's rule (GPT-2 init,
-        or Xavier with DeepNorm's β / Magneto's γ; `norms.NormLayout.weight_std`), MLRA factors by
-        `model.mlra_init`; then σReparam's γ = σ(W₀)."""
+        """Embeddings N(0, 0.02²) (a TT embedding: cores drawn so its entries have that variance),
+        a separate head N(0, 0.02²), norms 1 and 0, block weights by the layout's rule (GPT-2
+        init, or Xavier with DeepNorm's β / Magneto's γ; `norms.NormLayout.weight_std`), MLRA
+        factors by `model.mlra_init`; then σReparam's γ = σ(W₀)."""
         for module in self.modules():
             if isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+            elif isinstance(module, TTEmbedding):
+                module.reset_parameters()
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 if module.bias is not None:
@@ -119,6 +128,8 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.init_weights(self.layout)
             block.mlp.init_weights(self.layout)
+        if self.config.embedding == "tt" and self.lm_head is not None:  # the separate head
+            nn.init.normal_(self.lm_head.weight, mean=0.0, std=INIT_STD)
         reparam.reset_sigma_(self)
 
     @torch.no_grad()
@@ -128,8 +139,15 @@ class GPT(nn.Module):
         it does nothing. The forward pass never changes the model's state."""
         reparam.power_iteration_(self)
 
-    def get_input_embeddings(self) -> nn.Embedding:
+    def get_input_embeddings(self) -> nn.Embedding | TTEmbedding:
         return self.transformer.wte
+
+    def head_weight(self) -> torch.Tensor:
+        """The output layer's (V, C) weight: the tied wte, a separate head's, or (TT, tied) the
+        matrix reconstructed from the cores, once per call."""
+        if self.lm_head is None:
+            return self.transformer.wte.full()
+        return self.lm_head.weight
 
     def num_parameters(self, exclude_position: bool = False) -> int:
         """Parameter count with the tied head counted once."""
@@ -160,6 +178,15 @@ class GPT(nn.Module):
         """Logits (B, T, V); or, given targets (B, T), the summed loss without materialising the
         logits: (Σ CE + z_loss·Σ log²Z, Σ log²Z), see `lm_head_loss`."""
         h = self.hidden_states(idx)  # (B, T, C)
+        w = self.head_weight()  # (V, C)
         if targets is None:
-            return self.lm_head(h)  # (B, T, V)
-        return lm_head_loss(h, self.lm_head.weight, targets, z_loss)
+            return F.linear(h, w)  # (B, T, V)
+        return lm_head_loss(h, w, targets, z_loss)
+
+
+def token_embedding(cfg: ModelConfig) -> nn.Embedding | TTEmbedding:
+    """`model.embedding`: a dense (V, C) table, or a tensor train (`tt_embedding`) whose entries
+    start with the dense table's variance."""
+    if cfg.embedding == "tt":
+        return TTEmbedding(cfg.vocab_size, resolve_shape(cfg), cfg.tt_rank, init_std=INIT_STD)
+    return nn.Embedding(cfg.vocab_size, cfg.n_embd)

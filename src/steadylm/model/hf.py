@@ -3,6 +3,8 @@
 Our parameter names are GPT-2's; the one layout difference is that HF's Conv1D stores the
 weights of `c_attn`, `c_proj` and `c_fc` as (in, out) where our nn.Linear stores (out, in).
 HF also keeps a causal-mask buffer `attn.bias` in old checkpoints, which carries no weights.
+A TT embedding (`model.embedding = "tt"`) is exported as the dense matrix its cores make, and a
+separate TT head as an untied `lm_head.weight` (`tie_word_embeddings = false`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from steadylm.config import Config, ModelConfig, config_from_dict
 from steadylm.errors import CheckpointError
 from steadylm.model.gpt import GPT
+from steadylm.model.tt_embedding import densify_state_dict
 
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _HF_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
@@ -27,15 +30,18 @@ def is_gpt2_compatible(cfg: ModelConfig) -> str | None:
     for key, value in plain.items():
         if getattr(cfg, key) != value:
             return f"model.{key}={getattr(cfg, key)!r} has no GPT2LMHeadModel equivalent (needs {value!r})"
-    return None  # init-only options (qkv_init_scale) leave the architecture GPT-2's
+    # Init-only options (qkv_init_scale) leave the architecture GPT-2's; a TT embedding is a
+    # parametrisation of GPT-2's matrix and exports as that matrix.
+    return None
 
 
 def to_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our GPT state dict -> GPT2LMHeadModel's (Conv1D weights transposed, tied head included)."""
+    """Our (dense) GPT state dict -> GPT2LMHeadModel's (Conv1D weights transposed, the head
+    included: the tied wte unless the state dict has an untied one)."""
     out = {}
     for name, t in sd.items():
         out[name] = t.t().contiguous() if name.endswith(_CONV1D) else t.contiguous()
-    out["lm_head.weight"] = out["transformer.wte.weight"]
+    out.setdefault("lm_head.weight", out["transformer.wte.weight"])
     return out
 
 
@@ -98,7 +104,7 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
         "layer_norm_epsilon": cfg.layer_norm_epsilon,
         "initializer_range": 0.02,
         "scale_attn_weights": True,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": cfg.embedding == "dense" or cfg.tt_head == "tied_dense",
         "use_cache": True,
         "torch_dtype": "float32",
     }
@@ -147,7 +153,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
         raise CheckpointError(f"{path}: neither config.toml (steadylm) nor config.json (Hugging Face) found")
     model = GPT(cfg)
     missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if k != "lm_head.weight"]
+    if cfg.embedding == "dense":
+        missing = [k for k in missing if k != "lm_head.weight"]  # tied to wte, loaded with it
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model.to(device).eval()
@@ -172,8 +179,12 @@ def export_hf(path: str | Path, out: str | Path) -> Path:
     if out.exists() and any(out.iterdir()):
         raise CheckpointError(f"{out}: output folder exists and is not empty")
     out.mkdir(parents=True, exist_ok=True)
-    sd = to_hf_state_dict(load_file(str(src / "model.safetensors")))
-    sd.pop("lm_head.weight")  # tied; transformers re-ties it from config.tie_word_embeddings
+    sd = load_file(str(src / "model.safetensors"))
+    if cfg.model.embedding == "tt":
+        sd = densify_state_dict(cfg.model, sd)
+    sd = to_hf_state_dict(sd)
+    if hf_config_dict(cfg.model)["tie_word_embeddings"]:
+        sd.pop("lm_head.weight")  # transformers re-ties it from config.tie_word_embeddings
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf_config_dict(cfg.model), indent=2) + "\n")
     tok = src / "tokenizer.json"

@@ -2,8 +2,10 @@
 
 Works on steadylm's GPT and on Hugging Face models (GPT-2, Llama, BERT, ...) without knowing
 their class. The input embedding comes from `get_input_embeddings()` (else the first
-`nn.Embedding`); the blocks are the `nn.ModuleList` of same-typed modules holding the most
-parameters (`transformer.h`, `model.layers`, `encoder.layer`). Blocks are named `h.N` whatever
+`nn.Embedding`); it is either a table with a (V, d) `.weight` or a factorised embedding (such as
+steadylm's tensor-train one) that yields its rows through `row_blocks()`. The blocks are the
+`nn.ModuleList` of same-typed modules holding the most parameters (`transformer.h`,
+`model.layers`, `encoder.layer`). Blocks are named `h.N` whatever
 the model calls them, so metric keys (`grad_norm/h.3`) read the same across model families.
 """
 
@@ -17,16 +19,29 @@ import torch.nn as nn
 
 @dataclass
 class ModelLayout:
-    embedding: nn.Module  # has .weight of shape (V, d)
+    embedding: nn.Module  # has .weight of shape (V, d), or is factorised (`is_factorised`)
     head: torch.Tensor | None  # an untied output head's (V, d) weight; None when tied or absent
     blocks: list[nn.Module]
 
     def groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters per group: "embed" then "h.0", "h.1", ... (each listed once)."""
-        out = {"embed": [self.embedding.weight]}
+        out = {"embed": [p for p in self.embedding.parameters() if p.requires_grad]}
         for i, block in enumerate(self.blocks):
             out[block_name(i)] = [p for p in block.parameters() if p.requires_grad]
         return out
+
+
+def is_factorised(embedding: nn.Module) -> bool:
+    """An embedding without a stored (V, d) table, whose rows come from `row_blocks(n_rows)`."""
+    has_rows = callable(getattr(embedding, "row_blocks", None))
+    return has_rows and getattr(embedding, "weight", None) is None
+
+
+def embedding_shape(embedding: nn.Module) -> tuple[int, int]:
+    """(V, d) of a table or a factorised embedding."""
+    if is_factorised(embedding):
+        return embedding.num_embeddings, embedding.embedding_dim
+    return tuple(embedding.weight.shape)
 
 
 def block_name(i: int) -> str:
@@ -61,6 +76,8 @@ def _input_embedding(model: nn.Module) -> nn.Module:
     emb = get() if callable(get) else None
     if emb is None:
         emb = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    if emb is not None and is_factorised(emb):
+        return emb
     if emb is None or getattr(emb, "weight", None) is None or emb.weight.dim() != 2:
         raise ValueError(f"{type(model).__name__} has no input embedding (no get_input_embeddings(), no nn.Embedding)")
     return emb
@@ -70,9 +87,9 @@ def _untied_head(model: nn.Module, embedding: nn.Module) -> torch.Tensor | None:
     get = getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else getattr(model, "lm_head", None)
     w = getattr(head, "weight", None)
-    if not isinstance(w, torch.Tensor) or w is embedding.weight or w.shape != embedding.weight.shape:
+    if not isinstance(w, torch.Tensor) or w is getattr(embedding, "weight", None):
         return None
-    return w
+    return w if tuple(w.shape) == embedding_shape(embedding) else None
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from steadylm.monitor.layout import model_layout
+from steadylm.monitor.layout import embedding_shape, is_factorised, model_layout
 
 
 def tev_per_row(weight: torch.Tensor, n_rows: int | None = None) -> torch.Tensor:
@@ -110,12 +110,23 @@ def _masked_mean_std(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Te
     return mean, (((values - mean) ** 2) * mask).sum().div(n).sqrt()
 
 
+def _tev_rows(source: WeightSource, n_rows: int, exact: bool = False) -> torch.Tensor:
+    """TEV_i of the first `n_rows` rows. A factorised embedding (TT) is reconstructed a block of
+    rows at a time, so at most one block of the matrix exists at once; a table is read directly."""
+    per_row = tev_per_row if exact else tev_per_row_fast
+    if isinstance(source, nn.Module) and is_factorised(source):
+        return torch.cat([per_row(block) for block in source.row_blocks(n_rows)])
+    return per_row(_getter(source)(), n_rows)
+
+
 class TEVMonitor:
     """TEV of a model's token embedding, every step, on the device.
 
-    `embedding` is the input embedding module (anything with a (V, d) `.weight`), that weight
-    itself, or a zero-argument callable returning it (e.g. one that gathers an FSDP-sharded weight). Only the first
-    `vocab_size` rows count (the real vocabulary; rows past it are padding); by default all rows.
+    `embedding` is the input embedding module (anything with a (V, d) `.weight`, or a factorised
+    embedding with `row_blocks()` such as `TTEmbedding`, whose rows are reconstructed a block at a
+    time), that weight itself, or a zero-argument callable returning it (e.g. one that gathers an
+    FSDP-sharded weight). Only the first `vocab_size` rows count (the real vocabulary; rows past
+    it are padding); by default all rows.
     `untied_head` is the output head of an untied model, given the same way; its rows get
     `tev_head_mean tev_head_std`.
 
@@ -139,21 +150,26 @@ class TEVMonitor:
         untied_head: WeightSource | None = None,
         row_groups: dict[str, torch.Tensor] | None = None,
     ):
-        self._weight = _getter(embedding)
+        self._source = embedding
         self._head = _getter(untied_head) if untied_head is not None else None
-        w = self._weight()
-        if w.dim() != 2:
-            raise ValueError(f"the embedding weight must be 2-D (vocab x d_model), got shape {tuple(w.shape)}")
-        self.vocab_size = w.shape[0] if vocab_size is None else int(vocab_size)
-        if not 0 < self.vocab_size <= w.shape[0]:
-            raise ValueError(f"vocab_size={self.vocab_size} must be in 1..{w.shape[0]} (the embedding's rows)")
-        self.seen = torch.zeros(self.vocab_size, dtype=torch.bool, device=w.device)
+        if isinstance(embedding, nn.Module) and is_factorised(embedding):
+            rows = embedding_shape(embedding)[0]
+            device = next(embedding.parameters()).device
+        else:
+            w = _getter(embedding)()
+            if w.dim() != 2:
+                raise ValueError(f"the embedding weight must be 2-D (vocab x d_model), got shape {tuple(w.shape)}")
+            rows, device = w.shape[0], w.device
+        self.vocab_size = rows if vocab_size is None else int(vocab_size)
+        if not 0 < self.vocab_size <= rows:
+            raise ValueError(f"vocab_size={self.vocab_size} must be in 1..{rows} (the embedding's rows)")
+        self.seen = torch.zeros(self.vocab_size, dtype=torch.bool, device=device)
         self.row_groups = {}
         for name, mask in (row_groups or {}).items():
             if mask.shape != (self.vocab_size,) or mask.dtype != torch.bool or not mask.any():
                 raise ValueError(f"row group {name!r} must be a non-empty boolean mask of {self.vocab_size} rows")
             # Float weights so the group figures need no boolean indexing (which syncs the host).
-            self.row_groups[name] = mask.to(w.device, torch.float32)
+            self.row_groups[name] = mask.to(device, torch.float32)
 
     @classmethod
     def for_model(
@@ -175,7 +191,7 @@ class TEVMonitor:
 
         The seen-row figures are NaN until a token has been observed.
         """
-        tev = tev_per_row_fast(self._weight(), self.vocab_size)
+        tev = _tev_rows(self._source, self.vocab_size)
         seen_mean, seen_std = _masked_mean_std(tev, self.seen.to(tev.dtype))
         out = {"tev_mean": tev.mean(), "tev_std": tev.std(correction=0), "tev_seen_mean": seen_mean, "tev_seen_std": seen_std}
         for name, weights in self.row_groups.items():
@@ -186,9 +202,14 @@ class TEVMonitor:
         return out
 
     @torch.no_grad()
+    def values(self) -> torch.Tensor:
+        """TEV_i over the real rows (V,), fp32, by the exact two-pass formula."""
+        return _tev_rows(self._source, self.vocab_size, exact=True)
+
+    @torch.no_grad()
     def histogram(self, bins: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
         """(counts, edges) of TEV_i over the real rows, for evaluation steps (see `tev_histogram`)."""
-        return tev_histogram(tev_per_row(self._weight(), self.vocab_size), bins)
+        return tev_histogram(self.values(), bins)
 
     def all_reduce_seen(self, group=None) -> None:
         """Union of the seen masks of all ranks (data parallel: each rank observes its own tokens).

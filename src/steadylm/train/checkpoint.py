@@ -1,7 +1,8 @@
 """Atomic, verified checkpoints in the layout of DESIGN §4.
 
     RUN/checkpoints/step_000100/
-        model.safetensors   consolidated fp32 weights (tied head stored once, as wte)
+        model.safetensors   consolidated fp32 weights (tied head stored once, as wte; a TT
+                            embedding as its cores, `transformer.wte.cores.K`)
         train_state/        optimizer (torch.distributed.checkpoint, so it can reshard),
                             rng_rank{r}.pt per rank, trainer.json (step, data cursor),
                             monitors.pt (TEV seen-row mask, spike window)
@@ -55,9 +56,16 @@ def _files(root: Path) -> list[Path]:
 
 
 def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """fp32 copies of the weights, without the tied head (safetensors stores no shared tensors)."""
-    sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    sd.pop("lm_head.weight", None)
+    """fp32 copies of the weights, a tied weight once under its first name (`transformer.wte`,
+    not `lm_head`: safetensors stores no shared tensors). An untied head (TT embedding with
+    `tt_head = "separate"`) is its own tensor and is kept."""
+    sd, seen = {}, set()
+    for k, v in model.state_dict().items():
+        key = (v.data_ptr(), tuple(v.shape))
+        if v.numel() and key in seen:  # empty tensors all share address 0: never deduplicated
+            continue
+        seen.add(key)
+        sd[k] = v.detach().to("cpu", torch.float32).contiguous()
     return sd
 
 

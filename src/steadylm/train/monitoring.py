@@ -18,7 +18,7 @@ from steadylm.monitor.gradvar import GradVarianceMonitor
 from steadylm.monitor.nonfinite import first_nonfinite_grad
 from steadylm.monitor.params import ParamStatsMonitor
 from steadylm.monitor.spikes import SpikeDetector
-from steadylm.monitor.tev import TEVMonitor, frequency_groups, tev_per_row
+from steadylm.monitor.tev import TEVMonitor, frequency_groups
 from steadylm.train.distributed import DistContext, sharded_tev_summary
 
 
@@ -129,7 +129,7 @@ class TrainingMonitors:
         """TEV_i over the real rows, for histograms at evaluation steps."""
         if self.fsdp:
             return None
-        return tev_per_row(self.model.get_input_embeddings().weight, self.vocab_rows)
+        return self.tev.values()
 
     # Checkpointed state.
 

@@ -32,6 +32,7 @@ from steadylm.data.reader import SequenceReader, eval_sequences
 from steadylm.errors import CheckpointError, DataError, SteadyLMError
 from steadylm.model.gpt import GPT
 from steadylm.model.taps import BlockTaps
+from steadylm.model.tt_embedding import describe as describe_tt
 from steadylm.monitor.tev import tev_histogram
 from steadylm.train import checkpoint as ckpt_io
 from steadylm.train import faults
@@ -163,6 +164,9 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "precision": self.precision,
             "dataset": str(self.data.dir),
+            # Parameter counts (tied head once): what a loss-vs-embedding-size comparison needs.
+            "parameters": self.model.num_parameters(),
+            "embedding_parameters": sum(p.numel() for p in self.model.transformer.wte.parameters()),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         (rd / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
@@ -194,9 +198,16 @@ class Trainer:
             )
         self.grad_accum = per_rank // cfg.train.micro_batch_size
 
+        self.fsdp = self.ctx.enabled and cfg.train.parallel == "fsdp"
+        if self.fsdp and cfg.model.embedding == "tt":
+            raise SteadyLMError(
+                "train.parallel='fsdp' does not support model.embedding='tt'; use "
+                "train.parallel='ddp' (the TT cores are small enough to replicate on every rank)"
+            )
         torch.manual_seed(cfg.train.seed)  # the same init on every rank
         self.model = GPT(cfg.model).to(self.ctx.device)
-        self.fsdp = self.ctx.enabled and cfg.train.parallel == "fsdp"
+        if cfg.model.embedding == "tt" and self.ctx.is_main:
+            print(f"steadylm: {describe_tt(self.model.transformer.wte)}", file=sys.stderr)
         self.forward_model: torch.nn.Module = self.model
         if self.fsdp:
             from torch.distributed.fsdp import fully_shard
