@@ -4,7 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from steadylm.config import Config, ConfigError, config_from_dict, load_config, preset_names
+import tomllib
+
+from steadylm.config import Config, ConfigError, config_from_dict, load_config, preset_names, toml_value
 
 
 def test_presets_load_and_validate():
@@ -23,6 +25,21 @@ def test_overrides_are_typed_toml_values():
     assert cfg.model.n_layer == 7 and cfg.train.lr == 1e-3 and cfg.model.attention == "mlra"
     assert cfg.model.bias is False and cfg.data.path == ["a.txt", "b"]
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0  # int accepted for a float key
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(), st.lists(st.text(max_size=5), max_size=3), st.booleans(), st.integers(),
+                 st.floats(allow_nan=False)))
+def test_toml_value_reads_back_unchanged(value):
+    # Control characters (tab, newline, NUL, DEL, ...) included: TOML forbids them raw in strings.
+    assert tomllib.loads(f"v = {toml_value(value)}")["v"] == value
+
+
+def test_config_with_control_characters_round_trips():
+    paths = ["a\tb", "c\nd", 'e\x00\x7f"\\']
+    cfg = load_config(None, ["data.path=" + toml_value(paths)])
+    assert cfg.data.path == paths
+    assert config_from_dict(tomllib.loads(cfg.to_toml())) == cfg
 
 
 def test_toml_round_trip(tmp_path):

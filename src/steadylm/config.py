@@ -24,7 +24,8 @@ class ConfigError(SteadyLMError):
     """A configuration problem, phrased as one line for the user."""
 
 
-def _suggest(word: str, options: typing.Iterable[str]) -> str:
+def suggest(word: str, options: typing.Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the option closest to a mistyped `word`, or "" if none is close."""
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -239,7 +240,7 @@ class Config:
                 if value not in options:
                     raise ConfigError(
                         f"{section}.{key}: {value!r} is not one of {', '.join(options)}"
-                        + _suggest(str(value), options)
+                        + suggest(str(value), options)
                     )
             sub.validate()
         return self
@@ -251,7 +252,7 @@ class Config:
         lines: list[str] = []
         for section, values in self.to_dict().items():
             lines.append(f"[{section}]")
-            lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
+            lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items())
             lines.append("")
         return "\n".join(lines)
 
@@ -269,17 +270,24 @@ def _at_least(obj: Any, section: str, key: str, low: int) -> None:
         raise ConfigError(f"{section}.{key}: must be >= {low}, got {getattr(obj, key)}")
 
 
-def _toml_value(v: Any) -> str:
+# TOML basic strings may not hold control characters raw: \b \t \n \f \r by name, the rest as \uXXXX.
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def toml_value(v: Any) -> str:
+    """`v` (bool, int, float, str or a list of them) as a TOML value that `tomllib` reads back
+    unchanged; the one writer for config.toml and for `--set` arguments."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return '"' + "".join(_TOML_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or c == "\x7f" else c)
+                             for c in v) + '"'
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return repr(v)
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return repr(v)  # int, float (inf and nan are TOML too)
 
 
-def _check_type(name: str, value: Any, hint: Any) -> Any:
+def check_type(name: str, value: Any, hint: Any) -> Any:
     """Return `value` converted to `hint` if that is lossless, else raise ConfigError."""
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -306,7 +314,7 @@ def _apply(cfg: Config, data: dict[str, Any], origin: str) -> None:
         if section not in SECTIONS:
             raise ConfigError(
                 f"{origin}: unknown section [{_shown(section)}]; valid sections: {', '.join(SECTIONS)}"
-                + _suggest(section, SECTIONS)
+                + suggest(section, SECTIONS)
             )
         if not isinstance(values, dict):
             raise ConfigError(f"{origin}: [{section}] must be a table of key = value")
@@ -316,9 +324,9 @@ def _apply(cfg: Config, data: dict[str, Any], origin: str) -> None:
         for key, value in values.items():
             if key not in names:
                 raise ConfigError(
-                    f"{section}.{_shown(key)}: unknown key; valid keys: {', '.join(names)}" + _suggest(key, names)
+                    f"{section}.{_shown(key)}: unknown key; valid keys: {', '.join(names)}" + suggest(key, names)
                 )
-            setattr(sub, key, _check_type(f"{section}.{key}", value, hints[key]))
+            setattr(sub, key, check_type(f"{section}.{key}", value, hints[key]))
 
 
 def preset_names() -> list[str]:
@@ -347,7 +355,7 @@ def read_config_source(source: str | Path) -> tuple[dict[str, Any], str]:
     if str(source) not in names:
         raise ConfigError(
             f"--config: {str(source)!r} is neither a file nor a preset; presets: {', '.join(names)}"
-            + _suggest(str(source), names)
+            + suggest(str(source), names)
         )
     text = resources.files("steadylm.configs").joinpath(f"{source}.toml").read_text(encoding="utf-8")
     return _read_toml(text, f"preset {source}"), f"preset {source}"

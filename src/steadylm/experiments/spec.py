@@ -16,6 +16,10 @@
     "model.attention" = "mlra"
     "model.mlra_init" = "variance_preserving"
 
+    [sweep.launcher]           # used by --launcher submitit only (see docs/compare.md)
+    partition = "gpu"          # also: account, time (minutes), nodes, gpus, procs, cpus, mem_gb
+    gpus = 4                   # per node; a run over several processes runs under torchrun
+
 Keys are `section.key` as in `--set`, quoted or as TOML dotted keys (`model.n_layer = [4, 8]`).
 Runs are variants x grid x seeds, named from what varies, e.g. `mlra-n_layer8-lr3e-3-s1`.
 A key belongs to one of set, grid or variants, so no run depends on which of them wins.
@@ -24,9 +28,7 @@ A key belongs to one of set, grid or variants, so no run depends on which of the
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
-import json
 import math
 import re
 import tomllib
@@ -34,22 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steadylm.config import SECTIONS, Config, load_config, preset_names
+from steadylm.config import SECTIONS, Config, load_config, preset_names, suggest, toml_value
 from steadylm.errors import SteadyLMError
 
-SWEEP_KEYS = ("base", "seeds", "set", "grid", "variants")
+SWEEP_KEYS = ("base", "seeds", "set", "grid", "variants", "launcher")
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]*")
-
-
-def toml_value(v: Any) -> str:
-    """`v` as a TOML value that `--set` reads back unchanged."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)  # JSON's string escapes are valid TOML basic strings
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    return repr(v)  # int, float (inf and nan are TOML too)
 
 
 def short_float(x: float) -> str:
@@ -111,6 +102,14 @@ class SweepSpec:
     fixed: dict[str, Any]
     grid: dict[str, list[Any]]
     variants: dict[str, dict[str, Any]]
+    launcher: dict[str, Any] = dataclasses.field(default_factory=dict)  # [sweep.launcher], checked
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What makes two specs the same sweep: all but [sweep.launcher], which only says where
+        the runs train (a re-run may ask for more time or another partition)."""
+        sweep = {k: v for k, v in self.raw.get("sweep", {}).items() if k != "launcher"}
+        return {**self.raw, "sweep": sweep}
 
     def runs(self) -> list[RunPlan]:
         """Every run, variants outermost and seeds innermost, so partial sweeps cover recipes first."""
@@ -175,14 +174,14 @@ def _check_key(where: str, key: str) -> None:
         raise SteadyLMError(f"{where} {key!r}: expected section.key, e.g. model.n_layer")
     section, name = parts
     if section not in SECTIONS:
-        close = difflib.get_close_matches(section, list(SECTIONS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SteadyLMError(f"{where} {key}: unknown section {section!r}; sections: {', '.join(SECTIONS)}{hint}")
+        raise SteadyLMError(
+            f"{where} {key}: unknown section {section!r}; sections: {', '.join(SECTIONS)}" + suggest(section, SECTIONS)
+        )
     fields = [f.name for f in dataclasses.fields(SECTIONS[section])]
     if name not in fields:
-        close = difflib.get_close_matches(name, fields, n=1)
-        hint = f" (did you mean {section}.{close[0]}?)" if close else ""
-        raise SteadyLMError(f"{where} {key}: unknown key; keys of [{section}]: {', '.join(fields)}{hint}")
+        raise SteadyLMError(
+            f"{where} {key}: unknown key; keys of [{section}]: {', '.join(fields)}" + suggest(name, fields)
+        )
 
 
 def _table(where: str, value: Any) -> dict[str, Any]:
@@ -205,11 +204,9 @@ def _resolve_base(path: Path, base: Any) -> str:
             raise SteadyLMError(f"{path}: [sweep] base: no such file {str(file)!r} (paths are relative to the spec)")
         return str(file)
     if base not in preset_names():
-        close = difflib.get_close_matches(base, preset_names(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise SteadyLMError(
             f"{path}: [sweep] base: {base!r} is neither a preset nor a .toml file; presets: "
-            f"{', '.join(preset_names())}{hint}"
+            f"{', '.join(preset_names())}" + suggest(base, preset_names())
         )
     return base
 
@@ -245,6 +242,18 @@ def _variants(path: Path, raw: Any) -> dict[str, dict[str, Any]]:
             )
         out[name] = _table(f"{path}: [sweep.variants.{name}]", table)
     return out
+
+
+def _launcher(path: Path, raw: Any) -> dict[str, Any]:
+    from steadylm.experiments.submit import launcher_config
+
+    if not isinstance(raw, dict):
+        raise SteadyLMError(f"{path}: [sweep.launcher]: must be a table of key = value")
+    try:
+        launcher_config(raw)
+    except SteadyLMError as e:
+        raise SteadyLMError(f"{path}: {e}") from None
+    return raw
 
 
 def _check_disjoint(path: Path, spec: SweepSpec) -> None:
@@ -286,9 +295,9 @@ def parse_spec(path: str | Path) -> SweepSpec:
     sweep = raw["sweep"]
     unknown = sorted(set(sweep) - set(SWEEP_KEYS))
     if unknown:
-        close = difflib.get_close_matches(unknown[0], SWEEP_KEYS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SteadyLMError(f"{path}: [sweep] {unknown[0]}: unknown key; keys: {', '.join(SWEEP_KEYS)}{hint}")
+        raise SteadyLMError(
+            f"{path}: [sweep] {unknown[0]}: unknown key; keys: {', '.join(SWEEP_KEYS)}" + suggest(unknown[0], SWEEP_KEYS)
+        )
     spec = SweepSpec(
         path=path,
         raw=raw,
@@ -297,6 +306,7 @@ def parse_spec(path: str | Path) -> SweepSpec:
         fixed=_table(f"{path}: [sweep.set]", sweep.get("set", {})),
         grid=_grid(path, sweep.get("grid", {})),
         variants=_variants(path, sweep.get("variants", {})),
+        launcher=_launcher(path, sweep.get("launcher", {})),
     )
     _check_disjoint(path, spec)
     return spec
