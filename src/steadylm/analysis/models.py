@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -164,7 +165,8 @@ def _huggingface(folder: Path, gguf_file: str | None = None) -> AnalysisModel:
         raise SteadyLMError(f"{what}: transformers cannot load it ({_first_line(e)})") from None
     decoder = not getattr(config, "is_encoder_decoder", False) and config.model_type not in _ENCODERS
     max_len = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions") if getattr(config, k, None)), 512)
-    return AnalysisModel(module, _blocks(module, what), _hf_encoder(folder, what, kw), int(max_len), str(what),
+    encode = _hf_encoder(folder, what, kw, config)
+    return AnalysisModel(module, _blocks(module, what), encode, int(max_len), str(what),
                          "gguf" if gguf_file else "huggingface", config.model_type, causal=decoder)
 
 
@@ -181,7 +183,12 @@ def _blocks(module: nn.Module, what: Path) -> nn.ModuleList:
     return max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
 
 
-def _hf_encoder(folder: Path, what: Path, kw: dict) -> Callable[[str], list[int]]:
+# Files a Hugging Face tokenizer is read from; a folder with none of them has no tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
+def _hf_encoder(folder: Path, what: Path, kw: dict, config: Any) -> Callable[[str], list[int]]:
     """Text -> ids with the tokenizer's special tokens (BOS for Llama, [CLS] ... [SEP] for BERT)."""
     if not kw and (folder / "tokenizer.json").is_file():
         import tokenizers  # the raw file: works without tokenizer_config.json
@@ -189,11 +196,30 @@ def _hf_encoder(folder: Path, what: Path, kw: dict) -> Callable[[str], list[int]
         tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
         tok.no_truncation()
         return lambda text: tok.encode(text).ids
+    if not kw and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return implied_tokenizer(config, what)
     try:
         hf_tok = _transformers().AutoTokenizer.from_pretrained(folder, **kw)
     except (OSError, ValueError, KeyError) as e:
         raise SteadyLMError(f"{what}: no usable tokenizer ({_first_line(e)})") from None
     return lambda text: hf_tok(text, truncation=False)["input_ids"]
+
+
+def implied_tokenizer(config: Any, what: Path) -> Callable[[str], list[int]]:
+    """The tokenizer a folder's config implies when it ships none (`save_pretrained` of the model
+    alone), if steadylm has it: GPT-2's 50257-token vocabulary is OpenAI's GPT-2 BPE."""
+    from steadylm.data.tokenizer import GPT2_VOCAB_SIZE, gpt2_tokenizer
+
+    vocab = getattr(config, "vocab_size", None)
+    if config.model_type == "gpt2" and vocab == GPT2_VOCAB_SIZE:
+        print(f"{what}: no tokenizer files; using the GPT-2 BPE its config implies "
+              f"({config.model_type}, vocab_size {vocab})", file=sys.stderr)
+        return gpt2_tokenizer().encode
+    raise SteadyLMError(
+        f"{what}: no tokenizer for this {config.model_type} model (vocab_size {vocab}; none of "
+        f"{', '.join(TOKENIZER_FILES[:3])}, ...); save its tokenizer into the folder "
+        "(tokenizer.save_pretrained(FOLDER)) or copy its tokenizer.json there"
+    )
 
 
 def _first_line(e: Exception) -> str:
