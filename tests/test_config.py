@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import dataclasses
 import tomllib
 
 from steadylm.config import Config, ConfigError, config_from_dict, load_config, preset_names, toml_value
@@ -107,3 +108,17 @@ def test_arbitrary_input_is_accepted_or_one_line_error(section, key, value):
         config_from_dict({section: {key: value}})
     except ConfigError as e:
         assert "\n" not in str(e) and str(e)
+
+
+def test_choices_and_their_error_come_from_the_dispatch_tables(monkeypatch):
+    from steadylm.model import attention, norms
+
+    assert [f.name for f in dataclasses.fields(Config().model) if f.metadata.get("choices")] == [
+        "attention", "mlra_mode", "mlra_init", "norm_layout", "embed_norm", "reparam"]
+    # A new entry in the table is a valid name at once, listed in the error with the others.
+    monkeypatch.setitem(attention.ATTENTION._entries, "toy", attention.MultiHeadAttention)
+    assert load_config(None, ["model.attention=toy"]).model.attention == "toy"
+    with pytest.raises(ConfigError, match=r"^model.attention: 'tyo' is not one of mha, mlra, toy \(did you mean 'toy'\?\)$"):
+        load_config(None, ["model.attention=tyo"])
+    with pytest.raises(ConfigError, match=r"^model.norm_layout: 'x' is not one of " + ", ".join(norms.NORM_LAYOUTS) + "$"):
+        load_config(None, ["model.norm_layout=x"])

@@ -91,7 +91,7 @@ def test_submitit_sweep_records_jobs_and_resumes(tmp_path):
     first = _sweep(spec, out, fault="mid-step@3")
     assert first.returncode == 1, first.stderr
     index = {r["name"]: r for r in read_index(out)}
-    assert index["short-s1"]["status"] == "finished"
+    assert index["short-s1"]["status"] == "finished", index["short-s1"]
     assert index["long-s1"]["status"] == "failed" and "exit code 86" in index["long-s1"]["error"]
     assert all(r["job_id"] and (out / "jobs" / f"{r['job_id']}_0_log.out").is_file() for r in index.values())
     short = out / "runs" / "short-s1" / "metrics.jsonl"

@@ -8,7 +8,7 @@ key and what would have been valid, so the CLI can print it and exit 2.
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import importlib
 import tomllib
 import types
 import typing
@@ -17,17 +17,26 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from steadylm.errors import SteadyLMError
+from steadylm.errors import ConfigError
+from steadylm.registry import check_choice, suggest
+
+__all__ = ["ConfigError", "Config", "load_config", "config_from_dict", "suggest"]
 
 
-class ConfigError(SteadyLMError):
-    """A configuration problem, phrased as one line for the user."""
+def choice(default: str, options: str | tuple[str, ...]) -> Any:
+    """A field chosen by name. `options` is the registry that dispatches it, as "module:NAME"
+    (imported when a config is validated: those modules import this one), or the names
+    themselves when the code that acts on them has no table."""
+    return field(default=default, metadata={"choices": options})
 
 
-def suggest(word: str, options: typing.Iterable[str]) -> str:
-    """` (did you mean 'x'?)` for the option closest to a mistyped `word`, or "" if none is close."""
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def choices(f: dataclasses.Field) -> tuple[str, ...] | None:
+    """The valid names of a `choice` field, from its registry; None for other fields."""
+    options = f.metadata.get("choices")
+    if isinstance(options, str):
+        module, name = options.split(":")
+        options = tuple(getattr(importlib.import_module(module), name))
+    return options
 
 
 @dataclass
@@ -42,25 +51,16 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = True
     layer_norm_epsilon: float = 1e-5
-    attention: str = "mha"
-    mlra_mode: str = "shared"
+    attention: str = choice("mha", "steadylm.model.attention:ATTENTION")
+    mlra_mode: str = choice("shared", "steadylm.model.attention:MLRA_MODES")
     mlra_rank: int = 0  # 0: the parameter-matched default of the mode
-    mlra_init: str = "gpt2"
+    mlra_init: str = choice("gpt2", "steadylm.model.attention:MLRA_INITS")
     mlra_out: bool = False  # also factorise the attention output projection
     qkv_init_scale: float = 1.0
-    norm_layout: str = "pre_ln"
-    embed_norm: str = "none"
-    reparam: str = "none"
+    norm_layout: str = choice("pre_ln", "steadylm.model.norms:NORM_LAYOUTS")
+    embed_norm: str = choice("none", "steadylm.model.norms:EMBEDDING_RECIPES")
+    reparam: str = choice("none", "steadylm.model.reparam:REPARAMS")
     qk_norm: bool = False
-
-    CHOICES = {
-        "attention": ("mha", "mlra"),
-        "mlra_mode": ("shared", "per_head"),
-        "mlra_init": ("gpt2", "variance_preserving"),
-        "norm_layout": ("pre_ln", "post_ln", "sub_ln", "deepnorm"),
-        "embed_norm": ("none", "scaled", "layernorm"),
-        "reparam": ("none", "sigma"),
-    }
 
     def validate(self) -> None:
         for key in ("n_layer", "n_embd", "n_head", "block_size"):
@@ -149,9 +149,9 @@ class TrainConfig:
     z_loss: float = 0.0
     batch_size: int = 32  # global sequences per optimizer step, whatever the world size
     micro_batch_size: int = 8  # sequences per forward pass per rank
-    precision: str = "auto"
+    precision: str = choice("auto", ("auto", "fp32", "bf16", "fp16"))
     compile: bool = False
-    parallel: str = "ddp"  # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2 fully_shard per block)
+    parallel: str = choice("ddp", ("ddp", "fsdp"))  # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2 fully_shard per block)
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     eval_every: int = 100  # 0 disables evaluation
     eval_batches: int = 10  # validation micro-batches per evaluation
@@ -159,21 +159,14 @@ class TrainConfig:
     # "every": checkpoints every checkpoint_every steps. "log": also at log-spaced steps, two per
     # doubling (1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, ...: round(2^(k/2))), so early training,
     # where geometry changes fastest, is sampled as densely as late training (`analyze --over-training`).
-    checkpoint_schedule: str = "every"
+    checkpoint_schedule: str = choice("every", ("every", "log"))
     keep_checkpoints: int = 0  # 0 keeps all; otherwise the newest N
     log_every: int = 10  # steps between host syncs that flush metrics
     # Razzhigaev et al.'s pre-training regulariser, λ·mean over blocks l of mean over tokens of
     # (1 − cos(h_l, h_{l−1})) ("cosine") or ‖h_l − h_{l−1}‖² ("mse"), h_0 the embedding output.
     # Mean over blocks, not the paper's sum, so λ means the same at any depth (paper λ = this λ / L).
     linearity_reg: float = 0.0  # λ; 0 disables it
-    linearity_reg_kind: str = "cosine"
-
-    CHOICES = {
-        "precision": ("auto", "fp32", "bf16", "fp16"),
-        "parallel": ("ddp", "fsdp"),
-        "checkpoint_schedule": ("every", "log"),
-        "linearity_reg_kind": ("cosine", "mse"),
-    }
+    linearity_reg_kind: str = choice("cosine", "steadylm.train.regularizers:KINDS")
 
     def validate(self) -> None:
         for key in ("max_steps", "batch_size", "micro_batch_size", "log_every"):
@@ -207,14 +200,12 @@ class MonitorConfig:
     stats_every: int = 50  # per-block parameter norms and update ratios (they copy the weights); 0 disables
     gradvar_every: int = 200  # the gradient-variance reference (K >= 2 micro-batches); 0 disables
     act_every: int = 100  # residual RMS per layer, max attention logit, output log Z; 0 disables
-    on_spike: str = "log"  # loss or grad-norm spike: "log" it, "skip" the step, or "rollback"
+    on_spike: str = choice("log", ("log", "skip", "rollback"))  # loss or grad-norm spike: "log" it, "skip" the step, or "rollback"
     spike_window: int = 128  # steps in the rolling window (OLMo-core's default)
     spike_sigma: float = 6.0  # a spike exceeds the window's mean by this many standard deviations
     max_rollbacks: int = 3  # more rollbacks than this and the run stops as diverged
     nonfinite_patience: int = 5  # non-finite steps in a row (each skipped) before the run stops
     tensorboard: bool = False  # also write scalars and TEV histograms to RUN/tensorboard
-
-    CHOICES = {"on_spike": ("log", "skip", "rollback")}
 
     def validate(self) -> None:
         for key in ("tev_every", "stats_every", "gradvar_every", "act_every", "max_rollbacks"):
@@ -235,13 +226,10 @@ class Config:
     def validate(self) -> "Config":
         for section in SECTIONS:
             sub = getattr(self, section)
-            for key, options in getattr(sub, "CHOICES", {}).items():
-                value = getattr(sub, key)
-                if value not in options:
-                    raise ConfigError(
-                        f"{section}.{key}: {value!r} is not one of {', '.join(options)}"
-                        + suggest(str(value), options)
-                    )
+            for f in dataclasses.fields(sub):
+                options = choices(f)
+                if options is not None:
+                    check_choice(f"{section}.{f.name}", getattr(sub, f.name), options)
             sub.validate()
         return self
 

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steadylm.config import SECTIONS, Config, load_config, preset_names, suggest, toml_value
+from steadylm.config import SECTIONS, Config, load_config, preset_names, toml_value
+from steadylm.registry import suggest
 from steadylm.errors import SteadyLMError
 
 SWEEP_KEYS = ("base", "seeds", "set", "grid", "variants", "launcher")

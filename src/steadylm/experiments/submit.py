@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steadylm.config import ConfigError, check_type, suggest
+from steadylm.config import check_type
+from steadylm.errors import ConfigError
+from steadylm.registry import check_choice, suggest
 from steadylm.errors import SteadyLMError
 from steadylm.status import RunStatus
 
@@ -47,19 +49,13 @@ class LauncherConfig:
     cpus: int = 0  # CPUs per node (and OMP_NUM_THREADS per process); 0: the cluster's default
     mem_gb: int = 0  # memory per node; 0: the cluster's default
 
-    CHOICES = {"cluster": CLUSTERS}
-
     @property
     def procs_per_node(self) -> int:
         return self.procs or max(1, self.gpus)
 
     def validate(self, where: str = "[sweep.launcher] ") -> LauncherConfig:
         """Check the values; `where` + key names a bad one (`--` for flags)."""
-        if self.cluster not in CLUSTERS:
-            raise ConfigError(
-                f"{where}cluster: {self.cluster!r} is not one of {', '.join(CLUSTERS)}"
-                + suggest(self.cluster, CLUSTERS)
-            )
+        check_choice(f"{where}cluster", self.cluster, CLUSTERS)
         for key in ("time", "nodes"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{where}{key}: must be >= 1, got {getattr(self, key)}")

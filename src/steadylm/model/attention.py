@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from steadylm.config import ModelConfig
 from steadylm.model.norms import INIT_STD, NormLayout, layer_norm
 from steadylm.model.reparam import linear, sigma_reparam
+from steadylm.registry import Registry
 
 QKV = ("q", "k", "v")
 
@@ -134,7 +135,7 @@ class GroupedLinear(nn.Module):
 
 
 def mlra_rank(cfg: ModelConfig) -> int:
-    """`model.mlra_rank`, or the parameter-matched default of the mode (DESIGN §2)."""
+    """`model.mlra_rank`, or the parameter-matched default of the mode (module docstring)."""
     if cfg.mlra_rank:
         return cfg.mlra_rank
     if cfg.mlra_mode == "shared":
@@ -151,7 +152,9 @@ def _variance_preserving_factors(sigma: float, fan_in: int, rank: int) -> tuple[
 
 
 # model.mlra_init -> (std of W_down, std of W_up) for a full-matrix std σ (module docstring)
-MLRA_INITS = {"gpt2": _gpt2_factors, "variance_preserving": _variance_preserving_factors}
+MLRA_INITS = Registry("model.mlra_init", {"gpt2": _gpt2_factors, "variance_preserving": _variance_preserving_factors})
+# model.mlra_mode -> how many factorisations each projection has: one, or one per head
+MLRA_MODES = Registry("model.mlra_mode", {"shared": lambda cfg: 1, "per_head": lambda cfg: cfg.n_head})
 
 
 class MultiHeadLowRankAttention(CausalSelfAttention):
@@ -165,7 +168,7 @@ class MultiHeadLowRankAttention(CausalSelfAttention):
     def _build_projections(self, cfg: ModelConfig) -> None:
         C, hs = cfg.n_embd, cfg.head_dim
         self.rank = r = mlra_rank(cfg)
-        self.factor_groups = g = 1 if cfg.mlra_mode == "shared" else cfg.n_head
+        self.factor_groups = g = MLRA_MODES[cfg.mlra_mode](cfg)
         self.c_attn_down = linear(cfg, C, 3 * g * r, bias=False, blocks=3 * g)
         self.c_attn_up = GroupedLinear(cfg, 3 * g, r, C // g, bias=cfg.bias)
         if not cfg.mlra_out:
@@ -210,7 +213,7 @@ def _zero_biases(module: nn.Module) -> None:
             p.zero_()
 
 
-ATTENTION = {"mha": MultiHeadAttention, "mlra": MultiHeadLowRankAttention}
+ATTENTION = Registry("model.attention", {"mha": MultiHeadAttention, "mlra": MultiHeadLowRankAttention})
 
 
 def build_attention(cfg: ModelConfig, layout: NormLayout) -> CausalSelfAttention:
