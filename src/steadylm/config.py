@@ -70,7 +70,9 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
         if self.layer_norm_epsilon <= 0:
-            raise ConfigError(f"model.layer_norm_epsilon: must be > 0, got {self.layer_norm_epsilon}")
+            raise ConfigError(
+                f"model.layer_norm_epsilon: must be > 0, got {self.layer_norm_epsilon}"
+            )
         if self.qkv_init_scale <= 0:
             raise ConfigError(f"model.qkv_init_scale: must be > 0, got {self.qkv_init_scale}")
         if self.n_embd % self.n_head:
@@ -83,7 +85,12 @@ class ModelConfig:
         # Options of the other attention variant would be silently ignored, and a sweep over
         # them would train identical models under different names: reject them instead.
         if self.attention != "mlra":
-            for key, default in (("mlra_mode", "shared"), ("mlra_rank", 0), ("mlra_init", "gpt2"), ("mlra_out", False)):
+            for key, default in (
+                ("mlra_mode", "shared"),
+                ("mlra_rank", 0),
+                ("mlra_init", "gpt2"),
+                ("mlra_out", False),
+            ):
                 if getattr(self, key) != default:
                     raise ConfigError(
                         f"model.{key}={getattr(self, key)!r} only applies to model.attention='mlra' "
@@ -96,7 +103,9 @@ class ModelConfig:
                 "MLRA's init is set by model.mlra_init (gpt2, variance_preserving)"
             )
         # shared factorises d -> d, per_head d -> head_dim: a larger rank is no longer low-rank.
-        width, name = (self.n_embd, "n_embd") if self.mlra_mode == "shared" else (self.head_dim, "head_dim")
+        width, name = (
+            (self.n_embd, "n_embd") if self.mlra_mode == "shared" else (self.head_dim, "head_dim")
+        )
         if self.mlra_rank > width:
             raise ConfigError(
                 f"model.mlra_rank={self.mlra_rank} exceeds {name}={width}, the most a {self.mlra_mode} "
@@ -141,7 +150,9 @@ class TrainConfig:
     lr: float = 6e-4
     min_lr: float = 6e-5
     warmup_steps: int = 100
-    weight_decay: float = 0.1  # applied to matrices only (embeddings included), never to biases or norms
+    weight_decay: float = (
+        0.1  # applied to matrices only (embeddings included), never to biases or norms
+    )
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
@@ -151,7 +162,9 @@ class TrainConfig:
     micro_batch_size: int = 8  # sequences per forward pass per rank
     precision: str = choice("auto", ("auto", "fp32", "bf16", "fp16"))
     compile: bool = False
-    parallel: str = choice("ddp", ("ddp", "fsdp"))  # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2 fully_shard per block)
+    parallel: str = choice(
+        "ddp", ("ddp", "fsdp")
+    )  # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2 fully_shard per block)
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     eval_every: int = 100  # 0 disables evaluation
     eval_batches: int = 10  # validation micro-batches per evaluation
@@ -171,7 +184,14 @@ class TrainConfig:
     def validate(self) -> None:
         for key in ("max_steps", "batch_size", "micro_batch_size", "log_every"):
             _positive(self, "train", key)
-        for key in ("warmup_steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "seed"):
+        for key in (
+            "warmup_steps",
+            "eval_every",
+            "eval_batches",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "seed",
+        ):
             _at_least(self, "train", key, 0)
         for key in ("lr", "eps"):
             if getattr(self, key) <= 0:
@@ -197,10 +217,14 @@ class MonitorConfig:
 
     tev_every: int = 1  # steps between TEV readings; 0 disables
     # Cadences keep all default monitors under 1% of a step (measured by `steadylm bench`):
-    stats_every: int = 50  # per-block parameter norms and update ratios (they copy the weights); 0 disables
+    stats_every: int = (
+        50  # per-block parameter norms and update ratios (they copy the weights); 0 disables
+    )
     gradvar_every: int = 200  # the gradient-variance reference (K >= 2 micro-batches); 0 disables
     act_every: int = 100  # residual RMS per layer, max attention logit, output log Z; 0 disables
-    on_spike: str = choice("log", ("log", "skip", "rollback"))  # loss or grad-norm spike: "log" it, "skip" the step, or "rollback"
+    on_spike: str = choice(
+        "log", ("log", "skip", "rollback")
+    )  # loss or grad-norm spike: "log" it, "skip" the step, or "rollback"
     spike_window: int = 128  # steps in the rolling window (OLMo-core's default)
     spike_sigma: float = 6.0  # a spike exceeds the window's mean by this many standard deviations
     max_rollbacks: int = 3  # more rollbacks than this and the run stops as diverged
@@ -223,7 +247,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         for section in SECTIONS:
             sub = getattr(self, section)
             for f in dataclasses.fields(sub):
@@ -245,7 +269,12 @@ class Config:
         return "\n".join(lines)
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "monitor": MonitorConfig}
+SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "monitor": MonitorConfig,
+}
 
 
 def _positive(obj: Any, section: str, key: str) -> None:
@@ -259,7 +288,15 @@ def _at_least(obj: Any, section: str, key: str, low: int) -> None:
 
 
 # TOML basic strings may not hold control characters raw: \b \t \n \f \r by name, the rest as \uXXXX.
-_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+_TOML_ESCAPES = {
+    "\\": "\\\\",
+    '"': '\\"',
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
 
 
 def toml_value(v: Any) -> str:
@@ -268,8 +305,14 @@ def toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
-        return '"' + "".join(_TOML_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or c == "\x7f" else c)
-                             for c in v) + '"'
+        return (
+            '"'
+            + "".join(
+                _TOML_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or c == "\x7f" else c)
+                for c in v
+            )
+            + '"'
+        )
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     return repr(v)  # int, float (inf and nan are TOML too)
@@ -312,13 +355,18 @@ def _apply(cfg: Config, data: dict[str, Any], origin: str) -> None:
         for key, value in values.items():
             if key not in names:
                 raise ConfigError(
-                    f"{section}.{_shown(key)}: unknown key; valid keys: {', '.join(names)}" + suggest(key, names)
+                    f"{section}.{_shown(key)}: unknown key; valid keys: {', '.join(names)}"
+                    + suggest(key, names)
                 )
             setattr(sub, key, check_type(f"{section}.{key}", value, hints[key]))
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("steadylm.configs").iterdir() if p.name.endswith(".toml"))
+    return sorted(
+        p.name[:-5]
+        for p in resources.files("steadylm.configs").iterdir()
+        if p.name.endswith(".toml")
+    )
 
 
 def _read_toml(text: str, origin: str) -> dict[str, Any]:
@@ -345,7 +393,9 @@ def read_config_source(source: str | Path) -> tuple[dict[str, Any], str]:
             f"--config: {str(source)!r} is neither a file nor a preset; presets: {', '.join(names)}"
             + suggest(str(source), names)
         )
-    text = resources.files("steadylm.configs").joinpath(f"{source}.toml").read_text(encoding="utf-8")
+    text = (
+        resources.files("steadylm.configs").joinpath(f"{source}.toml").read_text(encoding="utf-8")
+    )
     return _read_toml(text, f"preset {source}"), f"preset {source}"
 
 
@@ -355,7 +405,9 @@ def parse_override(item: str) -> tuple[str, str, Any]:
         raise ConfigError(f"--set {item!r}: expected section.key=value")
     dotted, raw = item.split("=", 1)
     if dotted.count(".") != 1:
-        raise ConfigError(f"--set {item!r}: expected section.key=value (one dot, e.g. model.n_layer=6)")
+        raise ConfigError(
+            f"--set {item!r}: expected section.key=value (one dot, e.g. model.n_layer=6)"
+        )
     section, key = (s.strip() for s in dotted.split("."))
     try:
         value = tomllib.loads(f"v = {raw}")["v"]

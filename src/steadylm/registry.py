@@ -27,7 +27,9 @@ def check_choice(key: str, value: object, names: Iterable[str]) -> None:
     `model.attention: 'mlr' is not one of mha, mlra (did you mean 'mlra'?)`."""
     names = tuple(names)
     if value not in names:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(names)}" + suggest(str(value), names))
+        raise ConfigError(
+            f"{key}: {value!r} is not one of {', '.join(names)}" + suggest(str(value), names)
+        )
 
 
 class Registry(Mapping[str, T], Generic[T]):

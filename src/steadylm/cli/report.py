@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = """\
 Compare the runs of one or more sweeps (folders with index.jsonl), run folders, or folders of
@@ -27,17 +28,42 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="a sweep folder, a run folder, or a folder of runs")
-    p.add_argument("--out", required=True, metavar="REPORT", help="report folder (replaced if it holds a report)")
+    p.add_argument(
+        "dirs", nargs="+", metavar="DIR", help="a sweep folder, a run folder, or a folder of runs"
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="REPORT",
+        help="report folder (replaced if it holds a report)",
+    )
     p.add_argument("--title", default="steadylm report", help="the report's title")
-    p.add_argument("--preface", metavar="FILE.md",
-                   help="Markdown (headings, paragraphs, - lists) placed under the title: your reading of the results")
-    p.add_argument("--window", type=int, default=50, metavar="W",
-                   help="early warning: differences forming a signal's baseline (default 50)")
-    p.add_argument("--k", type=float, default=4.0, metavar="K",
-                   help="early warning: standard deviations from the baseline that count as out of range (default 4)")
-    p.add_argument("--horizon", type=int, default=50, metavar="H",
-                   help="early warning: steps before a spike in which a flag counts as a warning (default 50)")
+    p.add_argument(
+        "--preface",
+        metavar="FILE.md",
+        help="Markdown (headings, paragraphs, - lists) placed under the title: your reading of the results",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=50,
+        metavar="W",
+        help="early warning: differences forming a signal's baseline (default 50)",
+    )
+    p.add_argument(
+        "--k",
+        type=float,
+        default=4.0,
+        metavar="K",
+        help="early warning: standard deviations from the baseline that count as out of range (default 4)",
+    )
+    p.add_argument(
+        "--horizon",
+        type=int,
+        default=50,
+        metavar="H",
+        help="early warning: steps before a spike in which a flag counts as a warning (default 50)",
+    )
     p.set_defaults(func=run)
 
 
@@ -48,10 +74,15 @@ def run(args: argparse.Namespace) -> int:
     preface = ""
     if args.preface:
         try:
-            preface = open(args.preface, encoding="utf-8").read()
+            preface = Path(args.preface).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise SteadyLMError(f"--preface: cannot read {args.preface!r} ({e})") from None
-    html = write_report(args.dirs, args.out, Options(window=args.window, k=args.k, horizon=args.horizon,
-                                                     title=args.title, preface=preface))
+    html = write_report(
+        args.dirs,
+        args.out,
+        Options(
+            window=args.window, k=args.k, horizon=args.horizon, title=args.title, preface=preface
+        ),
+    )
     print(f"report  {html.parent / 'report.md'}\nhtml    {html}")
     return 0

@@ -34,24 +34,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", metavar="SPEC.toml", help="the sweep spec")
     p.add_argument("--out", required=True, metavar="DIR", help="sweep folder (index.jsonl, runs/)")
     p.add_argument(
-        "--jobs", type=int, default=1, metavar="N",
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
         help="train N runs at once in subprocesses, each with cores/N threads (default 1: in this process)",
     )
     p.add_argument(
-        "--launcher", choices=("local", "submitit"), default="local",
+        "--launcher",
+        choices=("local", "submitit"),
+        default="local",
         help="local: train here (default); submitit: one cluster job per run (SLURM), see docs/compare.md",
     )
-    cluster = p.add_argument_group("cluster jobs (--launcher submitit; override the spec's [sweep.launcher])")
-    cluster.add_argument("--cluster", help="slurm, local (processes on this machine) or auto (default: slurm if found)")
+    cluster = p.add_argument_group(
+        "cluster jobs (--launcher submitit; override the spec's [sweep.launcher])"
+    )
+    cluster.add_argument(
+        "--cluster",
+        help="slurm, local (processes on this machine) or auto (default: slurm if found)",
+    )
     cluster.add_argument("--partition", help="SLURM partition")
     cluster.add_argument("--account", help="SLURM account")
-    cluster.add_argument("--time", type=int, metavar="MIN", help="time limit per job in minutes (default 60)")
+    cluster.add_argument(
+        "--time", type=int, metavar="MIN", help="time limit per job in minutes (default 60)"
+    )
     cluster.add_argument("--nodes", type=int, help="nodes per job (default 1)")
     cluster.add_argument("--gpus", type=int, help="GPUs per node (default 0)")
-    cluster.add_argument("--procs", type=int, help="training processes per node (default: one per GPU)")
+    cluster.add_argument(
+        "--procs", type=int, help="training processes per node (default: one per GPU)"
+    )
     cluster.add_argument("--cpus", type=int, help="CPUs per node (default: the cluster's)")
-    cluster.add_argument("--mem-gb", type=int, help="memory per node in GB (default: the cluster's)")
-    p.add_argument("--dry-run", action="store_true", help="check the spec and list the runs; train nothing")
+    cluster.add_argument(
+        "--mem-gb", type=int, help="memory per node in GB (default: the cluster's)"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="check the spec and list the runs; train nothing"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -60,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from steadylm.errors import SteadyLMError
     from steadylm.experiments.spec import parse_spec
     from steadylm.experiments.sweep import Sweep
+    from steadylm.status import RunStatus
 
     if args.jobs < 1:
         raise SteadyLMError(f"--jobs: must be >= 1, got {args.jobs}")
@@ -67,10 +86,21 @@ def run(args: argparse.Namespace) -> int:
     launcher = _launcher(args, sweep.spec.launcher)
     if args.dry_run:
         spec = sweep.spec
-        print(f"base {spec.base}; every run: " + (" ".join(f"{k}={v!r}" for k, v in spec.fixed.items()) or "-"))
+        print(
+            f"base {spec.base}; every run: "
+            + (" ".join(f"{k}={v!r}" for k, v in spec.fixed.items()) or "-")
+        )
         for e in sweep.entries:
-            state = e.status if e.status != "pending" else ("resume" if e.resumable() else "new")
-            own = [a for a, k in zip(e.plan.override_args(), e.plan.overrides) if k not in spec.fixed]
+            state = (
+                e.status
+                if e.status != RunStatus.PENDING
+                else ("resume" if e.resumable() else "new")
+            )
+            own = [
+                a
+                for a, k in zip(e.plan.override_args(), e.plan.overrides, strict=True)
+                if k not in spec.fixed
+            ]
             print(f"{e.plan.name:<40} {state:<9} {' '.join(own)}")
         print(f"{len(sweep.entries)} runs, {len(sweep.todo)} to train, in {sweep.out}/runs/")
         return 0
@@ -78,18 +108,31 @@ def run(args: argparse.Namespace) -> int:
     counts = Counter(e.status for e in sweep.entries)
     print(f"{len(sweep.entries)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     for e in sweep.entries:
-        if e.status == "failed":
+        if e.status == RunStatus.FAILED:
             print(f"  failed  {e.plan.name}: {e.error}")
     print(f"index   {sweep.out / 'index.jsonl'}")
     if not completed:
         jobs = " (submitted jobs go on)" if launcher is not None else ""
-        print(f"steadylm sweep: interrupted{jobs}; run the same command again to continue", file=sys.stderr)
+        print(
+            f"steadylm sweep: interrupted{jobs}; run the same command again to continue",
+            file=sys.stderr,
+        )
         return 130
     print(f"report  steadylm report {sweep.out} --out {sweep.out / 'report'}")
-    return 1 if counts.get("failed") else 0
+    return 1 if counts.get(RunStatus.FAILED) else 0
 
 
-CLUSTER_FLAGS = ("cluster", "partition", "account", "time", "nodes", "gpus", "procs", "cpus", "mem_gb")
+CLUSTER_FLAGS = (
+    "cluster",
+    "partition",
+    "account",
+    "time",
+    "nodes",
+    "gpus",
+    "procs",
+    "cpus",
+    "mem_gb",
+)
 
 
 def _launcher(args: argparse.Namespace, table: dict):
@@ -104,5 +147,7 @@ def _launcher(args: argparse.Namespace, table: dict):
             raise SteadyLMError(f"--{given}: only applies to --launcher submitit")
         return None
     if args.jobs != 1:
-        raise SteadyLMError("--jobs: applies to --launcher local; with submitit every run is its own job")
+        raise SteadyLMError(
+            "--jobs: applies to --launcher local; with submitit every run is its own job"
+        )
     return SubmititLauncher(launcher_config(table, flags))

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from steadylm.config import SECTIONS, Config, load_config, preset_names, toml_value
-from steadylm.registry import suggest
 from steadylm.errors import SteadyLMError
+from steadylm.registry import suggest
 
 SWEEP_KEYS = ("base", "seeds", "set", "grid", "variants", "launcher")
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]*")
@@ -90,8 +90,13 @@ class RunPlan:
         return [f"{k}={toml_value(v)}" for k, v in self.overrides.items()]
 
     def index_fields(self) -> dict[str, Any]:
-        return {"name": self.name, "variant": self.variant, "grid": self.grid, "seed": self.seed,
-                "overrides": self.overrides}
+        return {
+            "name": self.name,
+            "variant": self.variant,
+            "grid": self.grid,
+            "seed": self.seed,
+            "overrides": self.overrides,
+        }
 
 
 @dataclass
@@ -116,13 +121,15 @@ class SweepSpec:
         """Every run, variants outermost and seeds innermost, so partial sweeps cover recipes first."""
         varying = [k for k, values in self.grid.items() if len(values) > 1]
         labels = _short_labels(varying)
-        variants: list[tuple[str | None, dict[str, Any]]] = list(self.variants.items()) or [(None, {})]
+        variants: list[tuple[str | None, dict[str, Any]]] = list(self.variants.items()) or [
+            (None, {})
+        ]
         seeds: list[int | None] = list(self.seeds) if self.seeds is not None else [None]
         plans = []
         for (variant, vset), values, seed in itertools.product(
             variants, itertools.product(*self.grid.values()), seeds
         ):
-            point = dict(zip(self.grid, values))
+            point = dict(zip(self.grid, values, strict=True))
             parts = [variant] if variant else []
             parts += [_name_part(labels[k], point[k]) for k in varying]
             parts += [f"s{seed}"] if seed is not None else []
@@ -154,7 +161,10 @@ class SweepSpec:
 def _short_labels(keys: list[str]) -> dict[str, str]:
     """`model.n_layer` -> `n_layer`, unless two varying keys end the same way."""
     tails = [k.split(".")[-1] for k in keys]
-    return {k: t if tails.count(t) == 1 else k.replace(".", "_") for k, t in zip(keys, tails)}
+    return {
+        k: t if tails.count(t) == 1 else k.replace(".", "_")
+        for k, t in zip(keys, tails, strict=True)
+    }
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -176,12 +186,14 @@ def _check_key(where: str, key: str) -> None:
     section, name = parts
     if section not in SECTIONS:
         raise SteadyLMError(
-            f"{where} {key}: unknown section {section!r}; sections: {', '.join(SECTIONS)}" + suggest(section, SECTIONS)
+            f"{where} {key}: unknown section {section!r}; sections: {', '.join(SECTIONS)}"
+            + suggest(section, SECTIONS)
         )
     fields = [f.name for f in dataclasses.fields(SECTIONS[section])]
     if name not in fields:
         raise SteadyLMError(
-            f"{where} {key}: unknown key; keys of [{section}]: {', '.join(fields)}" + suggest(name, fields)
+            f"{where} {key}: unknown key; keys of [{section}]: {', '.join(fields)}"
+            + suggest(name, fields)
         )
 
 
@@ -202,7 +214,9 @@ def _resolve_base(path: Path, base: Any) -> str:
     if base.endswith(".toml") or "/" in base:
         file = (path.parent / base).resolve()
         if not file.is_file():
-            raise SteadyLMError(f"{path}: [sweep] base: no such file {str(file)!r} (paths are relative to the spec)")
+            raise SteadyLMError(
+                f"{path}: [sweep] base: no such file {str(file)!r} (paths are relative to the spec)"
+            )
         return str(file)
     if base not in preset_names():
         raise SteadyLMError(
@@ -217,7 +231,9 @@ def _seeds(path: Path, seeds: Any) -> list[int] | None:
         return None
     ok = isinstance(seeds, list) and seeds and all(type(s) is int and s >= 0 for s in seeds)
     if not ok or len(set(seeds)) != len(seeds):
-        raise SteadyLMError(f"{path}: [sweep] seeds: expected a non-empty list of distinct integers >= 0, got {seeds!r}")
+        raise SteadyLMError(
+            f"{path}: [sweep] seeds: expected a non-empty list of distinct integers >= 0, got {seeds!r}"
+        )
     return seeds
 
 
@@ -225,9 +241,13 @@ def _grid(path: Path, raw: Any) -> dict[str, list[Any]]:
     grid = _table(f"{path}: [sweep.grid]", raw)
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
-            raise SteadyLMError(f"{path}: [sweep.grid] {key}: expected a non-empty list of values, got {values!r}")
+            raise SteadyLMError(
+                f"{path}: [sweep.grid] {key}: expected a non-empty list of values, got {values!r}"
+            )
         if any(values.count(v) > 1 for v in values):
-            raise SteadyLMError(f"{path}: [sweep.grid] {key}: a value is listed twice in {values!r}")
+            raise SteadyLMError(
+                f"{path}: [sweep.grid] {key}: a value is listed twice in {values!r}"
+            )
     return grid
 
 
@@ -297,7 +317,8 @@ def parse_spec(path: str | Path) -> SweepSpec:
     unknown = sorted(set(sweep) - set(SWEEP_KEYS))
     if unknown:
         raise SteadyLMError(
-            f"{path}: [sweep] {unknown[0]}: unknown key; keys: {', '.join(SWEEP_KEYS)}" + suggest(unknown[0], SWEEP_KEYS)
+            f"{path}: [sweep] {unknown[0]}: unknown key; keys: {', '.join(SWEEP_KEYS)}"
+            + suggest(unknown[0], SWEEP_KEYS)
         )
     spec = SweepSpec(
         path=path,

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from steadylm.config import check_type
-from steadylm.errors import ConfigError
+from steadylm.errors import ConfigError, SteadyLMError
 from steadylm.registry import check_choice, suggest
-from steadylm.errors import SteadyLMError
 from steadylm.status import RunStatus
 
 if typing.TYPE_CHECKING:
@@ -39,7 +38,9 @@ _ALIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZI
 class LauncherConfig:
     """Each job's resources: the spec's `[sweep.launcher]` table, then `steadylm sweep` flags."""
 
-    cluster: str = "auto"  # "slurm"; "local": processes on this machine, to try a spec; "auto": slurm if found
+    cluster: str = (
+        "auto"  # "slurm"; "local": processes on this machine, to try a spec; "auto": slurm if found
+    )
     partition: str = ""  # SLURM partition; "" is the cluster's default
     account: str = ""  # SLURM account; "" is the user's default
     time: int = 60  # minutes per job; before the limit the run checkpoints and the job is requeued
@@ -63,7 +64,9 @@ class LauncherConfig:
             if getattr(self, key) < 0:
                 raise ConfigError(f"{where}{key}: must be >= 0, got {getattr(self, key)}")
         if self.cluster == "local" and self.nodes > 1:
-            raise ConfigError(f"{where}nodes: the local cluster is this one machine; got {self.nodes}")
+            raise ConfigError(
+                f"{where}nodes: the local cluster is this one machine; got {self.nodes}"
+            )
         return self
 
 
@@ -75,7 +78,10 @@ def launcher_config(spec: dict[str, Any], flags: dict[str, Any] | None = None) -
     for where, table in (("[sweep.launcher] ", spec), ("--", flags or {})):
         for key, value in table.items():
             if key not in names:
-                raise ConfigError(f"{where}{key}: unknown key; valid keys: {', '.join(names)}" + suggest(key, names))
+                raise ConfigError(
+                    f"{where}{key}: unknown key; valid keys: {', '.join(names)}"
+                    + suggest(key, names)
+                )
             setattr(cfg, key, check_type(f"{where}{key}", value, hints[key]))
         cfg.validate(where)
     return cfg
@@ -100,13 +106,29 @@ class TrainJob:
         train = ["-m", "steadylm", *self.train_args]
         if self.nodes * self.procs_per_node == 1:
             return [sys.executable, *train]
-        run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(self.procs_per_node)]
+        run = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(self.procs_per_node),
+        ]
         if self.nodes == 1:
             return [*run, "--standalone", *train]
         # Every node runs this with the same job id, so they agree on the port without talking.
         port = 20000 + int("".join(c for c in job_id if c.isdigit()) or 0) % 20000
-        return [*run, "--nnodes", str(self.nodes), "--node_rank", str(node),
-                "--master_addr", master_addr, "--master_port", str(port), *train]
+        return [
+            *run,
+            "--nnodes",
+            str(self.nodes),
+            "--node_rank",
+            str(node),
+            "--master_addr",
+            master_addr,
+            "--master_port",
+            str(port),
+            *train,
+        ]
 
     def __call__(self) -> int:
         import submitit
@@ -138,8 +160,12 @@ class TrainJob:
         if self._child is not None and self._child.poll() is None:
             self._child.send_signal(signal.SIGTERM)  # finish the step, save, exit
             self._child.wait()
-        resume = self.train_args if "--resume" in self.train_args else [*self.train_args, "--resume"]
-        return submitit.helpers.DelayedSubmission(dataclasses.replace(self, train_args=resume, _child=None))
+        resume = (
+            self.train_args if "--resume" in self.train_args else [*self.train_args, "--resume"]
+        )
+        return submitit.helpers.DelayedSubmission(
+            dataclasses.replace(self, train_args=resume, _child=None)
+        )
 
 
 class SubmititLauncher:
@@ -157,13 +183,22 @@ class SubmititLauncher:
             ) from None
         c = self.cfg
         try:
-            ex = submitit.AutoExecutor(folder=folder, cluster=None if c.cluster == "auto" else c.cluster)
+            ex = submitit.AutoExecutor(
+                folder=folder, cluster=None if c.cluster == "auto" else c.cluster
+            )
         except RuntimeError as e:  # submitit found no SLURM where one was asked for
             raise SteadyLMError(f"--launcher submitit: cluster {c.cluster!r}: {e}") from None
-        params: dict[str, Any] = dict(name="steadylm", timeout_min=c.time, nodes=c.nodes, tasks_per_node=1,
-                                      gpus_per_node=c.gpus)
+        params: dict[str, Any] = dict(
+            name="steadylm",
+            timeout_min=c.time,
+            nodes=c.nodes,
+            tasks_per_node=1,
+            gpus_per_node=c.gpus,
+        )
         params.update({k: v for k, v in (("cpus_per_task", c.cpus), ("mem_gb", c.mem_gb)) if v})
-        params.update({f"slurm_{k}": v for k, v in (("partition", c.partition), ("account", c.account)) if v})
+        params.update(
+            {f"slurm_{k}": v for k, v in (("partition", c.partition), ("account", c.account)) if v}
+        )
         ex.update_parameters(**params)
         return ex
 
@@ -175,8 +210,14 @@ class SubmititLauncher:
         for e in sweep.todo:
             job = self._alive(ex, e)
             if job is None:
-                job = ex.submit(TrainJob(sweep.train_args(e), self.cfg.nodes, self.cfg.procs_per_node,
-                                         self.cfg.cpus // self.cfg.procs_per_node))
+                job = ex.submit(
+                    TrainJob(
+                        sweep.train_args(e),
+                        self.cfg.nodes,
+                        self.cfg.procs_per_node,
+                        self.cfg.cpus // self.cfg.procs_per_node,
+                    )
+                )
                 e.job_id = job.job_id
             e.status, e.error = RunStatus.SUBMITTED, None
             waiting[e.plan.name] = (e, job, time.perf_counter())
@@ -203,7 +244,7 @@ class SubmititLauncher:
             return None
         import submitit
 
-        job = submitit.SlurmJob(folder=ex.folder, job_id=e.job_id)
+        job: Any = submitit.SlurmJob(folder=ex.folder, job_id=e.job_id)
         return job if job.state.split()[0] in _ALIVE else None
 
     @staticmethod
@@ -215,6 +256,10 @@ class SubmititLauncher:
         except Exception as exc:  # the job vanished without a result (cancelled, node failure)
             failure = exc
         if not collect_status(e, failure is None):
-            said = [ln.split(FAILED, 1)[1] for ln in (job.stderr() or "").splitlines() if FAILED in ln]
+            said = [
+                ln.split(FAILED, 1)[1] for ln in (job.stderr() or "").splitlines() if FAILED in ln
+            ]
             e.status = RunStatus.FAILED
-            e.error = f"job {job.job_id}: " + (f"exit code{said[-1]}" if said else type(failure).__name__)
+            e.error = f"job {job.job_id}: " + (
+                f"exit code{said[-1]}" if said else type(failure).__name__
+            )

@@ -20,9 +20,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from steadylm.config import Config
 from steadylm.errors import SteadyLMError
@@ -42,7 +43,9 @@ def read_status(run_dir: Path) -> dict[str, Any]:
 
 def read_index(sweep_dir: Path) -> list[dict[str, Any]]:
     path = Path(sweep_dir) / "index.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 @dataclass
@@ -57,8 +60,12 @@ class Entry:
     job_id: str | None = None  # the cluster job that trains it (`--launcher submitit`)
 
     def record(self, root: Path) -> dict[str, Any]:
-        rec = {**self.plan.index_fields(), "status": self.status, "step": self.step,
-               "dir": str(self.run_dir.relative_to(root))}
+        rec = {
+            **self.plan.index_fields(),
+            "status": self.status,
+            "step": self.step,
+            "dir": str(self.run_dir.relative_to(root)),
+        }
         if self.error:
             rec["error"] = self.error
         if self.seconds is not None:
@@ -78,7 +85,9 @@ class Sweep:
         self.spec = spec
         self.out = Path(out)
         # Resolving every config first: a typo in the last variant must not wait hours to surface.
-        self.entries = [Entry(plan, cfg, self.out / "runs" / plan.name) for plan, cfg in spec.resolve()]
+        self.entries = [
+            Entry(plan, cfg, self.out / "runs" / plan.name) for plan, cfg in spec.resolve()
+        ]
         index = self.out / "index.jsonl"
         jobs = {r["name"]: r.get("job_id") for r in read_index(self.out)} if index.is_file() else {}
         for e in self.entries:
@@ -99,14 +108,18 @@ class Sweep:
         if copy.is_file():
             import tomllib
 
-            old = dataclasses.replace(self.spec, raw=tomllib.loads(copy.read_text(encoding="utf-8")))
+            old = dataclasses.replace(
+                self.spec, raw=tomllib.loads(copy.read_text(encoding="utf-8"))
+            )
             if old.identity != self.spec.identity:
                 raise SteadyLMError(
                     f"--out: {self.out} holds a sweep of a different spec ({copy}); "
                     "re-run with that spec to continue it, or choose another folder"
                 )
         elif self.out.exists() and any(self.out.iterdir()):
-            raise SteadyLMError(f"--out: {self.out} already holds other files; choose an empty or new folder")
+            raise SteadyLMError(
+                f"--out: {self.out} already holds other files; choose an empty or new folder"
+            )
 
     def write_index(self) -> None:
         text = "".join(json.dumps(e.record(self.out)) + "\n" for e in self.entries)
@@ -127,7 +140,9 @@ class Sweep:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise SteadyLMError(f"--out: another sweep (or its runs) is still training in {self.out}") from None
+                raise SteadyLMError(
+                    f"--out: another sweep (or its runs) is still training in {self.out}"
+                ) from None
             yield fd
         finally:
             os.close(fd)
@@ -181,15 +196,24 @@ class Sweep:
                 e.status = RunStatus.STOPPED
                 raise
             except Exception as exc:  # a failed run is a result to record, not the end of the sweep
-                e.status, e.error = RunStatus.FAILED, str(exc) if isinstance(exc, SteadyLMError) else f"{type(exc).__name__}: {exc}"
+                e.status, e.error = (
+                    RunStatus.FAILED,
+                    str(exc) if isinstance(exc, SteadyLMError) else f"{type(exc).__name__}: {exc}",
+                )
                 e.step = int(read_status(e.run_dir).get("step", 0))
             self._finish(e, bar, started)
-            if e.status == RunStatus.STOPPED:  # SIGINT/SIGTERM: the trainer saved a checkpoint; stop here
+            if (
+                e.status == RunStatus.STOPPED
+            ):  # SIGINT/SIGTERM: the trainer saved a checkpoint; stop here
                 return False
         return True
 
     def _parallel(self, jobs: int, bar, lock: int | None) -> bool:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
         threads = str(max(1, cores // jobs))
         # Each process would otherwise start one thread per core and they would fight for them.
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
@@ -201,7 +225,11 @@ class Sweep:
                 if queue and len(running) < jobs:
                     while queue and len(running) < jobs:
                         e = queue.pop(0)
-                        running[self._spawn(e, env, lock)] = (e, time.perf_counter(), _log_size(self._log(e)))
+                        running[self._spawn(e, env, lock)] = (
+                            e,
+                            time.perf_counter(),
+                            _log_size(self._log(e)),
+                        )
                         e.status, e.error = RunStatus.RUNNING, None
                         self.write_index()
                     # Only when the running set changes: every redraw is a line in a redirected log.
@@ -219,7 +247,9 @@ class Sweep:
             for proc, (e, started, log_start) in running.items():
                 proc.wait()
                 self._collect(e, proc.returncode, log_start)
-                if e.status == RunStatus.FAILED:  # most likely our SIGTERM arrived before its handler was set
+                if (
+                    e.status == RunStatus.FAILED
+                ):  # most likely our SIGTERM arrived before its handler was set
                     e.status, e.error = RunStatus.STOPPED, None
                 self._finish(e, bar, started)
             return False
@@ -230,25 +260,37 @@ class Sweep:
 
     def train_args(self, e: Entry) -> list[str]:
         """`steadylm train` arguments for run `e` (after `python -m steadylm`), resuming if it can."""
-        args = ["train", "--config", self.spec.base, *[a for o in e.plan.override_args() for a in ("--set", o)],
-                "--out", str(e.run_dir), "--no-progress"]
+        args = [
+            "train",
+            "--config",
+            self.spec.base,
+            *[a for o in e.plan.override_args() for a in ("--set", o)],
+            "--out",
+            str(e.run_dir),
+            "--no-progress",
+        ]
         return args + ["--resume"] if e.resumable() else args
 
     def _spawn(self, e: Entry, env: dict[str, str], lock: int | None) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "steadylm", *self.train_args(e)]
-        log = open(self._log(e), "ab")
-        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
-        log.flush()
-        try:
-            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    pass_fds=(lock,) if lock is not None else ())
-        finally:
-            log.close()
+        with open(self._log(e), "ab") as log:  # the child keeps its own copy of the descriptor
+            log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
+            log.flush()
+            return subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                pass_fds=(lock,) if lock is not None else (),
+            )
 
     def _collect(self, e: Entry, code: int, log_start: int) -> None:
         if not collect_status(e, code == 0):
             tail = _last_line(self._log(e), log_start)
-            e.status, e.error = RunStatus.FAILED, f"exit code {code}" + (f": {tail}" if tail else "")
+            e.status, e.error = (
+                RunStatus.FAILED,
+                f"exit code {code}" + (f": {tail}" if tail else ""),
+            )
 
 
 def _status_of(st: dict[str, Any]) -> RunStatus | None:
@@ -279,7 +321,11 @@ def _last_line(path: Path, start: int) -> str:
     """The last non-empty line this attempt wrote (its error message, for a failed run)."""
     with open(path, "rb") as f:
         f.seek(start)
-        lines = [ln for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip() and not ln.startswith("===")]
+        lines = [
+            ln
+            for ln in f.read().decode("utf-8", "replace").splitlines()
+            if ln.strip() and not ln.startswith("===")
+        ]
     return lines[-1].strip() if lines else ""
 
 

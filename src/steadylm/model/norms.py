@@ -57,16 +57,33 @@ class NormLayout:
 
 
 # model.norm_layout -> the layout for N blocks
-NORM_LAYOUTS: Registry[Callable[[int], NormLayout]] = Registry("model.norm_layout", {
-    "pre_ln": lambda N: NormLayout(N, post_norm=False, residual_scale=1.0, sub_ln=False, final_norm=True,
-                                   xavier_gain=None),
-    "post_ln": lambda N: NormLayout(N, post_norm=True, residual_scale=1.0, sub_ln=False, final_norm=False,
-                                    xavier_gain=None),
-    "sub_ln": lambda N: NormLayout(N, post_norm=False, residual_scale=1.0, sub_ln=True, final_norm=True,
-                                   xavier_gain=math.sqrt(math.log(2 * N))),
-    "deepnorm": lambda N: NormLayout(N, post_norm=True, residual_scale=(2 * N) ** 0.25, sub_ln=False,
-                                     final_norm=False, xavier_gain=(8 * N) ** -0.25),
-})
+NORM_LAYOUTS: Registry[Callable[[int], NormLayout]] = Registry(
+    "model.norm_layout",
+    {
+        "pre_ln": lambda N: NormLayout(
+            N, post_norm=False, residual_scale=1.0, sub_ln=False, final_norm=True, xavier_gain=None
+        ),
+        "post_ln": lambda N: NormLayout(
+            N, post_norm=True, residual_scale=1.0, sub_ln=False, final_norm=False, xavier_gain=None
+        ),
+        "sub_ln": lambda N: NormLayout(
+            N,
+            post_norm=False,
+            residual_scale=1.0,
+            sub_ln=True,
+            final_norm=True,
+            xavier_gain=math.sqrt(math.log(2 * N)),
+        ),
+        "deepnorm": lambda N: NormLayout(
+            N,
+            post_norm=True,
+            residual_scale=(2 * N) ** 0.25,
+            sub_ln=False,
+            final_norm=False,
+            xavier_gain=(8 * N) ** -0.25,
+        ),
+    },
+)
 
 
 def norm_layout(cfg: ModelConfig) -> NormLayout:
@@ -80,11 +97,14 @@ class EmbeddingRecipe:
 
 
 # model.embed_norm -> the recipe for width d
-EMBEDDING_RECIPES: Registry[Callable[[int], EmbeddingRecipe]] = Registry("model.embed_norm", {
-    "none": lambda d: EmbeddingRecipe(scale=1.0, layer_norm=False),
-    "scaled": lambda d: EmbeddingRecipe(scale=math.sqrt(d), layer_norm=False),
-    "layernorm": lambda d: EmbeddingRecipe(scale=1.0, layer_norm=True),
-})
+EMBEDDING_RECIPES: Registry[Callable[[int], EmbeddingRecipe]] = Registry(
+    "model.embed_norm",
+    {
+        "none": lambda d: EmbeddingRecipe(scale=1.0, layer_norm=False),
+        "scaled": lambda d: EmbeddingRecipe(scale=math.sqrt(d), layer_norm=False),
+        "layernorm": lambda d: EmbeddingRecipe(scale=1.0, layer_norm=True),
+    },
+)
 
 
 def embedding_recipe(cfg: ModelConfig) -> EmbeddingRecipe:

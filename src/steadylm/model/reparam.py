@@ -83,10 +83,14 @@ class SigmaReparamLinear(nn.Linear):
 
 
 # model.reparam -> the state each weight carries (None: plain weights)
-REPARAMS: Registry[type[SigmaReparam] | None] = Registry("model.reparam", {"none": None, "sigma": SigmaReparam})
+REPARAMS: Registry[type[SigmaReparam] | None] = Registry(
+    "model.reparam", {"none": None, "sigma": SigmaReparam}
+)
 
 
-def linear(cfg: ModelConfig, in_features: int, out_features: int, bias: bool, blocks: int = 1) -> nn.Linear:
+def linear(
+    cfg: ModelConfig, in_features: int, out_features: int, bias: bool, blocks: int = 1
+) -> nn.Linear:
     """The model's linear layer under `model.reparam`. `blocks`: how many independent matrices the
     weight stacks along its rows (3 for a fused Q/K/V projection)."""
     if REPARAMS[cfg.reparam] is None:

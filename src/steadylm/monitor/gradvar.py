@@ -98,7 +98,9 @@ class GradVarianceMonitor:
                     # Welford: mean += d/n; M2 += d * (g - new_mean) = (1 - 1/n) * d^2, summed over entries.
                     delta = g.sub_(self._mean[i])
                     self._mean[i].add_(delta, alpha=1.0 / n)
-                    self._m2[i].add_(torch.linalg.vecdot(delta.flatten(), delta.flatten()), alpha=1.0 - 1.0 / n)
+                    self._m2[i].add_(
+                        torch.linalg.vecdot(delta.flatten(), delta.flatten()), alpha=1.0 - 1.0 / n
+                    )
             _sync(grad)
             self._seconds += time.perf_counter() - t0
 
@@ -113,7 +115,9 @@ class GradVarianceMonitor:
         self._handles = []
         k = max(self._n)
         if k < 2:
-            raise RuntimeError(f"gradient variance needs K >= 2 micro-batches with a backward pass; saw {k}")
+            raise RuntimeError(
+                f"gradient variance needs K >= 2 micro-batches with a backward pass; saw {k}"
+            )
         t0 = time.perf_counter()
         dev = next(m for m in self._mean if m is not None).device
         m2 = torch.zeros(len(self._keys), device=dev)
@@ -133,7 +137,9 @@ class GradVarianceMonitor:
         self._mean, self._m2 = [], []  # free the buffers until the next reference step
         _sync(values)
         seconds = self._seconds + time.perf_counter() - t0
-        out: dict[str, torch.Tensor | float | int] = dict(zip(self._keys, values.unbind()))
+        out: dict[str, torch.Tensor | float | int] = dict(
+            zip(self._keys, values.unbind(), strict=True)
+        )
         out["grad_var_seconds"] = seconds
         out["grad_var_k"] = k
         return out

@@ -62,7 +62,9 @@ def _input_embedding(model: nn.Module) -> nn.Module:
     if emb is None:
         emb = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
     if emb is None or getattr(emb, "weight", None) is None or emb.weight.dim() != 2:
-        raise ValueError(f"{type(model).__name__} has no input embedding (no get_input_embeddings(), no nn.Embedding)")
+        raise ValueError(
+            f"{type(model).__name__} has no input embedding (no get_input_embeddings(), no nn.Embedding)"
+        )
     return emb
 
 
@@ -70,7 +72,11 @@ def _untied_head(model: nn.Module, embedding: nn.Module) -> torch.Tensor | None:
     get = getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else getattr(model, "lm_head", None)
     w = getattr(head, "weight", None)
-    if not isinstance(w, torch.Tensor) or w is embedding.weight or w.shape != embedding.weight.shape:
+    if (
+        not isinstance(w, torch.Tensor)
+        or w is embedding.weight
+        or w.shape != embedding.weight.shape
+    ):
         return None
     return w
 

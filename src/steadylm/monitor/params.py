@@ -43,7 +43,7 @@ class ParamStatsMonitor:
         return torch.zeros(len(self.names), device=self._device).index_add_(0, index, sq).sqrt()
 
     def _named(self, prefix: str, values: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {f"{prefix}/{n}": v for n, v in zip(self.names, values.unbind())}
+        return {f"{prefix}/{n}": v for n, v in zip(self.names, values.unbind(), strict=True)}
 
     @torch.no_grad()
     def grad_norms(self) -> dict[str, torch.Tensor]:
@@ -52,10 +52,14 @@ class ParamStatsMonitor:
         if not present:
             return self._named("grad_norm", torch.zeros(len(self.names), device=self._device))
         index = self._group_of if len(present) == len(self._params) else self._group_of[present]
-        return self._named("grad_norm", self._per_group([self._params[i].grad for i in present], index))
+        return self._named(
+            "grad_norm", self._per_group([self._params[i].grad for i in present], index)
+        )
 
     @torch.no_grad()
-    def grad_norms_with_total(self, params: list[nn.Parameter]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def grad_norms_with_total(
+        self, params: list[nn.Parameter]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """`grad_norms()` and the total gradient norm over `params` (all the model's parameters),
         reading each gradient once: the groups' norms are reused for the total, as gradient
         clipping needs it anyway."""
@@ -89,7 +93,9 @@ class ParamStatsMonitor:
         self._snapped = False
         old = self._per_group(self._before, self._group_of)
         new = self._per_group(self._params, self._group_of)
-        torch._foreach_sub_(self._before, [p.detach() for p in self._params])  # now old - new, in place
+        torch._foreach_sub_(
+            self._before, [p.detach() for p in self._params]
+        )  # now old - new, in place
         delta = self._per_group(self._before, self._group_of)
         out = self._named("param_norm", new)
         out.update(self._named("update_ratio", delta / old))

@@ -8,7 +8,7 @@ step without a host sync.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -43,7 +43,9 @@ def tev_per_row_fast(weight: torch.Tensor, n_rows: int | None = None) -> torch.T
     return (mean_sq - mean.square()).clamp_min(0).sqrt()
 
 
-def tev_summary(weight: torch.Tensor, n_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def tev_summary(
+    weight: torch.Tensor, n_rows: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(mu_TEV, sigma_TEV) as 0-d fp32 tensors on the weight's device."""
     t = tev_per_row(weight, n_rows)
     return t.mean(), t.std(correction=0)
@@ -59,7 +61,9 @@ def tev_histogram(tev: torch.Tensor, bins: int = 20) -> tuple[torch.Tensor, torc
     width = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
     idx = ((tev - lo) / width * bins).long().clamp_(0, bins - 1)
     # index_add_ rather than bincount: bincount must read the maximum on the host to size its output.
-    counts = torch.zeros(bins, dtype=torch.long, device=tev.device).index_add_(0, idx, torch.ones_like(idx))
+    counts = torch.zeros(bins, dtype=torch.long, device=tev.device).index_add_(
+        0, idx, torch.ones_like(idx)
+    )
     edges = lo + width * torch.arange(bins + 1, device=tev.device, dtype=tev.dtype) / bins
     return counts, edges
 
@@ -74,7 +78,9 @@ def _getter(source: WeightSource) -> Callable[[], torch.Tensor]:
         return lambda: source
     if callable(source):
         return source
-    raise TypeError(f"expected an nn.Embedding, a weight tensor or a callable returning the weight, got {type(source).__name__}")
+    raise TypeError(
+        f"expected an nn.Embedding, a weight tensor or a callable returning the weight, got {type(source).__name__}"
+    )
 
 
 class TEVMonitor:
@@ -96,19 +102,28 @@ class TEVMonitor:
         row.update(tev.compute())      # 0-d fp32 tensors, no host sync
     """
 
-    def __init__(self, embedding: WeightSource, vocab_size: int | None = None, untied_head: WeightSource | None = None):
+    def __init__(
+        self,
+        embedding: WeightSource,
+        vocab_size: int | None = None,
+        untied_head: WeightSource | None = None,
+    ):
         self._weight = _getter(embedding)
         self._head = _getter(untied_head) if untied_head is not None else None
         w = self._weight()
         if w.dim() != 2:
-            raise ValueError(f"the embedding weight must be 2-D (vocab x d_model), got shape {tuple(w.shape)}")
+            raise ValueError(
+                f"the embedding weight must be 2-D (vocab x d_model), got shape {tuple(w.shape)}"
+            )
         self.vocab_size = w.shape[0] if vocab_size is None else int(vocab_size)
         if not 0 < self.vocab_size <= w.shape[0]:
-            raise ValueError(f"vocab_size={self.vocab_size} must be in 1..{w.shape[0]} (the embedding's rows)")
+            raise ValueError(
+                f"vocab_size={self.vocab_size} must be in 1..{w.shape[0]} (the embedding's rows)"
+            )
         self.seen = torch.zeros(self.vocab_size, dtype=torch.bool, device=w.device)
 
     @classmethod
-    def for_model(cls, model: nn.Module, vocab_size: int | None = None) -> "TEVMonitor":
+    def for_model(cls, model: nn.Module, vocab_size: int | None = None) -> TEVMonitor:
         """A monitor on `model`'s input embedding, and its output head when that is untied."""
         layout = model_layout(model)
         return cls(layout.embedding, vocab_size, untied_head=layout.head)
@@ -129,7 +144,12 @@ class TEVMonitor:
         n = mask.sum()
         seen_mean = (tev * mask).sum() / n
         seen_std = (((tev - seen_mean) ** 2) * mask).sum().div(n).sqrt()
-        out = {"tev_mean": tev.mean(), "tev_std": tev.std(correction=0), "tev_seen_mean": seen_mean, "tev_seen_std": seen_std}
+        out = {
+            "tev_mean": tev.mean(),
+            "tev_std": tev.std(correction=0),
+            "tev_seen_mean": seen_mean,
+            "tev_seen_std": seen_std,
+        }
         if self._head is not None:
             head = tev_per_row_fast(self._head(), self.vocab_size)
             out["tev_head_mean"], out["tev_head_std"] = head.mean(), head.std(correction=0)
@@ -157,5 +177,7 @@ class TEVMonitor:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         seen = state["seen"]
         if seen.shape != self.seen.shape:
-            raise ValueError(f"seen mask has {seen.shape[0]} rows; this monitor watches {self.vocab_size}")
+            raise ValueError(
+                f"seen mask has {seen.shape[0]} rows; this monitor watches {self.vocab_size}"
+            )
         self.seen.copy_(seen.to(self.seen.device, torch.bool))

@@ -69,7 +69,7 @@ class SteadyLMCallback(TrainerCallback):
         self._hook = None
         self._last_ids: torch.Tensor | None = None
 
-    def attach(self, trainer) -> "SteadyLMCallback":
+    def attach(self, trainer) -> SteadyLMCallback:
         """Register with `trainer`, ahead of its reporting callbacks."""
         trainer.callback_handler.callbacks.insert(0, self)
         return self
@@ -120,7 +120,15 @@ class SteadyLMCallback(TrainerCallback):
         tensors = {k: v for k, v in self._pending.items() if isinstance(v, torch.Tensor)}
         values = dict(self._pending)
         if tensors:  # one transfer for all of them
-            values.update(zip(tensors, torch.stack([t.detach().float().reshape(()) for t in tensors.values()]).tolist()))
+            values.update(
+                zip(
+                    tensors,
+                    torch.stack(
+                        [t.detach().float().reshape(()) for t in tensors.values()]
+                    ).tolist(),
+                    strict=True,
+                )
+            )
         self._pending = {}
         logs.update(values)
         # Trainer.log appends a copy of `logs` to log_history just before calling on_log.
