@@ -295,7 +295,7 @@ class Sweep:
 
 def _status_of(st: dict[str, Any]) -> RunStatus | None:
     try:
-        return RunStatus(st.get("status"))
+        return RunStatus(st.get("status", ""))
     except ValueError:
         return None
 

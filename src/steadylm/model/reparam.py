@@ -31,6 +31,9 @@ class SigmaReparam(nn.Module):
     (blocks, rows, in) (a grouped weight); either way it is viewed as (blocks, rows, in).
     """
 
+    u: torch.Tensor  # buffers, declared for the type checker
+    v: torch.Tensor
+
     def __init__(self, weight_shape: torch.Size, blocks: int):
         super().__init__()
         fan_in = weight_shape[-1]
