@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from steadylm.analysis.profile import BLOCK_KEYS, LAYER_KEYS
+from steadylm.jsonsafe import json_safe
 
 # Column headers of the table, in LAYER_KEYS + BLOCK_KEYS order.
 _HEADERS = ("aniso", "mean_cos", "ID", "lin", "lin_nores", "lin_ho", "nores_ho", "norm_ratio")
@@ -155,7 +156,7 @@ def write_outputs(result: dict, out: Path, over_training: bool) -> list[Path]:
     """`--out DIR`: JSON, Markdown table(s) and figure(s); returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "profile.json"]
-    written[0].write_text(json.dumps(result, indent=1) + "\n")
+    written[0].write_text(json.dumps(json_safe(result), indent=1, allow_nan=False) + "\n")
     if over_training:
         (out / "over_training.md").write_text(
             "\n\n".join(
