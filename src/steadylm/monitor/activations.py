@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from steadylm import metric_names as M
 from steadylm.monitor.layout import block_name, model_layout
 
 
@@ -142,11 +143,11 @@ class ActivationMonitor:
             self.model.train(was_training)
             for h in handles:
                 h.remove()
-        out = {f"rms/{block_name(i)}": v for i, v in sorted(rms.items())}
+        out = {M.per_layer(M.RMS, block_name(i)): v for i, v in sorted(rms.items())}
         if mode.per_block:
             for i, v in sorted(mode.per_block.items()):
-                out[f"attn_logit_max/{block_name(i)}"] = v
-            out["attn_logit_max"] = torch.stack(list(mode.per_block.values())).max()
+                out[M.per_layer(M.ATTN_LOGIT_MAX, block_name(i))] = v
+            out[M.ATTN_LOGIT_MAX] = torch.stack(list(mode.per_block.values())).max()
         logits = _logits(output)
         if logits is not None:
             logz = torch.logsumexp(logits.float(), dim=-1)

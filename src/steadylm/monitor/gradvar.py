@@ -39,6 +39,7 @@ import time
 import torch
 import torch.nn as nn
 
+from steadylm import metric_names as M
 from steadylm.monitor.layout import model_layout
 
 
@@ -59,7 +60,9 @@ class GradVarianceMonitor:
 
     def __init__(self, model: nn.Module, blocks: nn.ModuleList | None = None):
         groups = model_layout(model, blocks).groups()
-        self._keys = ["grad_var_embed" if g == "embed" else f"grad_var/{g}" for g in groups]
+        self._keys = [
+            M.GRAD_VAR_EMBED if g == "embed" else M.per_layer(M.GRAD_VAR, g) for g in groups
+        ]
         self._params: list[nn.Parameter] = []
         self._group: list[int] = []
         for gi, params in enumerate(groups.values()):
@@ -140,6 +143,6 @@ class GradVarianceMonitor:
         out: dict[str, torch.Tensor | float | int] = dict(
             zip(self._keys, values.unbind(), strict=True)
         )
-        out["grad_var_seconds"] = seconds
-        out["grad_var_k"] = k
+        out[M.GRAD_VAR_SECONDS] = seconds
+        out[M.GRAD_VAR_K] = k
         return out

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from steadylm import metric_names as M
 from steadylm.monitor.layout import model_layout
 
 
@@ -43,17 +44,17 @@ class ParamStatsMonitor:
         return torch.zeros(len(self.names), device=self._device).index_add_(0, index, sq).sqrt()
 
     def _named(self, prefix: str, values: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {f"{prefix}/{n}": v for n, v in zip(self.names, values.unbind(), strict=True)}
+        return {M.per_layer(prefix, n): v for n, v in zip(self.names, values.unbind(), strict=True)}
 
     @torch.no_grad()
     def grad_norms(self) -> dict[str, torch.Tensor]:
         """`grad_norm/embed`, `grad_norm/h.N`: L2 norms of the current `.grad` (missing grads count 0)."""
         present = [i for i, p in enumerate(self._params) if p.grad is not None]
         if not present:
-            return self._named("grad_norm", torch.zeros(len(self.names), device=self._device))
+            return self._named(M.GRAD_NORM, torch.zeros(len(self.names), device=self._device))
         index = self._group_of if len(present) == len(self._params) else self._group_of[present]
         return self._named(
-            "grad_norm", self._per_group([self._params[i].grad for i in present], index)
+            M.GRAD_NORM, self._per_group([self._params[i].grad for i in present], index)
         )
 
     @torch.no_grad()
@@ -74,7 +75,7 @@ class ParamStatsMonitor:
     @torch.no_grad()
     def param_norms(self) -> dict[str, torch.Tensor]:
         """`param_norm/embed`, `param_norm/h.N`."""
-        return self._named("param_norm", self._per_group(self._params, self._group_of))
+        return self._named(M.PARAM_NORM, self._per_group(self._params, self._group_of))
 
     @torch.no_grad()
     def snapshot(self) -> None:
@@ -97,6 +98,6 @@ class ParamStatsMonitor:
             self._before, [p.detach() for p in self._params]
         )  # now old - new, in place
         delta = self._per_group(self._before, self._group_of)
-        out = self._named("param_norm", new)
-        out.update(self._named("update_ratio", delta / old))
+        out = self._named(M.PARAM_NORM, new)
+        out.update(self._named(M.UPDATE_RATIO, delta / old))
         return out

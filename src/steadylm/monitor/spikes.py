@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import torch
 
-SIGNALS = ("loss", "grad_norm")
+from steadylm import metric_names as M
+
+SIGNALS = (M.LOSS, M.GRAD_NORM)
 
 
 class SpikeDetector:

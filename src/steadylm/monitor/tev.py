@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from steadylm import metric_names as M
 from steadylm.monitor.layout import model_layout
 
 
@@ -145,14 +146,14 @@ class TEVMonitor:
         seen_mean = (tev * mask).sum() / n
         seen_std = (((tev - seen_mean) ** 2) * mask).sum().div(n).sqrt()
         out = {
-            "tev_mean": tev.mean(),
-            "tev_std": tev.std(correction=0),
-            "tev_seen_mean": seen_mean,
-            "tev_seen_std": seen_std,
+            M.TEV_MEAN: tev.mean(),
+            M.TEV_STD: tev.std(correction=0),
+            M.TEV_SEEN_MEAN: seen_mean,
+            M.TEV_SEEN_STD: seen_std,
         }
         if self._head is not None:
             head = tev_per_row_fast(self._head(), self.vocab_size)
-            out["tev_head_mean"], out["tev_head_std"] = head.mean(), head.std(correction=0)
+            out[M.TEV_HEAD_MEAN], out[M.TEV_HEAD_STD] = head.mean(), head.std(correction=0)
         return out
 
     @torch.no_grad()
