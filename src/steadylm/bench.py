@@ -5,7 +5,7 @@ thread count, and targets are ratios between figures measured here, so a noisy s
 moves numerator and denominator together. Training measurements run in a fresh process each
 (spawned), so peak memory is that configuration's alone.
 
-FLOPs per token follow DESIGN §8: 6·N (N without position embeddings, the tied head counted
+FLOPs per token: 6·N (N without position embeddings, the tied head counted
 once) plus 12·L·d·T for attention (T = block size), both forward and backward.
 """
 
