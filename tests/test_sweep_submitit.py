@@ -121,3 +121,26 @@ def test_a_two_process_run_trains_under_torchrun(tmp_path):
     (run,) = read_index(tmp_path / "sweep")
     assert run["status"] == "finished"
     assert json.loads((tmp_path / "sweep" / run["dir"] / "provenance.json").read_text())["world_size"] == 2
+
+
+def test_time_limit_checkpoints_the_trainer_and_requeues_with_resume(tmp_path):
+    # SLURM's warning before the limit calls submitit's `checkpoint` hook: it must let the trainer
+    # save (SIGTERM, then wait) and requeue the same run with --resume, once.
+    import time
+
+    mark = tmp_path / "saved"
+    trainer = (  # stands in for `steadylm train`, which checkpoints and exits on SIGTERM
+        "import signal, sys, time, pathlib\n"
+        f"signal.signal(signal.SIGTERM, lambda *a: (pathlib.Path({str(mark)!r}).write_text('ok'), sys.exit(0)))\n"
+        f"pathlib.Path({str(tmp_path / 'up')!r}).write_text('')\n"
+        "time.sleep(60)\n"
+    )
+    job = TrainJob(["train", "--out", "R"])
+    job._child = subprocess.Popen([sys.executable, "-c", trainer])
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "up").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    again = job.checkpoint()
+    assert job._child.returncode == 0 and mark.read_text() == "ok"
+    assert again.function.train_args == ["train", "--out", "R", "--resume"]
+    assert again.function.checkpoint().function.train_args.count("--resume") == 1
