@@ -4,6 +4,7 @@ ids, keeps finished runs and resumes an interrupted one from its checkpoint."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -68,6 +69,10 @@ def test_bad_launcher_use_is_one_line(tmp_path, capsys):
                  "--cluster", "local"]) == 2
     assert "--nodes: the local cluster is this one machine" in capsys.readouterr().err
     assert parse_spec(spec).launcher == {"time": 5}
+    if shutil.which("sbatch") is None:  # no cluster here: say so, and write nothing
+        assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--launcher", "submitit"]) == 2
+        assert "no SLURM cluster found (sbatch is not on PATH)" in capsys.readouterr().err
+        assert not (tmp_path / "o").exists()
 
 
 def _sweep(spec, out, fault=None):

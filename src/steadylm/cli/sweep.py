@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     cluster.add_argument(
         "--cluster",
-        help="slurm, local (processes on this machine) or auto (default: slurm if found)",
+        help="slurm (default), or local: every job at once as a process on this machine",
     )
     cluster.add_argument("--partition", help="SLURM partition")
     cluster.add_argument("--account", help="SLURM account")

@@ -10,7 +10,9 @@ resuming from their checkpoints. Submitit's files (pickled jobs, logs) go to DIR
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +30,7 @@ from steadylm.status import RunStatus
 if typing.TYPE_CHECKING:
     from steadylm.experiments.sweep import Entry, Sweep
 
-CLUSTERS = ("auto", "slurm", "local")
+CLUSTERS = ("slurm", "local")
 # SLURM states of a job that may still run; submitit's local jobs are alive only in this process.
 FAILED = "steadylm train exited with code"
 _ALIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"}
@@ -38,9 +40,7 @@ _ALIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZI
 class LauncherConfig:
     """Each job's resources: the spec's `[sweep.launcher]` table, then `steadylm sweep` flags."""
 
-    cluster: str = (
-        "auto"  # "slurm"; "local": processes on this machine, to try a spec; "auto": slurm if found
-    )
+    cluster: str = "slurm"  # or "local": every job at once as a process here, to try a spec
     partition: str = ""  # SLURM partition; "" is the cluster's default
     account: str = ""  # SLURM account; "" is the user's default
     time: int = 60  # minutes per job; before the limit the run checkpoints and the job is requeued
@@ -169,25 +169,33 @@ class TrainJob:
 
 
 class SubmititLauncher:
-    """Trains a sweep's runs as jobs and waits for them (`Sweep.run(launcher=...)`)."""
+    """Trains a sweep's runs as jobs and waits for them (`Sweep.run(launcher=...)`).
+
+    Made before the sweep writes anything, so a missing submitit or cluster leaves no files."""
 
     def __init__(self, cfg: LauncherConfig):
+        if importlib.util.find_spec("submitit") is None:
+            raise SteadyLMError(
+                "--launcher submitit: the submitit package is not installed; "
+                "pip install 'steadylm[slurm]'"
+            )
         self.cfg = cfg
+        self.cluster = cfg.cluster
+        if self.cluster == "slurm" and shutil.which("sbatch") is None:
+            raise SteadyLMError(
+                "--launcher submitit: no SLURM cluster found (sbatch is not on PATH); "
+                "run on a cluster's login node, or use --cluster local to run the jobs here"
+            )
 
     def executor(self, folder: Path) -> Any:
-        try:
-            import submitit
-        except ImportError:
-            raise SteadyLMError(
-                "--launcher submitit: the submitit package is not installed; pip install submitit"
-            ) from None
+        import submitit
+
         c = self.cfg
         try:
-            ex = submitit.AutoExecutor(
-                folder=folder, cluster=None if c.cluster == "auto" else c.cluster
-            )
+            ex = submitit.AutoExecutor(folder=folder, cluster=self.cluster)
         except RuntimeError as e:  # submitit found no SLURM where one was asked for
-            raise SteadyLMError(f"--launcher submitit: cluster {c.cluster!r}: {e}") from None
+            said = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SteadyLMError(f"--launcher submitit: cluster {self.cluster!r}: {said}") from None
         params: dict[str, Any] = dict(
             name="steadylm",
             timeout_min=c.time,
