@@ -162,9 +162,8 @@ class TrainConfig:
     micro_batch_size: int = 8  # sequences per forward pass per rank
     precision: str = choice("auto", ("auto", "fp32", "bf16", "fp16"))
     compile: bool = False
-    parallel: str = choice(
-        "ddp", ("ddp", "fsdp")
-    )  # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2 fully_shard per block)
+    # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2 fully_shard per block)
+    parallel: str = choice("ddp", ("ddp", "fsdp"))
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     eval_every: int = 100  # 0 disables evaluation
     eval_batches: int = 10  # validation micro-batches per evaluation
@@ -222,9 +221,8 @@ class MonitorConfig:
     )
     gradvar_every: int = 200  # the gradient-variance reference (K >= 2 micro-batches); 0 disables
     act_every: int = 100  # residual RMS per layer, max attention logit, output log Z; 0 disables
-    on_spike: str = choice(
-        "log", ("log", "skip", "rollback")
-    )  # loss or grad-norm spike: "log" it, "skip" the step, or "rollback"
+    # loss or grad-norm spike: "log" it, "skip" the step, or "rollback"
+    on_spike: str = choice("log", ("log", "skip", "rollback"))
     spike_window: int = 128  # steps in the rolling window (OLMo-core's default)
     spike_sigma: float = 6.0  # a spike exceeds the window's mean by this many standard deviations
     max_rollbacks: int = 3  # more rollbacks than this and the run stops as diverged

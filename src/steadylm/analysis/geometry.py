@@ -67,15 +67,11 @@ def _two_nearest(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     r1, r2 = np.empty(len(X)), np.empty(len(X))
     for start in range(0, len(X), _DIST_CHUNK):
         block = X[start : start + _DIST_CHUNK]  # (c, d)
-        d2 = (
-            sq[start : start + len(block), None] + sq[None, :] - 2.0 * block @ X.T
-        )  # (c, n) squared distances
-        d2[np.arange(len(block)), np.arange(start, start + len(block))] = (
-            np.inf
-        )  # not its own neighbour
-        two = np.partition(d2, 1, axis=1)[
-            :, :2
-        ]  # (c, 2): the two smallest, unordered beyond index 1
+        # (c, n) squared distances
+        d2 = sq[start : start + len(block), None] + sq[None, :] - 2.0 * block @ X.T
+        d2[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf  # not its own
+        # (c, 2): the two smallest, unordered beyond index 1
+        two = np.partition(d2, 1, axis=1)[:, :2]
         r1[start : start + len(block)] = np.sqrt(np.clip(two[:, 0], 0.0, None))
         r2[start : start + len(block)] = np.sqrt(np.clip(two[:, 1], 0.0, None))
     return r1, r2

@@ -72,9 +72,8 @@ def collect(
                 continue
             model.run(torch.tensor([tokens], dtype=torch.long, device=model.device))
             sequences += 1
-            per_layer = [
-                s[0, drop_first:].float().cpu().numpy() for s in taps.states
-            ]  # L+1 x (t, d)
+            # L+1 x (t, d)
+            per_layer = [s[0, drop_first:].float().cpu().numpy() for s in taps.states]
             keep = []
             for t in range(per_layer[0].shape[0]):
                 digest = hashlib.blake2b(

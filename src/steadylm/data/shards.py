@@ -39,9 +39,7 @@ def write_shard(path: Path | str, tokens: np.ndarray) -> None:
     header[0] = (MAGIC, VERSION, dtype.itemsize, 0, tokens.size)
     with atomic_write(path) as f:
         f.write(header.tobytes().ljust(HEADER_BYTES, b"\0"))
-        f.write(
-            np.ascontiguousarray(tokens, dtype=dtype).data
-        )  # no extra copy when already in dtype
+        f.write(np.ascontiguousarray(tokens, dtype=dtype).data)  # no copy when already in dtype
 
 
 def read_shard(path: Path | str) -> np.ndarray:

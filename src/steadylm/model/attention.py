@@ -58,9 +58,8 @@ class CausalSelfAttention(nn.Module):
         # so attention logits cannot grow with the weights' norm.
         self.q_norm = layer_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
         self.k_norm = layer_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
-        self.ln_sub = (
-            layer_norm(cfg, cfg.n_embd) if layout.sub_ln else None
-        )  # Magneto's, before the output projection
+        # Magneto's, before the output projection
+        self.ln_sub = layer_norm(cfg, cfg.n_embd) if layout.sub_ln else None
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def _build_projections(self, cfg: ModelConfig) -> None:
@@ -86,9 +85,8 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )  # (B, nh, T, hs)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         if self.ln_sub is not None:
             y = self.ln_sub(y)
@@ -100,9 +98,7 @@ class MultiHeadAttention(CausalSelfAttention):
 
     def _build_projections(self, cfg: ModelConfig) -> None:
         C = cfg.n_embd
-        self.c_attn = linear(
-            cfg, C, 3 * C, bias=cfg.bias, blocks=3
-        )  # q, k, v stacked: three matrices
+        self.c_attn = linear(cfg, C, 3 * C, bias=cfg.bias, blocks=3)  # q, k, v stacked
         self.c_proj = linear(cfg, C, C, bias=cfg.bias)
 
     def qkv(self, x: torch.Tensor) -> torch.Tensor:

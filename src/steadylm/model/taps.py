@@ -42,8 +42,7 @@ class BlockTaps:
     def _output(self, index: int):
         def hook(module, args, output):
             # Hugging Face blocks may return a tuple (hidden, attention weights, ...).
-            self.states[index] = self._keep(
-                output[0] if isinstance(output, tuple) else output
-            )  # (B, T, C)
+            hidden = output[0] if isinstance(output, tuple) else output  # (B, T, C)
+            self.states[index] = self._keep(hidden)
 
         return hook

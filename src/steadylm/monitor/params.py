@@ -94,9 +94,8 @@ class ParamStatsMonitor:
         self._snapped = False
         old = self._per_group(self._before, self._group_of)
         new = self._per_group(self._params, self._group_of)
-        torch._foreach_sub_(
-            self._before, [p.detach() for p in self._params]
-        )  # now old - new, in place
+        # now old - new, in place
+        torch._foreach_sub_(self._before, [p.detach() for p in self._params])
         delta = self._per_group(self._before, self._group_of)
         out = self._named(M.PARAM_NORM, new)
         out.update(self._named(M.UPDATE_RATIO, delta / old))
