@@ -19,7 +19,7 @@ VERSION = 1
 HEADER_BYTES = 1024
 _HEADER = np.dtype([("magic", "<u4"), ("version", "<u4"), ("itemsize", "<u4"), ("reserved", "<u4"),
                     ("count", "<u8")])  # fmt: skip
-_DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
+_DTYPES: dict[int, np.dtype] = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 
 
 def write_shard(path: Path | str, tokens: np.ndarray) -> None:

@@ -83,7 +83,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
@@ -182,7 +182,7 @@ class MultiHeadLowRankAttention(CausalSelfAttention):
         if not cfg.mlra_out:
             self.c_proj = linear(cfg, C, C, bias=cfg.bias)
         elif g == 1:
-            self.c_proj_down = linear(cfg, C, r, bias=False)
+            self.c_proj_down: nn.Linear | GroupedLinear = linear(cfg, C, r, bias=False)
             self.c_proj_up = linear(cfg, r, C, bias=cfg.bias)
         else:
             self.c_proj_down = GroupedLinear(cfg, g, hs, r, bias=False)

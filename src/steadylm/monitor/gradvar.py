@@ -98,10 +98,12 @@ class GradVarianceMonitor:
                     self._mean[i] = g
                     self._m2[i] = torch.zeros((), device=g.device)
                 else:
+                    mean, m2 = self._mean[i], self._m2[i]
+                    assert mean is not None and m2 is not None  # set at this entry's first gradient
                     # Welford: mean += d/n; M2 += d * (g - new_mean) = (1 - 1/n) * d^2, summed over entries.
-                    delta = g.sub_(self._mean[i])
-                    self._mean[i].add_(delta, alpha=1.0 / n)
-                    self._m2[i].add_(
+                    delta = g.sub_(mean)
+                    mean.add_(delta, alpha=1.0 / n)
+                    m2.add_(
                         torch.linalg.vecdot(delta.flatten(), delta.flatten()), alpha=1.0 - 1.0 / n
                     )
             _sync(grad)
@@ -130,11 +132,12 @@ class GradVarianceMonitor:
             numel[gi] += p.numel()
             if n == 0:
                 continue  # never received a gradient: zero in every micro-batch, zero variance
-            extra = self._m2[i]
+            extra, mean = self._m2[i], self._mean[i]
+            assert extra is not None and mean is not None  # n > 0: it received a gradient
             if n < k:
                 # It got no gradient in k - n micro-batches: merge n observations with k - n zeros.
-                mean = self._mean[i].flatten()
-                extra = extra + torch.linalg.vecdot(mean, mean) * (n * (k - n) / k)
+                flat = mean.flatten()
+                extra = extra + torch.linalg.vecdot(flat, flat) * (n * (k - n) / k)
             m2[gi] += extra
         values = m2 / ((k - 1) * torch.tensor(numel, device=dev, dtype=torch.float32).clamp_min(1))
         self._mean, self._m2 = [], []  # free the buffers until the next reference step

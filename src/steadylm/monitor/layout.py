@@ -23,7 +23,8 @@ class ModelLayout:
 
     def groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters per group: "embed" then "h.0", "h.1", ... (each listed once)."""
-        out = {"embed": [self.embedding.weight]}
+        # nn.Module attributes are typed Tensor | Module; an embedding's weight is a Parameter.
+        out: dict[str, list[nn.Parameter]] = {"embed": [self.embedding.weight]}  # type: ignore[list-item]
         for i, block in enumerate(self.blocks):
             out[block_name(i)] = [p for p in block.parameters() if p.requires_grad]
         return out

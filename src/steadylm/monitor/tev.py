@@ -8,6 +8,7 @@ step without a host sync.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 
 import torch
@@ -74,7 +75,8 @@ WeightSource = nn.Module | torch.Tensor | Callable[[], torch.Tensor]
 
 def _getter(source: WeightSource) -> Callable[[], torch.Tensor]:
     if isinstance(source, nn.Module):
-        return lambda: source.weight
+        module = source
+        return lambda: typing.cast(torch.Tensor, module.weight)  # read each call: re-tying swaps it
     if isinstance(source, torch.Tensor):
         return lambda: source
     if callable(source):
