@@ -38,6 +38,7 @@ from typing import Any
 
 from steadylm.config import SECTIONS, Config, load_config, preset_names, toml_value
 from steadylm.errors import SteadyLMError
+from steadylm.experiments.submit import launcher_config
 from steadylm.registry import suggest
 
 SWEEP_KEYS = ("base", "seeds", "set", "grid", "variants", "launcher")
@@ -266,8 +267,6 @@ def _variants(path: Path, raw: Any) -> dict[str, dict[str, Any]]:
 
 
 def _launcher(path: Path, raw: Any) -> dict[str, Any]:
-    from steadylm.experiments.submit import launcher_config
-
     if not isinstance(raw, dict):
         raise SteadyLMError(f"{path}: [sweep.launcher]: must be a table of key = value")
     try:
