@@ -14,7 +14,16 @@ GRAD_NORM = "grad_norm"  # before clipping
 TOKENS_PER_S = "tokens_per_s"
 VAL_LOSS = "val_loss"
 VAL_PPL = "val_ppl"
+Z_LOSS = "z_loss"  # the term added to the loss (coefficient x mean log²Z)
+LINEARITY_REG = "linearity_reg"  # the term added to the loss (λ x mean penalty)
+SKIPPED = "skipped"  # the optimizer step was skipped (non-finite values, or a spike under "skip")
+
+# Event lines: {"event": KIND, "step": ...}
 EVENT = "event"
+EVENT_NON_FINITE = "non_finite"
+EVENT_SPIKE = "spike"
+EVENT_ROLLBACK = "rollback"
+EVENT_TEV_HISTOGRAM = "tev_histogram"
 
 # Token Embedding Variability: all real rows, the rows seen in the input so far, an untied head.
 TEV_MEAN = "tev_mean"
