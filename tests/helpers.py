@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from steadylm.config import load_config
+from steadylm.config import load_config, toml_value
 
 _WORDS = (
     "the a stable model learns tokens from text while gradients flow through deep layers and "
@@ -36,14 +36,7 @@ def tiny_overrides(corpus: Path, **extra) -> list[str]:
         "train.checkpoint_every": 4, "train.log_every": 2,
     }
     base.update(extra)
-    out = []
-    for k, v in base.items():
-        if isinstance(v, str):
-            v = '"' + v + '"'
-        elif isinstance(v, bool):
-            v = "true" if v else "false"
-        out.append(f"{k}={v}")
-    return out
+    return [f"{k}={toml_value(v)}" for k, v in base.items()]
 
 
 def tiny_config(corpus: Path, **extra):

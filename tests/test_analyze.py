@@ -124,3 +124,31 @@ def test_bad_input_exits_2_with_one_line(argv, message, run_dir, text_file, caps
     code, out, err = analyze(capsys, *argv, "--text", text_file)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and message in err and err.startswith("steadylm analyze: error:")
+
+
+def test_hf_gpt2_folder_without_tokenizer_uses_the_gpt2_bpe(text_file, tmp_path, capsys):
+    # `save_pretrained` of the model alone: config.json and weights, no tokenizer files.
+    transformers = pytest.importorskip("transformers")
+    from steadylm.data.tokenizer import gpt2_tokenizer
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=50257, n_embd=16, n_layer=2, n_head=2, n_positions=64)
+    transformers.GPT2Model(cfg).save_pretrained(tmp_path / "bare")
+    code, out, err = analyze(capsys, tmp_path / "bare", "--text", text_file, "--tokens", TOKENS, "--json")
+    assert code == 0, err
+    assert "no tokenizer files; using the GPT-2 BPE" in err
+    bare = json.loads(out)
+    # The same model with the tokenizer beside it gives the same figures.
+    transformers.GPT2Model(cfg).from_pretrained(tmp_path / "bare").save_pretrained(tmp_path / "full")
+    gpt2_tokenizer().save(tmp_path / "full" / "tokenizer.json")
+    assert analyze_json(capsys, tmp_path / "full", "--text", text_file, "--tokens", TOKENS)["layers"] == bare["layers"]
+
+
+def test_hf_folder_without_a_tokenizer_steadylm_has_is_one_line(text_file, tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                   num_key_value_heads=1, intermediate_size=32, max_position_embeddings=64)
+    transformers.LlamaModel(cfg).save_pretrained(tmp_path / "llama")
+    code, out, err = analyze(capsys, tmp_path / "llama", "--text", text_file, "--tokens", TOKENS)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "no tokenizer for this llama model (vocab_size 300" in err and "save_pretrained(FOLDER)" in err

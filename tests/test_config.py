@@ -4,7 +4,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from steadylm.config import Config, ConfigError, config_from_dict, load_config, preset_names
+import dataclasses
+import tomllib
+
+from steadylm.config import Config, ConfigError, config_from_dict, load_config, preset_names, toml_value
 
 
 def test_presets_load_and_validate():
@@ -23,6 +26,21 @@ def test_overrides_are_typed_toml_values():
     assert cfg.model.n_layer == 7 and cfg.train.lr == 1e-3 and cfg.model.attention == "mlra"
     assert cfg.model.bias is False and cfg.data.path == ["a.txt", "b"]
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0  # int accepted for a float key
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(), st.lists(st.text(max_size=5), max_size=3), st.booleans(), st.integers(),
+                 st.floats(allow_nan=False)))
+def test_toml_value_reads_back_unchanged(value):
+    # Control characters (tab, newline, NUL, DEL, ...) included: TOML forbids them raw in strings.
+    assert tomllib.loads(f"v = {toml_value(value)}")["v"] == value
+
+
+def test_config_with_control_characters_round_trips():
+    paths = ["a\tb", "c\nd", 'e\x00\x7f"\\']
+    cfg = load_config(None, ["data.path=" + toml_value(paths)])
+    assert cfg.data.path == paths
+    assert config_from_dict(tomllib.loads(cfg.to_toml())) == cfg
 
 
 def test_toml_round_trip(tmp_path):
@@ -90,3 +108,17 @@ def test_arbitrary_input_is_accepted_or_one_line_error(section, key, value):
         config_from_dict({section: {key: value}})
     except ConfigError as e:
         assert "\n" not in str(e) and str(e)
+
+
+def test_choices_and_their_error_come_from_the_dispatch_tables(monkeypatch):
+    from steadylm.model import attention, norms
+
+    assert [f.name for f in dataclasses.fields(Config().model) if f.metadata.get("choices")] == [
+        "attention", "mlra_mode", "mlra_init", "norm_layout", "embed_norm", "reparam"]
+    # A new entry in the table is a valid name at once, listed in the error with the others.
+    monkeypatch.setitem(attention.ATTENTION._entries, "toy", attention.MultiHeadAttention)
+    assert load_config(None, ["model.attention=toy"]).model.attention == "toy"
+    with pytest.raises(ConfigError, match=r"^model.attention: 'tyo' is not one of mha, mlra, toy \(did you mean 'toy'\?\)$"):
+        load_config(None, ["model.attention=tyo"])
+    with pytest.raises(ConfigError, match=r"^model.norm_layout: 'x' is not one of " + ", ".join(norms.NORM_LAYOUTS) + "$"):
+        load_config(None, ["model.norm_layout=x"])

@@ -8,7 +8,7 @@ key and what would have been valid, so the CLI can print it and exit 2.
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import importlib
 import math
 import tomllib
 import types
@@ -18,16 +18,26 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from steadylm.errors import SteadyLMError
+from steadylm.errors import ConfigError
+from steadylm.registry import check_choice, suggest
+
+__all__ = ["ConfigError", "Config", "load_config", "config_from_dict", "suggest"]
 
 
-class ConfigError(SteadyLMError):
-    """A configuration problem, phrased as one line for the user."""
+def choice(default: str, options: str | tuple[str, ...]) -> Any:
+    """A field chosen by name. `options` is the registry that dispatches it, as "module:NAME"
+    (imported when a config is validated: those modules import this one), or the names
+    themselves when the code that acts on them has no table."""
+    return field(default=default, metadata={"choices": options})
 
 
-def _suggest(word: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def choices(f: dataclasses.Field) -> tuple[str, ...] | None:
+    """The valid names of a `choice` field, from its registry; None for other fields."""
+    options = f.metadata.get("choices")
+    if isinstance(options, str):
+        module, name = options.split(":")
+        options = tuple(getattr(importlib.import_module(module), name))
+    return options
 
 
 @dataclass
@@ -42,37 +52,26 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = True
     layer_norm_epsilon: float = 1e-5
-    attention: str = "mha"
-    mlra_mode: str = "shared"
+    attention: str = choice("mha", "steadylm.model.attention:ATTENTION")
+    mlra_mode: str = choice("shared", "steadylm.model.attention:MLRA_MODES")
     mlra_rank: int = 0  # 0: the parameter-matched default of the mode
-    mlra_init: str = "gpt2"
+    mlra_init: str = choice("gpt2", "steadylm.model.attention:MLRA_INITS")
     mlra_out: bool = False  # also factorise the attention output projection
     qkv_init_scale: float = 1.0
-    norm_layout: str = "pre_ln"
-    embed_norm: str = "none"
-    reparam: str = "none"
+    norm_layout: str = choice("pre_ln", "steadylm.model.norms:NORM_LAYOUTS")
+    embed_norm: str = choice("none", "steadylm.model.norms:EMBEDDING_RECIPES")
+    reparam: str = choice("none", "steadylm.model.reparam:REPARAMS")
     qk_norm: bool = False
     # Token embedding (docs/tt-embeddings.md): "dense" (nn.Embedding) or "tt", a tensor-train
     # matrix of `tt_cores` cores of rank `tt_rank`, shaped `tt_shape` ("auto", or explicit
     # [[I_1, ..., I_N], [J_1, ..., J_N]] with ΠJ = n_embd and ΠI >= vocab_size).
-    embedding: str = "dense"
+    embedding: str = choice("dense", ("dense", "tt"))
     tt_rank: int = 16
     tt_shape: str | list[list[int]] = "auto"
     tt_cores: int = 3
     # "tied_dense": the head reads the reconstructed matrix (one reconstruction per forward);
     # "separate": an untied dense (vocab x n_embd) head, as the paper does for its LM.
-    tt_head: str = "tied_dense"
-
-    CHOICES = {
-        "attention": ("mha", "mlra"),
-        "mlra_mode": ("shared", "per_head"),
-        "mlra_init": ("gpt2", "variance_preserving"),
-        "norm_layout": ("pre_ln", "post_ln", "sub_ln", "deepnorm"),
-        "embed_norm": ("none", "scaled", "layernorm"),
-        "reparam": ("none", "sigma"),
-        "embedding": ("dense", "tt"),
-        "tt_head": ("tied_dense", "separate"),
-    }
+    tt_head: str = choice("tied_dense", ("tied_dense", "separate"))
 
     def validate(self) -> None:
         for key in ("n_layer", "n_embd", "n_head", "block_size"):
@@ -82,7 +81,9 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
         if self.layer_norm_epsilon <= 0:
-            raise ConfigError(f"model.layer_norm_epsilon: must be > 0, got {self.layer_norm_epsilon}")
+            raise ConfigError(
+                f"model.layer_norm_epsilon: must be > 0, got {self.layer_norm_epsilon}"
+            )
         if self.qkv_init_scale <= 0:
             raise ConfigError(f"model.qkv_init_scale: must be > 0, got {self.qkv_init_scale}")
         if self.n_embd % self.n_head:
@@ -137,7 +138,12 @@ class ModelConfig:
         # Options of the other attention variant would be silently ignored, and a sweep over
         # them would train identical models under different names: reject them instead.
         if self.attention != "mlra":
-            for key, default in (("mlra_mode", "shared"), ("mlra_rank", 0), ("mlra_init", "gpt2"), ("mlra_out", False)):
+            for key, default in (
+                ("mlra_mode", "shared"),
+                ("mlra_rank", 0),
+                ("mlra_init", "gpt2"),
+                ("mlra_out", False),
+            ):
                 if getattr(self, key) != default:
                     raise ConfigError(
                         f"model.{key}={getattr(self, key)!r} only applies to model.attention='mlra' "
@@ -150,7 +156,9 @@ class ModelConfig:
                 "MLRA's init is set by model.mlra_init (gpt2, variance_preserving)"
             )
         # shared factorises d -> d, per_head d -> head_dim: a larger rank is no longer low-rank.
-        width, name = (self.n_embd, "n_embd") if self.mlra_mode == "shared" else (self.head_dim, "head_dim")
+        width, name = (
+            (self.n_embd, "n_embd") if self.mlra_mode == "shared" else (self.head_dim, "head_dim")
+        )
         if self.mlra_rank > width:
             raise ConfigError(
                 f"model.mlra_rank={self.mlra_rank} exceeds {name}={width}, the most a {self.mlra_mode} "
@@ -195,7 +203,9 @@ class TrainConfig:
     lr: float = 6e-4
     min_lr: float = 6e-5
     warmup_steps: int = 100
-    weight_decay: float = 0.1  # applied to matrices only (embeddings included), never to biases or norms
+    weight_decay: float = (
+        0.1  # applied to matrices only (embeddings included), never to biases or norms
+    )
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
@@ -203,9 +213,10 @@ class TrainConfig:
     z_loss: float = 0.0
     batch_size: int = 32  # global sequences per optimizer step, whatever the world size
     micro_batch_size: int = 8  # sequences per forward pass per rank
-    precision: str = "auto"
+    precision: str = choice("auto", ("auto", "fp32", "bf16", "fp16"))
     compile: bool = False
-    parallel: str = "ddp"  # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2 fully_shard per block)
+    # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2 fully_shard per block)
+    parallel: str = choice("ddp", ("ddp", "fsdp"))
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     eval_every: int = 100  # 0 disables evaluation
     eval_batches: int = 10  # validation micro-batches per evaluation
@@ -213,26 +224,26 @@ class TrainConfig:
     # "every": checkpoints every checkpoint_every steps. "log": also at log-spaced steps, two per
     # doubling (1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, ...: round(2^(k/2))), so early training,
     # where geometry changes fastest, is sampled as densely as late training (`analyze --over-training`).
-    checkpoint_schedule: str = "every"
+    checkpoint_schedule: str = choice("every", ("every", "log"))
     keep_checkpoints: int = 0  # 0 keeps all; otherwise the newest N
     log_every: int = 10  # steps between host syncs that flush metrics
     # Razzhigaev et al.'s pre-training regulariser, λ·mean over blocks l of mean over tokens of
     # (1 − cos(h_l, h_{l−1})) ("cosine") or ‖h_l − h_{l−1}‖² ("mse"), h_0 the embedding output.
     # Mean over blocks, not the paper's sum, so λ means the same at any depth (paper λ = this λ / L).
     linearity_reg: float = 0.0  # λ; 0 disables it
-    linearity_reg_kind: str = "cosine"
-
-    CHOICES = {
-        "precision": ("auto", "fp32", "bf16", "fp16"),
-        "parallel": ("ddp", "fsdp"),
-        "checkpoint_schedule": ("every", "log"),
-        "linearity_reg_kind": ("cosine", "mse"),
-    }
+    linearity_reg_kind: str = choice("cosine", "steadylm.train.regularizers:KINDS")
 
     def validate(self) -> None:
         for key in ("max_steps", "batch_size", "micro_batch_size", "log_every"):
             _positive(self, "train", key)
-        for key in ("warmup_steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "seed"):
+        for key in (
+            "warmup_steps",
+            "eval_every",
+            "eval_batches",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "seed",
+        ):
             _at_least(self, "train", key, 0)
         for key in ("lr", "eps"):
             if getattr(self, key) <= 0:
@@ -261,17 +272,17 @@ class MonitorConfig:
     # training split): `tev_mean/freq_hi` ... `tev_std/freq_lo`.
     tev_freq_groups: bool = False
     # Cadences keep all default monitors under 1% of a step (measured by `steadylm bench`):
-    stats_every: int = 50  # per-block parameter norms and update ratios (they copy the weights); 0 disables
+    # per-block parameter norms and update ratios (they copy the weights); 0 disables
+    stats_every: int = 50
     gradvar_every: int = 200  # the gradient-variance reference (K >= 2 micro-batches); 0 disables
     act_every: int = 100  # residual RMS per layer, max attention logit, output log Z; 0 disables
-    on_spike: str = "log"  # loss or grad-norm spike: "log" it, "skip" the step, or "rollback"
+    # loss or grad-norm spike: "log" it, "skip" the step, or "rollback"
+    on_spike: str = choice("log", ("log", "skip", "rollback"))
     spike_window: int = 128  # steps in the rolling window (OLMo-core's default)
     spike_sigma: float = 6.0  # a spike exceeds the window's mean by this many standard deviations
     max_rollbacks: int = 3  # more rollbacks than this and the run stops as diverged
     nonfinite_patience: int = 5  # non-finite steps in a row (each skipped) before the run stops
     tensorboard: bool = False  # also write scalars and TEV histograms to RUN/tensorboard
-
-    CHOICES = {"on_spike": ("log", "skip", "rollback")}
 
     def validate(self) -> None:
         for key in ("tev_every", "stats_every", "gradvar_every", "act_every", "max_rollbacks"):
@@ -289,16 +300,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         for section in SECTIONS:
             sub = getattr(self, section)
-            for key, options in getattr(sub, "CHOICES", {}).items():
-                value = getattr(sub, key)
-                if value not in options:
-                    raise ConfigError(
-                        f"{section}.{key}: {value!r} is not one of {', '.join(options)}"
-                        + _suggest(str(value), options)
-                    )
+            for f in dataclasses.fields(sub):
+                options = choices(f)
+                if options is not None:
+                    check_choice(f"{section}.{f.name}", getattr(sub, f.name), options)
             sub.validate()
         return self
 
@@ -309,12 +317,17 @@ class Config:
         lines: list[str] = []
         for section, values in self.to_dict().items():
             lines.append(f"[{section}]")
-            lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
+            lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items())
             lines.append("")
         return "\n".join(lines)
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "monitor": MonitorConfig}
+SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "monitor": MonitorConfig,
+}
 
 
 def _positive(obj: Any, section: str, key: str) -> None:
@@ -327,17 +340,38 @@ def _at_least(obj: Any, section: str, key: str, low: int) -> None:
         raise ConfigError(f"{section}.{key}: must be >= {low}, got {getattr(obj, key)}")
 
 
-def _toml_value(v: Any) -> str:
+# TOML basic strings may not hold control characters raw: \b \t \n \f \r by name, the rest as \uXXXX.
+_TOML_ESCAPES = {
+    "\\": "\\\\",
+    '"': '\\"',
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+
+
+def toml_value(v: Any) -> str:
+    """`v` (bool, int, float, str or a list of them) as a TOML value that `tomllib` reads back
+    unchanged; the one writer for config.toml and for `--set` arguments."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return (
+            '"'
+            + "".join(
+                _TOML_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or c == "\x7f" else c)
+                for c in v
+            )
+            + '"'
+        )
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return repr(v)
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return repr(v)  # int, float (inf and nan are TOML too)
 
 
-def _check_type(name: str, value: Any, hint: Any) -> Any:
+def check_type(name: str, value: Any, hint: Any) -> Any:
     """Return `value` converted to `hint` if that is lossless, else raise ConfigError."""
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -381,7 +415,7 @@ def _apply(cfg: Config, data: dict[str, Any], origin: str) -> None:
         if section not in SECTIONS:
             raise ConfigError(
                 f"{origin}: unknown section [{_shown(section)}]; valid sections: {', '.join(SECTIONS)}"
-                + _suggest(section, SECTIONS)
+                + suggest(section, SECTIONS)
             )
         if not isinstance(values, dict):
             raise ConfigError(f"{origin}: [{section}] must be a table of key = value")
@@ -391,13 +425,18 @@ def _apply(cfg: Config, data: dict[str, Any], origin: str) -> None:
         for key, value in values.items():
             if key not in names:
                 raise ConfigError(
-                    f"{section}.{_shown(key)}: unknown key; valid keys: {', '.join(names)}" + _suggest(key, names)
+                    f"{section}.{_shown(key)}: unknown key; valid keys: {', '.join(names)}"
+                    + suggest(key, names)
                 )
-            setattr(sub, key, _check_type(f"{section}.{key}", value, hints[key]))
+            setattr(sub, key, check_type(f"{section}.{key}", value, hints[key]))
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("steadylm.configs").iterdir() if p.name.endswith(".toml"))
+    return sorted(
+        p.name[:-5]
+        for p in resources.files("steadylm.configs").iterdir()
+        if p.name.endswith(".toml")
+    )
 
 
 def _read_toml(text: str, origin: str) -> dict[str, Any]:
@@ -422,9 +461,11 @@ def read_config_source(source: str | Path) -> tuple[dict[str, Any], str]:
     if str(source) not in names:
         raise ConfigError(
             f"--config: {str(source)!r} is neither a file nor a preset; presets: {', '.join(names)}"
-            + _suggest(str(source), names)
+            + suggest(str(source), names)
         )
-    text = resources.files("steadylm.configs").joinpath(f"{source}.toml").read_text(encoding="utf-8")
+    text = (
+        resources.files("steadylm.configs").joinpath(f"{source}.toml").read_text(encoding="utf-8")
+    )
     return _read_toml(text, f"preset {source}"), f"preset {source}"
 
 
@@ -434,7 +475,9 @@ def parse_override(item: str) -> tuple[str, str, Any]:
         raise ConfigError(f"--set {item!r}: expected section.key=value")
     dotted, raw = item.split("=", 1)
     if dotted.count(".") != 1:
-        raise ConfigError(f"--set {item!r}: expected section.key=value (one dot, e.g. model.n_layer=6)")
+        raise ConfigError(
+            f"--set {item!r}: expected section.key=value (one dot, e.g. model.n_layer=6)"
+        )
     section, key = (s.strip() for s in dotted.split("."))
     try:
         value = tomllib.loads(f"v = {raw}")["v"]

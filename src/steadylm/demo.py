@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from steadylm.errors import SteadyLMError
+from steadylm.status import RunStatus
 
 SPEC = "demo.toml"  # steadylm/experiments/demo.toml: what is trained, with why
 
@@ -67,7 +68,7 @@ def main() -> int:
     print(f"(at GPT-2 init, mu_TEV = 0.0200 and sigma_TEV = 0.02/sqrt(2d) = {0.02 / (2 * d) ** 0.5:.5f})")
     print(f"report  {html}")
     print(f"next    steadylm tev {out}/runs/*   |   steadylm sweep experiments/paper-cpu.toml --out runs/paper-cpu --jobs 2")
-    return 0 if all(e.status == "finished" for e in sweep.entries) else 1
+    return 0 if all(e.status == RunStatus.FINISHED for e in sweep.entries) else 1
 
 
 if __name__ == "__main__":

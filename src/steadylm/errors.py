@@ -11,3 +11,7 @@ class DataError(SteadyLMError):
 
 class CheckpointError(SteadyLMError):
     """A checkpoint that is missing, corrupt, or incompatible with the requested run."""
+
+
+class ConfigError(SteadyLMError):
+    """A configuration problem, phrased as one line for the user."""

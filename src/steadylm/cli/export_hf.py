@@ -13,7 +13,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "transformers' GPT2LMHeadModel.from_pretrained loads with equal logits. Only plain GPT-2 "
         "architectures can be exported (no MLRA, other norm layouts, σReparam, embedding norms, QK-norm).",
     )
-    p.add_argument("path", metavar="RUN|CHECKPOINT", help="a run directory (latest checkpoint) or a checkpoint folder")
+    p.add_argument(
+        "path",
+        metavar="RUN|CHECKPOINT",
+        help="a run directory (latest checkpoint) or a checkpoint folder",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
     p.set_defaults(func=run)
 

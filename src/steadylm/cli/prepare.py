@@ -33,5 +33,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"validation {len(data.val):,} tokens")
     docs = meta.get("documents", {})
     if docs:
-        print(f"documents  {len(docs.get('train', []))} train / {len(docs.get('val', []))} validation")
+        print(
+            f"documents  {len(docs.get('train', []))} train / {len(docs.get('val', []))} validation"
+        )
     return 0

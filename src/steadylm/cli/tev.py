@@ -26,9 +26,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint(s) to inspect")
-    p.add_argument("--json", action="store_true", help="print JSON: one object per PATH (a list for several)")
-    p.add_argument("--tensor", metavar="NAME", help="the embedding tensor's name, when it is not found by name")
-    p.add_argument("--top", type=int, default=0, metavar="K", help="list the K most and K least variable tokens")
+    p.add_argument(
+        "--json", action="store_true", help="print JSON: one object per PATH (a list for several)"
+    )
+    p.add_argument(
+        "--tensor", metavar="NAME", help="the embedding tensor's name, when it is not found by name"
+    )
+    p.add_argument(
+        "--top",
+        type=int,
+        default=0,
+        metavar="K",
+        help="list the K most and K least variable tokens",
+    )
     p.add_argument("--bins", type=int, default=12, metavar="N", help="histogram bins (default 12)")
     p.set_defaults(func=run)
 
@@ -37,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
     from steadylm.errors import SteadyLMError
 
     if args.top < 0 or args.bins < 1:
-        raise SteadyLMError(f"--top must be >= 0 and --bins >= 1 (got --top {args.top}, --bins {args.bins})")
+        raise SteadyLMError(
+            f"--top must be >= 0 and --bins >= 1 (got --top {args.top}, --bins {args.bins})"
+        )
     results = [inspect(path, args.tensor, args.top, args.bins) for path in args.paths]
     out = sys.stdout
     if args.json:
@@ -85,7 +97,10 @@ def inspect(path: str, tensor: str | None, top: int, bins: int) -> dict:
         order = tev.argsort(descending=True)
 
         def entries(ids):
-            return [{"id": i, "tev": tev[i].item(), "token": emb.decode(i) if emb.decode else None} for i in ids.tolist()]
+            return [
+                {"id": i, "tev": tev[i].item(), "token": emb.decode(i) if emb.decode else None}
+                for i in ids.tolist()
+            ]
 
         result["top"] = {"most": entries(order[:k]), "least": entries(order.flip(0)[:k])}
     return result
@@ -97,7 +112,11 @@ def format_one(r: dict) -> str:
         where += f", step {r['step']}"
     lines = [
         r["path"],
-        *([f"  checkpoint  {r['checkpoint']}"] if r["checkpoint"] and r["checkpoint"] != r["path"] else []),
+        *(
+            [f"  checkpoint  {r['checkpoint']}"]
+            if r["checkpoint"] and r["checkpoint"] != r["path"]
+            else []
+        ),
         f"  format      {where}",
         f"  tensor      {r['tensor']}  [{r['dtype']}, read as fp32]",
         f"  shape       {r['rows']} x {r['d_model']} (rows x d_model)",
@@ -121,7 +140,7 @@ def format_histogram(h: dict, width: int = 40) -> str:
     hi = [f"{e:.4g}" for e in edges[1:]]
     wl, wh, wc = max(map(len, lo)), max(map(len, hi)), len(str(peak))
     rows = []
-    for a, b, c in zip(lo, hi, counts):
+    for a, b, c in zip(lo, hi, counts, strict=True):
         bar = "#" * round(width * c / peak) if c else ""
         rows.append(f"  {a:>{wl}} - {b:<{wh}}  {c:>{wc}}  {bar}".rstrip())
     return "\n".join(rows)
@@ -141,14 +160,25 @@ def format_top(top: dict) -> str:
 def format_table(results: list[dict]) -> str:
     header = ["path", "format", "tensor", "dtype", "vocab", "d_model", "mu_TEV", "sigma_TEV"]
     rows = [
-        [r["path"], r["format"], r["tensor"], r["dtype"], str(r["vocab_size"]), str(r["d_model"]),
-         f"{r['mu_tev']:.6g}", f"{r['sigma_tev']:.6g}"]
+        [
+            r["path"],
+            r["format"],
+            r["tensor"],
+            r["dtype"],
+            str(r["vocab_size"]),
+            str(r["d_model"]),
+            f"{r['mu_tev']:.6g}",
+            f"{r['sigma_tev']:.6g}",
+        ]
         for r in results
     ]
-    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=True)]
     numeric = {4, 5, 6, 7}
 
     def line(cells):
-        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)]) + "\n"

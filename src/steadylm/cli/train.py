@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from steadylm.config import load_config
+    from steadylm.status import RunStatus
     from steadylm.train.trainer import Trainer
 
     out = Path(args.out)
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(source, args.overrides)
     result = Trainer(cfg, out, resume=args.resume, progress=not args.no_progress, stop_at=args.stop_at).fit()
     print(summary(result))
-    return 0 if result.status in ("finished", "stopped") else 1
+    return 0 if result.status in (RunStatus.FINISHED, RunStatus.STOPPED) else 1
 
 
 def summary(result) -> str:

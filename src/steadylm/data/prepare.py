@@ -16,16 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from steadylm.config import DataConfig
 from steadylm.data.cache import cache_dir
-from steadylm.fsutil import atomic_dir, atomic_write
 from steadylm.data.corpus import (
     DEFAULT_CORPUS_VERSION,
     DEFAULT_SOURCES,
@@ -38,6 +37,7 @@ from steadylm.data.corpus import (
 from steadylm.data.shards import read_shard, write_shard
 from steadylm.data.tokenizer import Tokenizer, bpe_size, build_tokenizer
 from steadylm.errors import DataError
+from steadylm.fsutil import atomic_dir, atomic_write
 
 # Bump when the folder's layout or the packing changes, so older folders are not reused.
 FORMAT_VERSION = 1
@@ -115,15 +115,23 @@ def load_prepared(dir: Path | str) -> PreparedData:
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise DataError(f"{folder}: not a prepared dataset (meta.json: {e}); run `steadylm prepare`") from None
+        raise DataError(
+            f"{folder}: not a prepared dataset (meta.json: {e}); run `steadylm prepare`"
+        ) from None
     if meta.get("format") != FORMAT_VERSION:
-        raise DataError(f"{folder}: dataset format {meta.get('format')}, this steadylm reads {FORMAT_VERSION}")
+        raise DataError(
+            f"{folder}: dataset format {meta.get('format')}, this steadylm reads {FORMAT_VERSION}"
+        )
     tok = Tokenizer.load(folder / "tokenizer.json")
     if tok.fingerprint() != meta["tokenizer_fingerprint"]:
-        raise DataError(f"{folder}: tokenizer.json does not match meta.json; delete the folder and prepare again")
+        raise DataError(
+            f"{folder}: tokenizer.json does not match meta.json; delete the folder and prepare again"
+        )
     train, val = read_shard(folder / "train.bin"), read_shard(folder / "val.bin")
     if (train.size, val.size) != (meta["n_train_tokens"], meta["n_val_tokens"]):
-        raise DataError(f"{folder}: token counts differ from meta.json; delete the folder and prepare again")
+        raise DataError(
+            f"{folder}: token counts differ from meta.json; delete the folder and prepare again"
+        )
     return PreparedData(folder, train, val, tok, meta)
 
 
@@ -137,22 +145,30 @@ def _sources(use_default: bool, files: list[Path]) -> list[dict]:
         ]
     for file in files:
         stat = file.stat()
-        sources.append({"file": str(file.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+        sources.append(
+            {"file": str(file.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        )
     return sources
 
 
-def encode_documents(tok: Tokenizer, docs: list[Document], progress: bool = False, desc: str = "") -> np.ndarray:
+def encode_documents(
+    tok: Tokenizer, docs: list[Document], progress: bool = False, desc: str = ""
+) -> np.ndarray:
     """The packed token stream of `docs`: `<|endoftext|>` then the document's ids, for each document.
 
     uint16 when the vocabulary fits, else uint32.
     """
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
-    pieces = [(i == 0, piece) for doc in docs for i, piece in enumerate(_pieces(doc.text, PIECE_CHARS))]
+    pieces = [
+        (i == 0, piece) for doc in docs for i, piece in enumerate(_pieces(doc.text, PIECE_CHARS))
+    ]
     parts = []
     with tqdm(total=sum(len(p) for _, p in pieces), desc=f"tokenizing {desc}".strip(), unit="char",
               unit_scale=True, disable=not progress) as bar:  # fmt: skip
         for batch in _batches(pieces, BATCH_CHARS):
-            for (starts_document, _), ids in zip(batch, tok.encode_batch([p for _, p in batch])):
+            for (starts_document, _), ids in zip(
+                batch, tok.encode_batch([p for _, p in batch]), strict=True
+            ):
                 if starts_document:
                     parts.append(np.array([tok.eot_id], dtype))
                 parts.append(np.array(ids, dtype))

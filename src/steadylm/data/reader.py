@@ -7,7 +7,7 @@ or world size, so the data a run sees depends only on the seed, never on how it 
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -27,7 +27,9 @@ def _n_windows(tokens: np.ndarray, block_size: int, what: str) -> int:
     return n
 
 
-def _windows(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _windows(
+    tokens: np.ndarray, starts: np.ndarray, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     rows = np.stack([tokens[s : s + block_size + 1] for s in starts]).astype(np.int64)
     batch = torch.from_numpy(rows)
     return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
@@ -69,7 +71,9 @@ class SequenceReader:
                 self.epoch, self.position = self.epoch + 1, 0
         return np.concatenate(parts)
 
-    def next_batch(self, batch_size: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(
+        self, batch_size: int, rank: int = 0, world_size: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's share of the next global batch of `batch_size` sequences.
 
         Rank r gets the r-th contiguous slice of batch_size // world_size sequences as int64 tensors
@@ -78,7 +82,9 @@ class SequenceReader:
         are exactly the batch a single process would draw.
         """
         if batch_size < 1 or world_size < 1 or batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} must be a positive multiple of world_size {world_size}")
+            raise ValueError(
+                f"batch_size {batch_size} must be a positive multiple of world_size {world_size}"
+            )
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
         share = batch_size // world_size
@@ -123,7 +129,9 @@ def eval_sequences(
     most one, so sum losses and token counts per rank and all-reduce once at the end.
     """
     if max_sequences < 1 or batch_size < 1:
-        raise ValueError(f"max_sequences ({max_sequences}) and batch_size ({batch_size}) must be >= 1")
+        raise ValueError(
+            f"max_sequences ({max_sequences}) and batch_size ({batch_size}) must be >= 1"
+        )
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, {world_size})")
     n = min(max_sequences, _n_windows(tokens, block_size, "validation"))

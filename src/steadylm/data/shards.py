@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from steadylm.fsutil import atomic_write
 from steadylm.errors import DataError
+from steadylm.fsutil import atomic_write
 
 MAGIC = 0x4D4C5453  # b"STLM" read as a little-endian u32
 VERSION = 1
 HEADER_BYTES = 1024
 _HEADER = np.dtype([("magic", "<u4"), ("version", "<u4"), ("itemsize", "<u4"), ("reserved", "<u4"),
                     ("count", "<u8")])  # fmt: skip
-_DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
+_DTYPES: dict[int, np.dtype] = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 
 
 def write_shard(path: Path | str, tokens: np.ndarray) -> None:
@@ -29,7 +29,9 @@ def write_shard(path: Path | str, tokens: np.ndarray) -> None:
     """
     tokens = np.asarray(tokens)
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"tokens must be a 1-D integer array, got shape {tokens.shape} {tokens.dtype}")
+        raise ValueError(
+            f"tokens must be a 1-D integer array, got shape {tokens.shape} {tokens.dtype}"
+        )
     if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**32):
         raise ValueError(f"token ids must be in [0, 2**32), got [{tokens.min()}, {tokens.max()}]")
     dtype = _DTYPES[2] if tokens.size == 0 or tokens.max() < 2**16 else _DTYPES[4]
@@ -37,7 +39,7 @@ def write_shard(path: Path | str, tokens: np.ndarray) -> None:
     header[0] = (MAGIC, VERSION, dtype.itemsize, 0, tokens.size)
     with atomic_write(path) as f:
         f.write(header.tobytes().ljust(HEADER_BYTES, b"\0"))
-        f.write(np.ascontiguousarray(tokens, dtype=dtype).data)  # no extra copy when already in dtype
+        f.write(np.ascontiguousarray(tokens, dtype=dtype).data)  # no copy when already in dtype
 
 
 def read_shard(path: Path | str) -> np.ndarray:
@@ -47,14 +49,22 @@ def read_shard(path: Path | str) -> np.ndarray:
         raise DataError(f"{path}: no such token shard")
     size = path.stat().st_size
     if size < HEADER_BYTES:
-        raise DataError(f"{path}: truncated token shard ({size} bytes, shorter than its {HEADER_BYTES}-byte header)")
+        raise DataError(
+            f"{path}: truncated token shard ({size} bytes, shorter than its {HEADER_BYTES}-byte header)"
+        )
     header = np.fromfile(path, dtype=_HEADER, count=1)[0]
     if header["magic"] != MAGIC:
-        raise DataError(f"{path}: not a steadylm token shard (bad magic number); prepare the data again")
+        raise DataError(
+            f"{path}: not a steadylm token shard (bad magic number); prepare the data again"
+        )
     if header["version"] != VERSION:
-        raise DataError(f"{path}: token shard format version {header['version']}; this steadylm reads {VERSION}")
+        raise DataError(
+            f"{path}: token shard format version {header['version']}; this steadylm reads {VERSION}"
+        )
     if int(header["itemsize"]) not in _DTYPES:
-        raise DataError(f"{path}: corrupt token shard header ({header['itemsize']} bytes per token; valid: 2, 4)")
+        raise DataError(
+            f"{path}: corrupt token shard header ({header['itemsize']} bytes per token; valid: 2, 4)"
+        )
     dtype = _DTYPES[int(header["itemsize"])]
     count = int(header["count"])
     expected = HEADER_BYTES + count * dtype.itemsize

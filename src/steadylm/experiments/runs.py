@@ -23,9 +23,17 @@ from steadylm.train.metrics import read_metrics
 
 # The keys that make a recipe, for naming runs that do not come from a sweep.
 RECIPE_KEYS = (
-    ("model", "attention"), ("model", "mlra_mode"), ("model", "mlra_rank"), ("model", "mlra_init"),
-    ("model", "mlra_out"), ("model", "qkv_init_scale"), ("model", "norm_layout"), ("model", "embed_norm"),
-    ("model", "reparam"), ("model", "qk_norm"), ("train", "z_loss"),
+    ("model", "attention"),
+    ("model", "mlra_mode"),
+    ("model", "mlra_rank"),
+    ("model", "mlra_init"),
+    ("model", "mlra_out"),
+    ("model", "qkv_init_scale"),
+    ("model", "norm_layout"),
+    ("model", "embed_norm"),
+    ("model", "reparam"),
+    ("model", "qk_norm"),
+    ("train", "z_loss"),
 )
 _DEFAULTS = {"model": ModelConfig(), "train": TrainConfig()}
 # Grid keys shown as their own axes rather than folded into the variant's label.
@@ -78,7 +86,7 @@ class Run:
         pts = [(r["step"], num(r[key])) for r in self.rows if key in r]
         if not pts:
             return np.zeros(0, dtype=int), np.zeros(0)
-        steps, values = zip(*pts)
+        steps, values = zip(*pts, strict=True)
         return np.asarray(steps, dtype=int), np.asarray(values, dtype=float)
 
     def last(self, key: str) -> float | None:
@@ -153,7 +161,9 @@ def load_run(run_dir: Path, name: str | None = None, index: dict[str, Any] | Non
 
     if index:
         variant = index.get("variant") or recipe_label(config)
-        extra = [f"{k.split('.')[-1]}={v}" for k, v in index.get("grid", {}).items() if k not in AXES]
+        extra = [
+            f"{k.split('.')[-1]}={v}" for k, v in index.get("grid", {}).items() if k not in AXES
+        ]
         variant = " ".join([variant, *extra])
     else:
         variant = recipe_label(config)
@@ -164,7 +174,11 @@ def load_run(run_dir: Path, name: str | None = None, index: dict[str, Any] | Non
             events.append(r)
         elif "step" in r:
             rows[int(r["step"])] = r  # the last line of a step wins, should a log hold it twice
-    status = read_status(run_dir).get("status") or index.get("status") or ("unknown" if rows else "not started")
+    status = (
+        read_status(run_dir).get("status")
+        or index.get("status")
+        or ("unknown" if rows else "not started")
+    )
     depth, lr, seed = pick("model.n_layer"), pick("train.lr"), pick("train.seed")
     return Run(
         name=name or run_dir.name,
@@ -174,7 +188,9 @@ def load_run(run_dir: Path, name: str | None = None, index: dict[str, Any] | Non
         lr=float(lr) if lr is not None else None,
         seed=int(seed) if seed is not None else None,
         status=status,
-        error=index.get("error") or read_status(run_dir).get("reason") or read_status(run_dir).get("error"),
+        error=index.get("error")
+        or read_status(run_dir).get("reason")
+        or read_status(run_dir).get("error"),
         rows=[rows[s] for s in sorted(rows)],
         events=events,
         config=config,
@@ -194,7 +210,9 @@ def load_runs(folders: list[str | Path]) -> list[Run]:
         elif (folder / "config.toml").is_file():
             runs.append(load_run(folder))
         elif folder.is_dir() and any((sub / "config.toml").is_file() for sub in folder.iterdir()):
-            runs += [load_run(sub) for sub in sorted(folder.iterdir()) if (sub / "config.toml").is_file()]
+            runs += [
+                load_run(sub) for sub in sorted(folder.iterdir()) if (sub / "config.toml").is_file()
+            ]
         else:
             raise SteadyLMError(
                 f"{folder}: not a sweep (index.jsonl), a run (config.toml) or a folder of runs"
@@ -202,5 +220,9 @@ def load_runs(folders: list[str | Path]) -> list[Run]:
     names = [r.name for r in runs]
     for r in runs:  # the same run name from two sweeps: tell them apart
         if names.count(r.name) > 1:
-            r.name = f"{r.dir.parent.parent.name}/{r.name}" if r.dir.parent.name == "runs" else str(r.dir)
+            r.name = (
+                f"{r.dir.parent.parent.name}/{r.name}"
+                if r.dir.parent.name == "runs"
+                else str(r.dir)
+            )
     return runs

@@ -17,6 +17,10 @@
     "model.attention" = "mlra"
     "model.mlra_init" = "variance_preserving"
 
+    [sweep.launcher]           # used by --launcher submitit only (see docs/compare.md)
+    partition = "gpu"          # also: account, time (minutes), nodes, gpus, procs, cpus, mem_gb
+    gpus = 4                   # per node; a run over several processes runs under torchrun
+
 Keys are `section.key` as in `--set`, quoted or as TOML dotted keys (`model.n_layer = [4, 8]`).
 Runs are variants x grid x seeds, named from what varies, e.g. `mlra-n_layer8-lr3e-3-s1`.
 A key belongs to one of set, grid or variants, so no run depends on which of them wins.
@@ -25,9 +29,7 @@ A key belongs to one of set, grid or variants, so no run depends on which of the
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
-import json
 import math
 import re
 import tomllib
@@ -35,26 +37,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steadylm.config import SECTIONS, Config, load_config, preset_names
+from steadylm.config import SECTIONS, Config, load_config, preset_names, toml_value
 from steadylm.errors import SteadyLMError
+from steadylm.experiments.submit import launcher_config
+from steadylm.registry import suggest
 
-SWEEP_KEYS = ("base", "seeds", "order", "set", "grid", "variants")
+SWEEP_KEYS = ("base", "seeds", "order", "set", "grid", "variants", "launcher")
 # "recipes-first": variants outermost and seeds innermost, so a partial sweep covers every recipe
 # early; "seeds-first": seeds outermost, so a partial sweep holds complete seed replicates (paired
 # comparisons need every arm of a seed).
 ORDERS = ("recipes-first", "seeds-first")
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]*")
-
-
-def toml_value(v: Any) -> str:
-    """`v` as a TOML value that `--set` reads back unchanged."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)  # JSON's string escapes are valid TOML basic strings
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    return repr(v)  # int, float (inf and nan are TOML too)
 
 
 def short_float(x: float) -> str:
@@ -103,8 +96,13 @@ class RunPlan:
         return [f"{k}={toml_value(v)}" for k, v in self.overrides.items()]
 
     def index_fields(self) -> dict[str, Any]:
-        return {"name": self.name, "variant": self.variant, "grid": self.grid, "seed": self.seed,
-                "overrides": self.overrides}
+        return {
+            "name": self.name,
+            "variant": self.variant,
+            "grid": self.grid,
+            "seed": self.seed,
+            "overrides": self.overrides,
+        }
 
 
 @dataclass
@@ -117,19 +115,29 @@ class SweepSpec:
     grid: dict[str, list[Any]]
     variants: dict[str, dict[str, Any]]
     order: str = "recipes-first"
+    launcher: dict[str, Any] = dataclasses.field(default_factory=dict)  # [sweep.launcher], checked
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What makes two specs the same sweep: all but [sweep.launcher], which only says where
+        the runs train (a re-run may ask for more time or another partition)."""
+        sweep = {k: v for k, v in self.raw.get("sweep", {}).items() if k != "launcher"}
+        return {**self.raw, "sweep": sweep}
 
     def runs(self) -> list[RunPlan]:
         """Every run, in the spec's `order` (see ORDERS)."""
         varying = [k for k, values in self.grid.items() if len(values) > 1]
         labels = _short_labels(varying)
-        variants: list[tuple[str | None, dict[str, Any]]] = list(self.variants.items()) or [(None, {})]
+        variants: list[tuple[str | None, dict[str, Any]]] = list(self.variants.items()) or [
+            (None, {})
+        ]
         seeds: list[int | None] = list(self.seeds) if self.seeds is not None else [None]
         combos = list(itertools.product(variants, itertools.product(*self.grid.values()), seeds))
         if self.order == "seeds-first":
             combos.sort(key=lambda c: seeds.index(c[2]))  # stable: recipes keep their order within a seed
         plans = []
         for (variant, vset), values, seed in combos:
-            point = dict(zip(self.grid, values))
+            point = dict(zip(self.grid, values, strict=True))
             parts = [variant] if variant else []
             parts += [_name_part(labels[k], point[k]) for k in varying]
             parts += [f"s{seed}"] if seed is not None else []
@@ -161,7 +169,10 @@ class SweepSpec:
 def _short_labels(keys: list[str]) -> dict[str, str]:
     """`model.n_layer` -> `n_layer`, unless two varying keys end the same way."""
     tails = [k.split(".")[-1] for k in keys]
-    return {k: t if tails.count(t) == 1 else k.replace(".", "_") for k, t in zip(keys, tails)}
+    return {
+        k: t if tails.count(t) == 1 else k.replace(".", "_")
+        for k, t in zip(keys, tails, strict=True)
+    }
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -182,14 +193,16 @@ def _check_key(where: str, key: str) -> None:
         raise SteadyLMError(f"{where} {key!r}: expected section.key, e.g. model.n_layer")
     section, name = parts
     if section not in SECTIONS:
-        close = difflib.get_close_matches(section, list(SECTIONS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SteadyLMError(f"{where} {key}: unknown section {section!r}; sections: {', '.join(SECTIONS)}{hint}")
+        raise SteadyLMError(
+            f"{where} {key}: unknown section {section!r}; sections: {', '.join(SECTIONS)}"
+            + suggest(section, SECTIONS)
+        )
     fields = [f.name for f in dataclasses.fields(SECTIONS[section])]
     if name not in fields:
-        close = difflib.get_close_matches(name, fields, n=1)
-        hint = f" (did you mean {section}.{close[0]}?)" if close else ""
-        raise SteadyLMError(f"{where} {key}: unknown key; keys of [{section}]: {', '.join(fields)}{hint}")
+        raise SteadyLMError(
+            f"{where} {key}: unknown key; keys of [{section}]: {', '.join(fields)}"
+            + suggest(name, fields)
+        )
 
 
 def _table(where: str, value: Any) -> dict[str, Any]:
@@ -209,14 +222,14 @@ def _resolve_base(path: Path, base: Any) -> str:
     if base.endswith(".toml") or "/" in base:
         file = (path.parent / base).resolve()
         if not file.is_file():
-            raise SteadyLMError(f"{path}: [sweep] base: no such file {str(file)!r} (paths are relative to the spec)")
+            raise SteadyLMError(
+                f"{path}: [sweep] base: no such file {str(file)!r} (paths are relative to the spec)"
+            )
         return str(file)
     if base not in preset_names():
-        close = difflib.get_close_matches(base, preset_names(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise SteadyLMError(
             f"{path}: [sweep] base: {base!r} is neither a preset nor a .toml file; presets: "
-            f"{', '.join(preset_names())}{hint}"
+            f"{', '.join(preset_names())}" + suggest(base, preset_names())
         )
     return base
 
@@ -226,7 +239,9 @@ def _seeds(path: Path, seeds: Any) -> list[int] | None:
         return None
     ok = isinstance(seeds, list) and seeds and all(type(s) is int and s >= 0 for s in seeds)
     if not ok or len(set(seeds)) != len(seeds):
-        raise SteadyLMError(f"{path}: [sweep] seeds: expected a non-empty list of distinct integers >= 0, got {seeds!r}")
+        raise SteadyLMError(
+            f"{path}: [sweep] seeds: expected a non-empty list of distinct integers >= 0, got {seeds!r}"
+        )
     return seeds
 
 
@@ -240,9 +255,13 @@ def _grid(path: Path, raw: Any) -> dict[str, list[Any]]:
     grid = _table(f"{path}: [sweep.grid]", raw)
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
-            raise SteadyLMError(f"{path}: [sweep.grid] {key}: expected a non-empty list of values, got {values!r}")
+            raise SteadyLMError(
+                f"{path}: [sweep.grid] {key}: expected a non-empty list of values, got {values!r}"
+            )
         if any(values.count(v) > 1 for v in values):
-            raise SteadyLMError(f"{path}: [sweep.grid] {key}: a value is listed twice in {values!r}")
+            raise SteadyLMError(
+                f"{path}: [sweep.grid] {key}: a value is listed twice in {values!r}"
+            )
     return grid
 
 
@@ -258,6 +277,16 @@ def _variants(path: Path, raw: Any) -> dict[str, dict[str, Any]]:
             )
         out[name] = _table(f"{path}: [sweep.variants.{name}]", table)
     return out
+
+
+def _launcher(path: Path, raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise SteadyLMError(f"{path}: [sweep.launcher]: must be a table of key = value")
+    try:
+        launcher_config(raw)
+    except SteadyLMError as e:
+        raise SteadyLMError(f"{path}: {e}") from None
+    return raw
 
 
 def _check_disjoint(path: Path, spec: SweepSpec) -> None:
@@ -299,9 +328,10 @@ def parse_spec(path: str | Path) -> SweepSpec:
     sweep = raw["sweep"]
     unknown = sorted(set(sweep) - set(SWEEP_KEYS))
     if unknown:
-        close = difflib.get_close_matches(unknown[0], SWEEP_KEYS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SteadyLMError(f"{path}: [sweep] {unknown[0]}: unknown key; keys: {', '.join(SWEEP_KEYS)}{hint}")
+        raise SteadyLMError(
+            f"{path}: [sweep] {unknown[0]}: unknown key; keys: {', '.join(SWEEP_KEYS)}"
+            + suggest(unknown[0], SWEEP_KEYS)
+        )
     spec = SweepSpec(
         path=path,
         raw=raw,
@@ -311,6 +341,7 @@ def parse_spec(path: str | Path) -> SweepSpec:
         grid=_grid(path, sweep.get("grid", {})),
         variants=_variants(path, sweep.get("variants", {})),
         order=_order(path, sweep.get("order", "recipes-first")),
+        launcher=_launcher(path, sweep.get("launcher", {})),
     )
     _check_disjoint(path, spec)
     return spec

@@ -13,22 +13,24 @@ the rest start. A run that fails is recorded with its error and the sweep goes o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from steadylm.config import Config
 from steadylm.errors import SteadyLMError
 from steadylm.experiments.spec import RunPlan, SweepSpec
 from steadylm.fsutil import atomic_write
+from steadylm.status import RunStatus
 
-DONE = ("finished", "diverged")  # results: a re-run keeps them
 POLL_SECONDS = 0.2
 
 
@@ -41,7 +43,9 @@ def read_status(run_dir: Path) -> dict[str, Any]:
 
 def read_index(sweep_dir: Path) -> list[dict[str, Any]]:
     path = Path(sweep_dir) / "index.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 @dataclass
@@ -49,18 +53,25 @@ class Entry:
     plan: RunPlan
     cfg: Config
     run_dir: Path
-    status: str = "pending"
+    status: RunStatus = RunStatus.PENDING
     step: int = 0
     error: str | None = None
     seconds: float | None = None
+    job_id: str | None = None  # the cluster job that trains it (`--launcher submitit`)
 
     def record(self, root: Path) -> dict[str, Any]:
-        rec = {**self.plan.index_fields(), "status": self.status, "step": self.step,
-               "dir": str(self.run_dir.relative_to(root))}
+        rec = {
+            **self.plan.index_fields(),
+            "status": self.status,
+            "step": self.step,
+            "dir": str(self.run_dir.relative_to(root)),
+        }
         if self.error:
             rec["error"] = self.error
         if self.seconds is not None:
             rec["seconds"] = round(self.seconds, 1)
+        if self.job_id is not None:
+            rec["job_id"] = self.job_id
         return rec
 
     def resumable(self) -> bool:
@@ -74,15 +85,21 @@ class Sweep:
         self.spec = spec
         self.out = Path(out)
         # Resolving every config first: a typo in the last variant must not wait hours to surface.
-        self.entries = [Entry(plan, cfg, self.out / "runs" / plan.name) for plan, cfg in spec.resolve()]
+        self.entries = [
+            Entry(plan, cfg, self.out / "runs" / plan.name) for plan, cfg in spec.resolve()
+        ]
+        index = self.out / "index.jsonl"
+        jobs = {r["name"]: r.get("job_id") for r in read_index(self.out)} if index.is_file() else {}
         for e in self.entries:
+            e.job_id = jobs.get(e.plan.name)
             st = read_status(e.run_dir)
-            if st.get("status") in DONE:
-                e.status, e.step = st["status"], int(st.get("step", 0))
+            status = _status_of(st)
+            if status is not None and status.is_result:
+                e.status, e.step = status, int(st.get("step", 0))
 
     @property
     def todo(self) -> list[Entry]:
-        return [e for e in self.entries if e.status not in DONE]
+        return [e for e in self.entries if not e.status.is_result]
 
     # ------------------------------------------------------------------ files
 
@@ -91,13 +108,18 @@ class Sweep:
         if copy.is_file():
             import tomllib
 
-            if tomllib.loads(copy.read_text(encoding="utf-8")) != self.spec.raw:
+            old = dataclasses.replace(
+                self.spec, raw=tomllib.loads(copy.read_text(encoding="utf-8"))
+            )
+            if old.identity != self.spec.identity:
                 raise SteadyLMError(
                     f"--out: {self.out} holds a sweep of a different spec ({copy}); "
                     "re-run with that spec to continue it, or choose another folder"
                 )
         elif self.out.exists() and any(self.out.iterdir()):
-            raise SteadyLMError(f"--out: {self.out} already holds other files; choose an empty or new folder")
+            raise SteadyLMError(
+                f"--out: {self.out} already holds other files; choose an empty or new folder"
+            )
 
     def write_index(self) -> None:
         text = "".join(json.dumps(e.record(self.out)) + "\n" for e in self.entries)
@@ -118,15 +140,20 @@ class Sweep:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise SteadyLMError(f"--out: another sweep (or its runs) is still training in {self.out}") from None
+                raise SteadyLMError(
+                    f"--out: another sweep (or its runs) is still training in {self.out}"
+                ) from None
             yield fd
         finally:
             os.close(fd)
 
     # ------------------------------------------------------------------ running
 
-    def run(self, jobs: int = 1, progress: bool = True) -> bool:
-        """Train every run not done; returns False if the sweep was interrupted."""
+    def run(self, jobs: int = 1, progress: bool = True, launcher: Any = None) -> bool:
+        """Train every run not done; returns False if the sweep was interrupted.
+
+        `launcher` (a `submit.SubmititLauncher`) trains each run as a cluster job instead of here.
+        """
         self._check_out()
         (self.out / "runs").mkdir(parents=True, exist_ok=True)
         with self._locked() as lock:
@@ -136,6 +163,8 @@ class Sweep:
             bar = _progress(len(self.entries), len(self.entries) - len(self.todo), progress)
             try:
                 with _sigterm_as_interrupt():
+                    if launcher is not None:
+                        return launcher.run(self, bar)
                     if jobs == 1:
                         return self._sequential(bar)
                     return self._parallel(jobs, bar, lock)
@@ -146,7 +175,7 @@ class Sweep:
 
     def _finish(self, e: Entry, bar, started: float) -> None:
         e.seconds = time.perf_counter() - started
-        if e.status != "stopped":
+        if e.status != RunStatus.STOPPED:
             _announce(bar, e)
         self.write_index()
 
@@ -155,27 +184,36 @@ class Sweep:
 
         for e in self.todo:
             started = time.perf_counter()
-            e.status, e.error = "running", None
+            e.status, e.error = RunStatus.RUNNING, None
             self.write_index()
             _show(bar, [e])
             try:
                 result = Trainer(e.cfg, e.run_dir, resume=e.resumable(), progress=False).fit()
-                e.status, e.step = result.status, result.step
-                if result.status == "diverged":
+                e.status, e.step = RunStatus(result.status), result.step
+                if e.status == RunStatus.DIVERGED:
                     e.error = read_status(e.run_dir).get("reason")
             except KeyboardInterrupt:
-                e.status = "stopped"
+                e.status = RunStatus.STOPPED
                 raise
             except Exception as exc:  # a failed run is a result to record, not the end of the sweep
-                e.status, e.error = "failed", str(exc) if isinstance(exc, SteadyLMError) else f"{type(exc).__name__}: {exc}"
+                e.status, e.error = (
+                    RunStatus.FAILED,
+                    str(exc) if isinstance(exc, SteadyLMError) else f"{type(exc).__name__}: {exc}",
+                )
                 e.step = int(read_status(e.run_dir).get("step", 0))
             self._finish(e, bar, started)
-            if e.status == "stopped":  # SIGINT/SIGTERM: the trainer saved a checkpoint; stop here
+            if (
+                e.status == RunStatus.STOPPED
+            ):  # SIGINT/SIGTERM: the trainer saved a checkpoint; stop here
                 return False
         return True
 
     def _parallel(self, jobs: int, bar, lock: int | None) -> bool:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
         threads = str(max(1, cores // jobs))
         # Each process would otherwise start one thread per core and they would fight for them.
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
@@ -187,8 +225,12 @@ class Sweep:
                 if queue and len(running) < jobs:
                     while queue and len(running) < jobs:
                         e = queue.pop(0)
-                        running[self._spawn(e, env, lock)] = (e, time.perf_counter(), _log_size(self._log(e)))
-                        e.status, e.error = "running", None
+                        running[self._spawn(e, env, lock)] = (
+                            e,
+                            time.perf_counter(),
+                            _log_size(self._log(e)),
+                        )
+                        e.status, e.error = RunStatus.RUNNING, None
                         self.write_index()
                     # Only when the running set changes: every redraw is a line in a redirected log.
                     _show(bar, [e for e, _, _ in running.values()])
@@ -205,8 +247,10 @@ class Sweep:
             for proc, (e, started, log_start) in running.items():
                 proc.wait()
                 self._collect(e, proc.returncode, log_start)
-                if e.status == "failed":  # most likely our SIGTERM arrived before its handler was set
-                    e.status, e.error = "stopped", None
+                if (
+                    e.status == RunStatus.FAILED
+                ):  # most likely our SIGTERM arrived before its handler was set
+                    e.status, e.error = RunStatus.STOPPED, None
                 self._finish(e, bar, started)
             return False
         return True
@@ -214,31 +258,59 @@ class Sweep:
     def _log(self, e: Entry) -> Path:
         return self.out / "logs" / f"{e.plan.name}.log"
 
+    def train_args(self, e: Entry) -> list[str]:
+        """`steadylm train` arguments for run `e` (after `python -m steadylm`), resuming if it can."""
+        args = [
+            "train",
+            "--config",
+            self.spec.base,
+            *[a for o in e.plan.override_args() for a in ("--set", o)],
+            "--out",
+            str(e.run_dir),
+            "--no-progress",
+        ]
+        return args + ["--resume"] if e.resumable() else args
+
     def _spawn(self, e: Entry, env: dict[str, str], lock: int | None) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "steadylm", "train", "--config", self.spec.base,
-               *[a for o in e.plan.override_args() for a in ("--set", o)],
-               "--out", str(e.run_dir), "--no-progress"]
-        if e.resumable():
-            cmd.append("--resume")
-        log = open(self._log(e), "ab")
-        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
-        log.flush()
-        try:
-            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    pass_fds=(lock,) if lock is not None else ())
-        finally:
-            log.close()
+        cmd = [sys.executable, "-m", "steadylm", *self.train_args(e)]
+        with open(self._log(e), "ab") as log:  # the child keeps its own copy of the descriptor
+            log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
+            log.flush()
+            return subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                pass_fds=(lock,) if lock is not None else (),
+            )
 
     def _collect(self, e: Entry, code: int, log_start: int) -> None:
-        st = read_status(e.run_dir)
-        e.step = int(st.get("step", 0))
-        status = st.get("status")
-        if status in DONE or (code == 0 and status == "stopped"):
-            # status.json is written last: a run killed after it (at exit) is still complete.
-            e.status, e.error = status, st.get("reason") if status == "diverged" else None
-        else:
+        if not collect_status(e, code == 0):
             tail = _last_line(self._log(e), log_start)
-            e.status, e.error = "failed", f"exit code {code}" + (f": {tail}" if tail else "")
+            e.status, e.error = (
+                RunStatus.FAILED,
+                f"exit code {code}" + (f": {tail}" if tail else ""),
+            )
+
+
+def _status_of(st: dict[str, Any]) -> RunStatus | None:
+    try:
+        return RunStatus(st.get("status", ""))
+    except ValueError:
+        return None
+
+
+def collect_status(e: Entry, exited_cleanly: bool) -> bool:
+    """Take the outcome of a run trained elsewhere from its status.json; False if it failed
+    without saying so (the caller records why)."""
+    st = read_status(e.run_dir)
+    e.step = int(st.get("step", 0))
+    status = _status_of(st)
+    if status is None or not (status.is_result or (exited_cleanly and status == RunStatus.STOPPED)):
+        return False
+    # status.json is written last: a run killed after it (at exit) is still complete.
+    e.status, e.error = status, st.get("reason") if status == RunStatus.DIVERGED else None
+    return True
 
 
 def _log_size(path: Path) -> int:
@@ -249,7 +321,11 @@ def _last_line(path: Path, start: int) -> str:
     """The last non-empty line this attempt wrote (its error message, for a failed run)."""
     with open(path, "rb") as f:
         f.seek(start)
-        lines = [ln for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip() and not ln.startswith("===")]
+        lines = [
+            ln
+            for ln in f.read().decode("utf-8", "replace").splitlines()
+            if ln.strip() and not ln.startswith("===")
+        ]
     return lines[-1].strip() if lines else ""
 
 
@@ -270,7 +346,7 @@ def _announce(bar, e: Entry) -> None:
     if bar is None:
         return
     bar.update(1)
-    if e.status != "finished":
+    if e.status != RunStatus.FINISHED:
         bar.write(f"{e.plan.name}: {e.status}" + (f" ({e.error})" if e.error else ""))
 
 

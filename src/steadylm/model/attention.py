@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from steadylm.config import ModelConfig
 from steadylm.model.norms import INIT_STD, NormLayout, layer_norm
 from steadylm.model.reparam import linear, sigma_reparam
+from steadylm.registry import Registry
 
 QKV = ("q", "k", "v")
 
@@ -57,7 +58,8 @@ class CausalSelfAttention(nn.Module):
         # so attention logits cannot grow with the weights' norm.
         self.q_norm = layer_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
         self.k_norm = layer_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
-        self.ln_sub = layer_norm(cfg, cfg.n_embd) if layout.sub_ln else None  # Magneto's, before the output projection
+        # Magneto's, before the output projection
+        self.ln_sub = layer_norm(cfg, cfg.n_embd) if layout.sub_ln else None
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def _build_projections(self, cfg: ModelConfig) -> None:
@@ -81,11 +83,10 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )  # (B, nh, T, hs)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         if self.ln_sub is not None:
             y = self.ln_sub(y)
@@ -97,7 +98,7 @@ class MultiHeadAttention(CausalSelfAttention):
 
     def _build_projections(self, cfg: ModelConfig) -> None:
         C = cfg.n_embd
-        self.c_attn = linear(cfg, C, 3 * C, bias=cfg.bias, blocks=3)  # q, k, v stacked: three matrices
+        self.c_attn = linear(cfg, C, 3 * C, bias=cfg.bias, blocks=3)  # q, k, v stacked
         self.c_proj = linear(cfg, C, C, bias=cfg.bias)
 
     def qkv(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,7 +112,7 @@ class MultiHeadAttention(CausalSelfAttention):
         C = self.n_embd
         for i, role in enumerate(QKV):  # qkv_init_scale: the init control for MLRA's small product
             std = layout.weight_std(role, C, C) * self.config.qkv_init_scale
-            self.c_attn.weight[i * C:(i + 1) * C].normal_(0.0, std)
+            self.c_attn.weight[i * C : (i + 1) * C].normal_(0.0, std)
         self.c_proj.weight.normal_(0.0, layout.weight_std("attn_out", C, C))
         _zero_biases(self)
 
@@ -120,7 +121,9 @@ class GroupedLinear(nn.Module):
     """G independent linear maps on G equal slices of the last dimension: (..., G·in) -> (..., G·out).
     The weight is (G, out, in), each slice like an nn.Linear weight; the bias is (G·out)."""
 
-    def __init__(self, cfg: ModelConfig, groups: int, in_features: int, out_features: int, bias: bool):
+    def __init__(
+        self, cfg: ModelConfig, groups: int, in_features: int, out_features: int, bias: bool
+    ):
         super().__init__()
         self.groups, self.in_features, self.out_features = groups, in_features, out_features
         self.weight = nn.Parameter(torch.empty(groups, out_features, in_features))
@@ -129,12 +132,14 @@ class GroupedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight if self.sigma is None else self.sigma(self.weight)
-        y = torch.einsum("...gi,goi->...go", x.unflatten(-1, (self.groups, self.in_features)), w).flatten(-2)
+        y = torch.einsum(
+            "...gi,goi->...go", x.unflatten(-1, (self.groups, self.in_features)), w
+        ).flatten(-2)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
 def mlra_rank(cfg: ModelConfig) -> int:
-    """`model.mlra_rank`, or the parameter-matched default of the mode (DESIGN §2)."""
+    """`model.mlra_rank`, or the parameter-matched default of the mode (module docstring)."""
     if cfg.mlra_rank:
         return cfg.mlra_rank
     if cfg.mlra_mode == "shared":
@@ -151,7 +156,13 @@ def _variance_preserving_factors(sigma: float, fan_in: int, rank: int) -> tuple[
 
 
 # model.mlra_init -> (std of W_down, std of W_up) for a full-matrix std σ (module docstring)
-MLRA_INITS = {"gpt2": _gpt2_factors, "variance_preserving": _variance_preserving_factors}
+MLRA_INITS = Registry(
+    "model.mlra_init", {"gpt2": _gpt2_factors, "variance_preserving": _variance_preserving_factors}
+)
+# model.mlra_mode -> how many factorisations each projection has: one, or one per head
+MLRA_MODES = Registry(
+    "model.mlra_mode", {"shared": lambda cfg: 1, "per_head": lambda cfg: cfg.n_head}
+)
 
 
 class MultiHeadLowRankAttention(CausalSelfAttention):
@@ -165,13 +176,13 @@ class MultiHeadLowRankAttention(CausalSelfAttention):
     def _build_projections(self, cfg: ModelConfig) -> None:
         C, hs = cfg.n_embd, cfg.head_dim
         self.rank = r = mlra_rank(cfg)
-        self.factor_groups = g = 1 if cfg.mlra_mode == "shared" else cfg.n_head
+        self.factor_groups = g = MLRA_MODES[cfg.mlra_mode](cfg)
         self.c_attn_down = linear(cfg, C, 3 * g * r, bias=False, blocks=3 * g)
         self.c_attn_up = GroupedLinear(cfg, 3 * g, r, C // g, bias=cfg.bias)
         if not cfg.mlra_out:
             self.c_proj = linear(cfg, C, C, bias=cfg.bias)
         elif g == 1:
-            self.c_proj_down = linear(cfg, C, r, bias=False)
+            self.c_proj_down: nn.Linear | GroupedLinear = linear(cfg, C, r, bias=False)
             self.c_proj_up = linear(cfg, r, C, bias=cfg.bias)
         else:
             self.c_proj_down = GroupedLinear(cfg, g, hs, r, bias=False)
@@ -193,7 +204,7 @@ class MultiHeadLowRankAttention(CausalSelfAttention):
         for i, role in enumerate(QKV):
             s_down, s_up = factor_stds(layout.weight_std(role, C, C), C, r)
             down[i].normal_(0.0, s_down)
-            self.c_attn_up.weight[i * g:(i + 1) * g].normal_(0.0, s_up)
+            self.c_attn_up.weight[i * g : (i + 1) * g].normal_(0.0, s_up)
         sigma_out = layout.weight_std("attn_out", C, C)
         if not self.config.mlra_out:
             self.c_proj.weight.normal_(0.0, sigma_out)
@@ -210,7 +221,9 @@ def _zero_biases(module: nn.Module) -> None:
             p.zero_()
 
 
-ATTENTION = {"mha": MultiHeadAttention, "mlra": MultiHeadLowRankAttention}
+ATTENTION = Registry(
+    "model.attention", {"mha": MultiHeadAttention, "mlra": MultiHeadLowRankAttention}
+)
 
 
 def build_attention(cfg: ModelConfig, layout: NormLayout) -> CausalSelfAttention:

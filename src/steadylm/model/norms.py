@@ -19,11 +19,13 @@ Layouts (N = model.n_layer):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch.nn as nn
 
 from steadylm.config import ModelConfig
+from steadylm.registry import Registry
 
 INIT_STD = 0.02  # GPT-2's N(0, 0.02²), also used for the token and position embeddings
 
@@ -54,19 +56,38 @@ class NormLayout:
         return gain * math.sqrt(2.0 / (fan_in + fan_out))  # Xavier normal
 
 
+# model.norm_layout -> the layout for N blocks
+NORM_LAYOUTS: Registry[Callable[[int], NormLayout]] = Registry(
+    "model.norm_layout",
+    {
+        "pre_ln": lambda N: NormLayout(
+            N, post_norm=False, residual_scale=1.0, sub_ln=False, final_norm=True, xavier_gain=None
+        ),
+        "post_ln": lambda N: NormLayout(
+            N, post_norm=True, residual_scale=1.0, sub_ln=False, final_norm=False, xavier_gain=None
+        ),
+        "sub_ln": lambda N: NormLayout(
+            N,
+            post_norm=False,
+            residual_scale=1.0,
+            sub_ln=True,
+            final_norm=True,
+            xavier_gain=math.sqrt(math.log(2 * N)),
+        ),
+        "deepnorm": lambda N: NormLayout(
+            N,
+            post_norm=True,
+            residual_scale=(2 * N) ** 0.25,
+            sub_ln=False,
+            final_norm=False,
+            xavier_gain=(8 * N) ** -0.25,
+        ),
+    },
+)
+
+
 def norm_layout(cfg: ModelConfig) -> NormLayout:
-    N = cfg.n_layer
-    layouts = {
-        "pre_ln": NormLayout(N, post_norm=False, residual_scale=1.0, sub_ln=False, final_norm=True, xavier_gain=None),
-        "post_ln": NormLayout(N, post_norm=True, residual_scale=1.0, sub_ln=False, final_norm=False, xavier_gain=None),
-        "sub_ln": NormLayout(
-            N, post_norm=False, residual_scale=1.0, sub_ln=True, final_norm=True, xavier_gain=math.sqrt(math.log(2 * N))
-        ),
-        "deepnorm": NormLayout(
-            N, post_norm=True, residual_scale=(2 * N) ** 0.25, sub_ln=False, final_norm=False, xavier_gain=(8 * N) ** -0.25
-        ),
-    }
-    return layouts[cfg.norm_layout]
+    return NORM_LAYOUTS[cfg.norm_layout](cfg.n_layer)
 
 
 @dataclass(frozen=True)
@@ -75,14 +96,20 @@ class EmbeddingRecipe:
     layer_norm: bool  # then layer-normalised (transformer.ln_emb)
 
 
+# model.embed_norm -> the recipe for width d
+EMBEDDING_RECIPES: Registry[Callable[[int], EmbeddingRecipe]] = Registry(
+    "model.embed_norm",
+    {
+        "none": lambda d: EmbeddingRecipe(scale=1.0, layer_norm=False),
+        "scaled": lambda d: EmbeddingRecipe(scale=math.sqrt(d), layer_norm=False),
+        "layernorm": lambda d: EmbeddingRecipe(scale=1.0, layer_norm=True),
+    },
+)
+
+
 def embedding_recipe(cfg: ModelConfig) -> EmbeddingRecipe:
     """`model.embed_norm`, after Takase et al. 2024 ("Spike No More"): `scaled` multiplies the
     embedding output by sqrt(d), `layernorm` layer-normalises it (also BLOOM's embedding LN).
     Both make the shortcut large next to the sub-layers at init. The embedding output is the
     sum token + position embedding, so the position signal keeps its share of it."""
-    recipes = {
-        "none": EmbeddingRecipe(scale=1.0, layer_norm=False),
-        "scaled": EmbeddingRecipe(scale=math.sqrt(cfg.n_embd), layer_norm=False),
-        "layernorm": EmbeddingRecipe(scale=1.0, layer_norm=True),
-    }
-    return recipes[cfg.embed_norm]
+    return EMBEDDING_RECIPES[cfg.embed_norm](cfg.n_embd)

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from steadylm.config import ModelConfig
+from steadylm.registry import Registry
 
 
 class SigmaReparam(nn.Module):
@@ -29,6 +30,9 @@ class SigmaReparam(nn.Module):
     The weight is (out, in) with out = blocks · rows (a stacked nn.Linear weight) or
     (blocks, rows, in) (a grouped weight); either way it is viewed as (blocks, rows, in).
     """
+
+    u: torch.Tensor  # buffers, declared for the type checker
+    v: torch.Tensor
 
     def __init__(self, weight_shape: torch.Size, blocks: int):
         super().__init__()
@@ -81,17 +85,26 @@ class SigmaReparamLinear(nn.Linear):
         return F.linear(x, self.sigma(self.weight), self.bias)
 
 
-def linear(cfg: ModelConfig, in_features: int, out_features: int, bias: bool, blocks: int = 1) -> nn.Linear:
+# model.reparam -> the state each weight carries (None: plain weights)
+REPARAMS: Registry[type[SigmaReparam] | None] = Registry(
+    "model.reparam", {"none": None, "sigma": SigmaReparam}
+)
+
+
+def linear(
+    cfg: ModelConfig, in_features: int, out_features: int, bias: bool, blocks: int = 1
+) -> nn.Linear:
     """The model's linear layer under `model.reparam`. `blocks`: how many independent matrices the
     weight stacks along its rows (3 for a fused Q/K/V projection)."""
-    if cfg.reparam == "sigma":
-        return SigmaReparamLinear(in_features, out_features, bias, blocks)
-    return nn.Linear(in_features, out_features, bias=bias)
+    if REPARAMS[cfg.reparam] is None:
+        return nn.Linear(in_features, out_features, bias=bias)
+    return SigmaReparamLinear(in_features, out_features, bias, blocks)
 
 
 def sigma_reparam(cfg: ModelConfig, weight_shape: torch.Size, blocks: int) -> SigmaReparam | None:
     """σReparam state for a weight that is not an nn.Linear (MLRA's grouped factors), or None."""
-    return SigmaReparam(weight_shape, blocks) if cfg.reparam == "sigma" else None
+    state = REPARAMS[cfg.reparam]
+    return None if state is None else state(weight_shape, blocks)
 
 
 def _reparametrised(model: nn.Module):

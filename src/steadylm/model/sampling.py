@@ -6,7 +6,13 @@ import torch
 
 
 @torch.no_grad()
-def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
+def generate(
+    model,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+) -> torch.Tensor:
     """Extend idx (B, T) by max_new_tokens sampled tokens; the context is cropped to block_size."""
     block_size = model.config.block_size
     for _ in range(max_new_tokens):

@@ -20,10 +20,12 @@ class BlockTaps:
         self.states: list[torch.Tensor | None] = [None] * (len(blocks) + 1)
         self._handles: list = []
 
-    def __enter__(self) -> "BlockTaps":
+    def __enter__(self) -> BlockTaps:
         self.states = [None] * (len(self.blocks) + 1)
         self._handles = [self.blocks[0].register_forward_pre_hook(self._input, with_kwargs=True)]
-        self._handles += [b.register_forward_hook(self._output(i + 1)) for i, b in enumerate(self.blocks)]
+        self._handles += [
+            b.register_forward_hook(self._output(i + 1)) for i, b in enumerate(self.blocks)
+        ]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -40,6 +42,7 @@ class BlockTaps:
     def _output(self, index: int):
         def hook(module, args, output):
             # Hugging Face blocks may return a tuple (hidden, attention weights, ...).
-            self.states[index] = self._keep(output[0] if isinstance(output, tuple) else output)  # (B, T, C)
+            hidden = output[0] if isinstance(output, tuple) else output  # (B, T, C)
+            self.states[index] = self._keep(hidden)
 
         return hook

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from steadylm import metric_names as M
 from steadylm.monitor.layout import block_name, model_layout
 
 
@@ -55,13 +56,13 @@ def max_attention_logit(
     kt = k.transpose(-2, -1)
     best = torch.full((), -math.inf, device=q.device)
     for start in range(0, L, chunk):
-        s = (q[..., start:start + chunk, :] @ kt) * scale  # (..., H, c, S)
+        s = (q[..., start : start + chunk, :] @ kt) * scale  # (..., H, c, S)
         rows = s.size(-2)
         if is_causal:
             i = torch.arange(start, start + rows, device=q.device)[:, None]
             s = s.masked_fill(torch.arange(S, device=q.device)[None, :] > i, -math.inf)
         if attn_mask is not None:
-            m = attn_mask if attn_mask.size(-2) == 1 else attn_mask[..., start:start + rows, :]
+            m = attn_mask if attn_mask.size(-2) == 1 else attn_mask[..., start : start + rows, :]
             s = s.masked_fill(~m, -math.inf) if m.dtype == torch.bool else s + m.float()
         best = torch.maximum(best, s.amax())
     return best
@@ -80,9 +81,14 @@ class _AttentionLogits(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention and self.block is not None:
             names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
-            a = dict(zip(names, args)) | kwargs
+            a = dict(zip(names, args, strict=False)) | kwargs  # positional args: a prefix of names
             m = max_attention_logit(
-                a["query"], a["key"], a.get("attn_mask"), bool(a.get("is_causal", False)), a.get("scale"), self.chunk
+                a["query"],
+                a["key"],
+                a.get("attn_mask"),
+                bool(a.get("is_causal", False)),
+                a.get("scale"),
+                self.chunk,
             )
             prev = self.per_block.get(self.block)
             self.per_block[self.block] = m if prev is None else torch.maximum(prev, m)
@@ -122,8 +128,12 @@ class ActivationMonitor:
         mode = _AttentionLogits(self.chunk)
         handles = []
         for i, block in enumerate(self.blocks):
-            handles.append(block.register_forward_pre_hook(lambda m, a, i=i: setattr(mode, "block", i)))
-            handles.append(block.register_forward_hook(lambda m, a, out, i=i: self._rms(rms, i, out, mode)))
+            handles.append(
+                block.register_forward_pre_hook(lambda m, a, i=i: setattr(mode, "block", i))
+            )
+            handles.append(
+                block.register_forward_hook(lambda m, a, out, i=i: self._rms(rms, i, out, mode))
+            )
         was_training = self.model.training
         self.model.eval()
         try:
@@ -133,11 +143,11 @@ class ActivationMonitor:
             self.model.train(was_training)
             for h in handles:
                 h.remove()
-        out = {f"rms/{block_name(i)}": v for i, v in sorted(rms.items())}
+        out = {M.per_layer(M.RMS, block_name(i)): v for i, v in sorted(rms.items())}
         if mode.per_block:
             for i, v in sorted(mode.per_block.items()):
-                out[f"attn_logit_max/{block_name(i)}"] = v
-            out["attn_logit_max"] = torch.stack(list(mode.per_block.values())).max()
+                out[M.per_layer(M.ATTN_LOGIT_MAX, block_name(i))] = v
+            out[M.ATTN_LOGIT_MAX] = torch.stack(list(mode.per_block.values())).max()
         logits = _logits(output)
         if logits is not None:
             logz = torch.logsumexp(logits.float(), dim=-1)
@@ -146,7 +156,9 @@ class ActivationMonitor:
 
     @staticmethod
     def _rms(store: dict[int, torch.Tensor], i: int, output, mode: _AttentionLogits) -> None:
-        mode.block = None  # sdpa calls outside any block (none in the usual models) are not attributed
+        mode.block = (
+            None  # sdpa calls outside any block (none in the usual models) are not attributed
+        )
         h = _hidden(output)
         if h is not None:
             store[i] = h.float().square().mean().sqrt()

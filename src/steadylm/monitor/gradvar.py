@@ -39,6 +39,7 @@ import time
 import torch
 import torch.nn as nn
 
+from steadylm import metric_names as M
 from steadylm.monitor.layout import model_layout
 
 
@@ -59,7 +60,9 @@ class GradVarianceMonitor:
 
     def __init__(self, model: nn.Module, blocks: nn.ModuleList | None = None):
         groups = model_layout(model, blocks).groups()
-        self._keys = ["grad_var_embed" if g == "embed" else f"grad_var/{g}" for g in groups]
+        self._keys = [
+            M.GRAD_VAR_EMBED if g == "embed" else M.per_layer(M.GRAD_VAR, g) for g in groups
+        ]
         self._params: list[nn.Parameter] = []
         self._group: list[int] = []
         for gi, params in enumerate(groups.values()):
@@ -95,10 +98,14 @@ class GradVarianceMonitor:
                     self._mean[i] = g
                     self._m2[i] = torch.zeros((), device=g.device)
                 else:
+                    mean, m2 = self._mean[i], self._m2[i]
+                    assert mean is not None and m2 is not None  # set at this entry's first gradient
                     # Welford: mean += d/n; M2 += d * (g - new_mean) = (1 - 1/n) * d^2, summed over entries.
-                    delta = g.sub_(self._mean[i])
-                    self._mean[i].add_(delta, alpha=1.0 / n)
-                    self._m2[i].add_(torch.linalg.vecdot(delta.flatten(), delta.flatten()), alpha=1.0 - 1.0 / n)
+                    delta = g.sub_(mean)
+                    mean.add_(delta, alpha=1.0 / n)
+                    m2.add_(
+                        torch.linalg.vecdot(delta.flatten(), delta.flatten()), alpha=1.0 - 1.0 / n
+                    )
             _sync(grad)
             self._seconds += time.perf_counter() - t0
 
@@ -113,7 +120,9 @@ class GradVarianceMonitor:
         self._handles = []
         k = max(self._n)
         if k < 2:
-            raise RuntimeError(f"gradient variance needs K >= 2 micro-batches with a backward pass; saw {k}")
+            raise RuntimeError(
+                f"gradient variance needs K >= 2 micro-batches with a backward pass; saw {k}"
+            )
         t0 = time.perf_counter()
         dev = next(m for m in self._mean if m is not None).device
         m2 = torch.zeros(len(self._keys), device=dev)
@@ -123,17 +132,20 @@ class GradVarianceMonitor:
             numel[gi] += p.numel()
             if n == 0:
                 continue  # never received a gradient: zero in every micro-batch, zero variance
-            extra = self._m2[i]
+            extra, mean = self._m2[i], self._mean[i]
+            assert extra is not None and mean is not None  # n > 0: it received a gradient
             if n < k:
                 # It got no gradient in k - n micro-batches: merge n observations with k - n zeros.
-                mean = self._mean[i].flatten()
-                extra = extra + torch.linalg.vecdot(mean, mean) * (n * (k - n) / k)
+                flat = mean.flatten()
+                extra = extra + torch.linalg.vecdot(flat, flat) * (n * (k - n) / k)
             m2[gi] += extra
         values = m2 / ((k - 1) * torch.tensor(numel, device=dev, dtype=torch.float32).clamp_min(1))
         self._mean, self._m2 = [], []  # free the buffers until the next reference step
         _sync(values)
         seconds = self._seconds + time.perf_counter() - t0
-        out: dict[str, torch.Tensor | float | int] = dict(zip(self._keys, values.unbind()))
-        out["grad_var_seconds"] = seconds
-        out["grad_var_k"] = k
+        out: dict[str, torch.Tensor | float | int] = dict(
+            zip(self._keys, values.unbind(), strict=True)
+        )
+        out[M.GRAD_VAR_SECONDS] = seconds
+        out[M.GRAD_VAR_K] = k
         return out

@@ -18,9 +18,12 @@ Per optimizer step::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 
+from steadylm import metric_names as M
 from steadylm.monitor.layout import model_layout
 
 
@@ -37,25 +40,28 @@ class ParamStatsMonitor:
         self._before: list[torch.Tensor] | None = None
         self._snapped = False
 
-    def _per_group(self, tensors: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+    def _per_group(self, tensors: Sequence[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
         # fp32 norms whatever the parameter dtypes: exact enough for bf16 and stackable across dtypes.
-        sq = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32)).square()
+        sq = torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float32)).square()
         return torch.zeros(len(self.names), device=self._device).index_add_(0, index, sq).sqrt()
 
     def _named(self, prefix: str, values: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {f"{prefix}/{n}": v for n, v in zip(self.names, values.unbind())}
+        return {M.per_layer(prefix, n): v for n, v in zip(self.names, values.unbind(), strict=True)}
 
     @torch.no_grad()
     def grad_norms(self) -> dict[str, torch.Tensor]:
         """`grad_norm/embed`, `grad_norm/h.N`: L2 norms of the current `.grad` (missing grads count 0)."""
         present = [i for i, p in enumerate(self._params) if p.grad is not None]
         if not present:
-            return self._named("grad_norm", torch.zeros(len(self.names), device=self._device))
+            return self._named(M.GRAD_NORM, torch.zeros(len(self.names), device=self._device))
         index = self._group_of if len(present) == len(self._params) else self._group_of[present]
-        return self._named("grad_norm", self._per_group([self._params[i].grad for i in present], index))
+        grads = [g for i in present if (g := self._params[i].grad) is not None]
+        return self._named(M.GRAD_NORM, self._per_group(grads, index))
 
     @torch.no_grad()
-    def grad_norms_with_total(self, params: list[nn.Parameter]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def grad_norms_with_total(
+        self, params: list[nn.Parameter]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """`grad_norms()` and the total gradient norm over `params` (all the model's parameters),
         reading each gradient once: the groups' norms are reused for the total, as gradient
         clipping needs it anyway."""
@@ -70,7 +76,7 @@ class ParamStatsMonitor:
     @torch.no_grad()
     def param_norms(self) -> dict[str, torch.Tensor]:
         """`param_norm/embed`, `param_norm/h.N`."""
-        return self._named("param_norm", self._per_group(self._params, self._group_of))
+        return self._named(M.PARAM_NORM, self._per_group(self._params, self._group_of))
 
     @torch.no_grad()
     def snapshot(self) -> None:
@@ -84,13 +90,15 @@ class ParamStatsMonitor:
     @torch.no_grad()
     def update_ratios(self) -> dict[str, torch.Tensor]:
         """`param_norm/G` (after the step) and `update_ratio/G` against the last `snapshot()`."""
-        if not self._snapped:
+        before = self._before
+        if not self._snapped or before is None:
             raise RuntimeError("update_ratios() needs snapshot() before optimizer.step()")
         self._snapped = False
-        old = self._per_group(self._before, self._group_of)
+        old = self._per_group(before, self._group_of)
         new = self._per_group(self._params, self._group_of)
-        torch._foreach_sub_(self._before, [p.detach() for p in self._params])  # now old - new, in place
-        delta = self._per_group(self._before, self._group_of)
-        out = self._named("param_norm", new)
-        out.update(self._named("update_ratio", delta / old))
+        # now old - new, in place
+        torch._foreach_sub_(before, tuple(p.detach() for p in self._params))
+        delta = self._per_group(before, self._group_of)
+        out = self._named(M.PARAM_NORM, new)
+        out.update(self._named(M.UPDATE_RATIO, delta / old))
         return out

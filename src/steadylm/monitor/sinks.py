@@ -30,7 +30,12 @@ class TensorBoardSink:
         for row in rows:
             step = row["step"]
             for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                if (
+                    key != "step"
+                    and isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and math.isfinite(value)
+                ):
                     self.writer.add_scalar(key, value, step)
         self.writer.flush()
 

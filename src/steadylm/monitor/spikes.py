@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import torch
 
-SIGNALS = ("loss", "grad_norm")
+from steadylm import metric_names as M
+
+SIGNALS = (M.LOSS, M.GRAD_NORM)
 
 
 class SpikeDetector:
@@ -33,7 +35,11 @@ class SpikeDetector:
             raise ValueError(f"window={window}: needs at least 2 values for a standard deviation")
         self.window = window
         self.sigma = float(sigma)
-        self.warmup = min(window, max(20, window // 2)) if warmup is None else max(2, min(int(warmup), window))
+        self.warmup = (
+            min(window, max(20, window // 2))
+            if warmup is None
+            else max(2, min(int(warmup), window))
+        )
         self.count = 0  # updates so far; host-side, identical on every rank
         self.values: torch.Tensor | None = None  # (2, window): loss and grad-norm ring buffers
 
@@ -44,7 +50,11 @@ class SpikeDetector:
             self.values = torch.zeros(len(SIGNALS), self.window, device=loss.device)
         elif self.values.device != loss.device:  # restored from a checkpoint on the CPU
             self.values = self.values.to(loss.device)
-        gn = loss if grad_norm is None else torch.as_tensor(grad_norm).detach().float().reshape(()).to(loss.device)
+        gn = (
+            loss
+            if grad_norm is None
+            else torch.as_tensor(grad_norm).detach().float().reshape(()).to(loss.device)
+        )
         x = torch.stack([loss, gn])  # (2,)
         finite = torch.isfinite(x)
         watched = slice(None) if grad_norm is not None else slice(0, 1)
@@ -65,6 +75,8 @@ class SpikeDetector:
         self.count = int(state["count"])
         v = state["values"]
         if v is not None and v.shape != (len(SIGNALS), self.window):
-            raise ValueError(f"spike window of shape {tuple(v.shape)} does not match window={self.window}")
+            raise ValueError(
+                f"spike window of shape {tuple(v.shape)} does not match window={self.window}"
+            )
         device = self.values.device if self.values is not None else "cpu"
         self.values = None if v is None else v.to(device, torch.float32).clone()

@@ -8,11 +8,13 @@ step without a host sync.
 
 from __future__ import annotations
 
-from typing import Callable
+import typing
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 
+from steadylm import metric_names as M
 from steadylm.monitor.layout import embedding_shape, is_factorised, model_layout
 
 
@@ -43,7 +45,9 @@ def tev_per_row_fast(weight: torch.Tensor, n_rows: int | None = None) -> torch.T
     return (mean_sq - mean.square()).clamp_min(0).sqrt()
 
 
-def tev_summary(weight: torch.Tensor, n_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def tev_summary(
+    weight: torch.Tensor, n_rows: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(mu_TEV, sigma_TEV) as 0-d fp32 tensors on the weight's device."""
     t = tev_per_row(weight, n_rows)
     return t.mean(), t.std(correction=0)
@@ -59,7 +63,9 @@ def tev_histogram(tev: torch.Tensor, bins: int = 20) -> tuple[torch.Tensor, torc
     width = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
     idx = ((tev - lo) / width * bins).long().clamp_(0, bins - 1)
     # index_add_ rather than bincount: bincount must read the maximum on the host to size its output.
-    counts = torch.zeros(bins, dtype=torch.long, device=tev.device).index_add_(0, idx, torch.ones_like(idx))
+    counts = torch.zeros(bins, dtype=torch.long, device=tev.device).index_add_(
+        0, idx, torch.ones_like(idx)
+    )
     edges = lo + width * torch.arange(bins + 1, device=tev.device, dtype=tev.dtype) / bins
     return counts, edges
 
@@ -95,12 +101,15 @@ WeightSource = nn.Module | torch.Tensor | Callable[[], torch.Tensor]
 
 def _getter(source: WeightSource) -> Callable[[], torch.Tensor]:
     if isinstance(source, nn.Module):
-        return lambda: source.weight
+        module = source
+        return lambda: typing.cast(torch.Tensor, module.weight)  # read each call: re-tying swaps it
     if isinstance(source, torch.Tensor):
         return lambda: source
     if callable(source):
         return source
-    raise TypeError(f"expected an nn.Embedding, a weight tensor or a callable returning the weight, got {type(source).__name__}")
+    raise TypeError(
+        f"expected an nn.Embedding, a weight tensor or a callable returning the weight, got {type(source).__name__}"
+    )
 
 
 def _masked_mean_std(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,7 +183,7 @@ class TEVMonitor:
     @classmethod
     def for_model(
         cls, model: nn.Module, vocab_size: int | None = None, row_groups: dict[str, torch.Tensor] | None = None
-    ) -> "TEVMonitor":
+    ) -> TEVMonitor:
         """A monitor on `model`'s input embedding, and its output head when that is untied."""
         layout = model_layout(model)
         return cls(layout.embedding, vocab_size, untied_head=layout.head, row_groups=row_groups)
@@ -193,12 +202,17 @@ class TEVMonitor:
         """
         tev = _tev_rows(self._source, self.vocab_size)
         seen_mean, seen_std = _masked_mean_std(tev, self.seen.to(tev.dtype))
-        out = {"tev_mean": tev.mean(), "tev_std": tev.std(correction=0), "tev_seen_mean": seen_mean, "tev_seen_std": seen_std}
+        out = {
+            M.TEV_MEAN: tev.mean(),
+            M.TEV_STD: tev.std(correction=0),
+            M.TEV_SEEN_MEAN: seen_mean,
+            M.TEV_SEEN_STD: seen_std,
+        }
         for name, weights in self.row_groups.items():
-            out[f"tev_mean/{name}"], out[f"tev_std/{name}"] = _masked_mean_std(tev, weights)
+            out[f"{M.TEV_MEAN}/{name}"], out[f"{M.TEV_STD}/{name}"] = _masked_mean_std(tev, weights)
         if self._head is not None:
             head = tev_per_row_fast(self._head(), self.vocab_size)
-            out["tev_head_mean"], out["tev_head_std"] = head.mean(), head.std(correction=0)
+            out[M.TEV_HEAD_MEAN], out[M.TEV_HEAD_STD] = head.mean(), head.std(correction=0)
         return out
 
     @torch.no_grad()
@@ -228,5 +242,7 @@ class TEVMonitor:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         seen = state["seen"]
         if seen.shape != self.seen.shape:
-            raise ValueError(f"seen mask has {seen.shape[0]} rows; this monitor watches {self.vocab_size}")
+            raise ValueError(
+                f"seen mask has {seen.shape[0]} rows; this monitor watches {self.vocab_size}"
+            )
         self.seen.copy_(seen.to(self.seen.device, torch.bool))

@@ -34,14 +34,11 @@ import torch
 from transformers import TrainerCallback
 
 from steadylm.monitor.activations import ActivationMonitor
+from steadylm.monitor.cadence import due
 from steadylm.monitor.gradvar import GradVarianceMonitor
 from steadylm.monitor.layout import unwrap
 from steadylm.monitor.params import ParamStatsMonitor
 from steadylm.monitor.tev import TEVMonitor
-
-
-def _due(every: int, step: int) -> bool:
-    return every > 0 and step % every == 0
 
 
 class SteadyLMCallback(TrainerCallback):
@@ -69,7 +66,7 @@ class SteadyLMCallback(TrainerCallback):
         self._hook = None
         self._last_ids: torch.Tensor | None = None
 
-    def attach(self, trainer) -> "SteadyLMCallback":
+    def attach(self, trainer) -> SteadyLMCallback:
         """Register with `trainer`, ahead of its reporting callbacks."""
         trainer.callback_handler.callbacks.insert(0, self)
         return self
@@ -93,25 +90,25 @@ class SteadyLMCallback(TrainerCallback):
             self._last_ids = args[0]
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if self.gradvar is not None and _due(self.gradvar_every, state.global_step):
+        if self.gradvar is not None and due(self.gradvar_every, state.global_step):
             self.gradvar.begin(grad_scale=args.gradient_accumulation_steps)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if self.gradvar is not None and self.gradvar.active:
             self._pending.update(self.gradvar.end())
-        if _due(self.stats_every, state.global_step):
+        if due(self.stats_every, state.global_step):
             self._pending.update(self.stats.grad_norms())
             self.stats.snapshot()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        if _due(self.stats_every, state.global_step):
+        if due(self.stats_every, state.global_step):
             self._pending.update(self.stats.update_ratios())
 
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step - 1  # the Trainer has already counted the step just taken
-        if _due(self.tev_every, step):
+        if due(self.tev_every, step):
             self._pending.update(self.tev.compute())
-        if self.act is not None and _due(self.act_every, step) and self._last_ids is not None:
+        if self.act is not None and due(self.act_every, step) and self._last_ids is not None:
             self._pending.update(self.act.measure(self._last_ids[: self.act_probe]))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -120,7 +117,15 @@ class SteadyLMCallback(TrainerCallback):
         tensors = {k: v for k, v in self._pending.items() if isinstance(v, torch.Tensor)}
         values = dict(self._pending)
         if tensors:  # one transfer for all of them
-            values.update(zip(tensors, torch.stack([t.detach().float().reshape(()) for t in tensors.values()]).tolist()))
+            values.update(
+                zip(
+                    tensors,
+                    torch.stack(
+                        [t.detach().float().reshape(()) for t in tensors.values()]
+                    ).tolist(),
+                    strict=True,
+                )
+            )
         self._pending = {}
         logs.update(values)
         # Trainer.log appends a copy of `logs` to log_history just before calling on_log.
