@@ -114,7 +114,7 @@ def test_choices_and_their_error_come_from_the_dispatch_tables(monkeypatch):
     from steadylm.model import attention, norms
 
     assert [f.name for f in dataclasses.fields(Config().model) if f.metadata.get("choices")] == [
-        "attention", "mlra_mode", "mlra_init", "norm_layout", "embed_norm", "reparam"]
+        "attention", "mlra_mode", "mlra_init", "norm_layout", "embed_norm", "reparam", "embedding", "tt_head"]
     # A new entry in the table is a valid name at once, listed in the error with the others.
     monkeypatch.setitem(attention.ATTENTION._entries, "toy", attention.MultiHeadAttention)
     assert load_config(None, ["model.attention=toy"]).model.attention == "toy"
