@@ -124,14 +124,13 @@ def _measure_training(label: str, overrides: list[str], steps: int, warmup: int)
 
     cfg = load_config(None, [*REFERENCE, *overrides])
     trainer = Trainer(cfg, Path(tempfile.mkdtemp()) / "run", progress=False)
-    trainer._build()
     sync = _sync_for(trainer.ctx.device)
     # Skip the steps on which the periodic monitors fire, so the median is a typical step;
     # their cost is measured separately below.
     step = 1
     t0 = time.perf_counter()
     for _ in range(warmup):
-        trainer._train_step(step)
+        trainer.train_step(step)
         step += 1
     sync()
     warm_s = time.perf_counter() - t0
@@ -140,7 +139,7 @@ def _measure_training(label: str, overrides: list[str], steps: int, warmup: int)
     times, sections = [], []
     for _ in range(steps):
         t0 = time.perf_counter()
-        row, _, _ = trainer._train_step(step)
+        row = trainer.train_step(step).row
         float(row["loss"])
         sync()
         times.append(time.perf_counter() - t0)
@@ -160,7 +159,7 @@ def _measure_training(label: str, overrides: list[str], steps: int, warmup: int)
             times = []
             for k in range(reps):
                 t0 = time.perf_counter()
-                row, _, _ = trainer._train_step(at + k * span)
+                row = trainer.train_step(at + k * span).row
                 float(row["loss"])
                 sync()
                 times.append(time.perf_counter() - t0)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from steadylm.device import resolve_device
 from steadylm.monitor.tev import tev_per_row_fast
 
 
@@ -34,21 +35,6 @@ class DistContext:
         if self.enabled:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
-
-
-def resolve_device(name: str, local_rank: int = 0, option: str = "train.device") -> torch.device:
-    """The device `name` means: for "auto", this rank's GPU if there is one, else the CPU;
-    otherwise a torch device name. `option` names the setting in the error."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from steadylm.errors import SteadyLMError
-
-        raise SteadyLMError(f"{option}: {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
-    return device
 
 
 def init_distributed(device_name: str) -> DistContext:

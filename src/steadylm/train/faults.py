@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 
 EXIT_CODE = 86
-POINTS = ("mid-step", "checkpoint-before-rename", "checkpoint-after-rename", "metrics-flush")
 
 
 def armed(point: str, step: int) -> bool:

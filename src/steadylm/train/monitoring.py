@@ -65,7 +65,7 @@ class TrainingMonitors:
         if self.tev is not None:
             self.tev.observe_tokens(x)
 
-    def after_backward(self, row: dict[str, Any], step: int) -> None:
+    def after_backward(self, row: dict[str, Any]) -> None:
         if self.gradvar is not None and self.gradvar.active:
             row.update(self.gradvar.end())
 
@@ -77,11 +77,13 @@ class TrainingMonitors:
         row.update(groups)
         return total
 
-    def judge(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> Verdict:
-        """The step's one host sync: non-finite loss or gradient, and the spike test."""
+    def judge(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> Verdict:
+        """The step's one host sync: non-finite loss or gradient, and the spike test. With
+        `grad_norm` None (fp16, where the grad scaler handles overflowing gradients) only the
+        loss is judged."""
         spike = self.spikes.update(loss, grad_norm)
-        non_finite = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
-        nf, sp = torch.stack([non_finite, spike]).tolist()
+        finite = torch.isfinite(loss) if grad_norm is None else torch.isfinite(loss) & torch.isfinite(grad_norm)
+        nf, sp = torch.stack([~finite, spike]).tolist()
         verdict = Verdict(non_finite=bool(nf), spike=bool(sp) and not nf)
         if verdict.non_finite:
             verdict.param = first_nonfinite_grad(self.model) or "(the loss itself)"
