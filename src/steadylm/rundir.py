@@ -63,7 +63,7 @@ def write_status(run: Path | str, status: str, **extra: Any) -> None:
 
 
 def read_metrics(run_or_file: Path | str) -> list[dict[str, Any]]:
-    """All complete lines of a run's metrics.jsonl (a torn last line, left by a crash, is ignored)."""
+    """All complete lines of a run's metrics.jsonl (a torn last line, from a crash, is ignored)."""
     path = Path(run_or_file)
     if path.is_dir():
         path = path / METRICS
@@ -89,7 +89,8 @@ def verify_checkpoint(ckpt: Path) -> str | None:
     except (ValueError, KeyError, OSError) as e:
         return f"unreadable manifest ({e})"
     if manifest.get("schema_version") != SCHEMA_VERSION:
-        return f"schema version {manifest.get('schema_version')} (this steadylm reads {SCHEMA_VERSION})"
+        version = manifest.get("schema_version")
+        return f"schema version {version} (this steadylm reads {SCHEMA_VERSION})"
     for rel, digest in files.items():
         p = ckpt / rel
         if not p.is_file():
@@ -110,7 +111,11 @@ def list_checkpoints(run: Path | str) -> list[Path]:
     if not root.is_dir():
         return []
     n = len(_PREFIX)
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and p.name[n:].isdigit()]
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith(_PREFIX) and p.name[n:].isdigit()
+    ]
     return sorted(found, key=lambda p: int(p.name[n:]), reverse=True)
 
 
@@ -120,7 +125,7 @@ def verified_checkpoints(run: Path | str, quiet: bool = False) -> list[Path]:
 
 
 def latest_checkpoint(run: Path | str, quiet: bool = False) -> Path | None:
-    """The newest checkpoint whose manifest verifies, or None; corrupt ones are named and skipped."""
+    """The newest checkpoint whose manifest verifies, or None; corrupt ones are named, skipped."""
     return next(_verified_newest_first(Path(run), quiet), None)
 
 
@@ -139,7 +144,9 @@ def require_latest_checkpoint(run: Path | str) -> Path:
     ckpt = latest_checkpoint(run)
     if ckpt is None:
         found = ", ".join(c.name for c in list_checkpoints(run)) or "none"
-        raise CheckpointError(f"{run}: no checkpoint with a verified manifest in {run / CHECKPOINTS} (found: {found})")
+        raise CheckpointError(
+            f"{run}: no checkpoint with a verified manifest in {run / CHECKPOINTS} (found: {found})"
+        )
     return ckpt
 
 

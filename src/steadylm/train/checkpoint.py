@@ -53,7 +53,14 @@ from safetensors.torch import load_file, save_file
 from steadylm.errors import CheckpointError
 from steadylm.fsutil import fsync_tree, replace_dir, sha256_file
 from steadylm.model.tied_head import drop_tied_head
-from steadylm.rundir import CHECKPOINTS, MANIFEST, SCHEMA_VERSION, list_checkpoints, read_manifest, step_dir_name
+from steadylm.rundir import (
+    CHECKPOINTS,
+    MANIFEST,
+    SCHEMA_VERSION,
+    list_checkpoints,
+    read_manifest,
+    step_dir_name,
+)
 from steadylm.train import faults
 from steadylm.train.distributed import DistContext
 
@@ -78,15 +85,19 @@ class Component:
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
-            raise ValueError(f"checkpoint component {self.name}: format {self.format!r} is not one of {FORMATS}")
+            raise ValueError(
+                f"checkpoint component {self.name}: format {self.format!r} is not one of {FORMATS}"
+            )
 
     def file(self, rank: int) -> str:
         return self.path.format(rank=rank) if self.format == "per_rank" else self.path
 
 
 def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """fp32 CPU copies of the weights, without the tied head (safetensors stores no shared tensors)."""
-    return drop_tied_head({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()})
+    """fp32 CPU copies of the weights without the tied head (safetensors stores no shared tensors)."""
+    return drop_tied_head(
+        {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    )
 
 
 def _dcp_quiet(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -162,13 +173,19 @@ def save_checkpoint(
         previous = next((p.name for p in list_checkpoints(run_dir) if p != final), None)
         raise CheckpointError(
             f"could not write checkpoint {final.name} ({e.strerror or e}); "
-            + (f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists")
+            + (
+                f"the previous checkpoint {previous} is intact"
+                if previous
+                else "no earlier checkpoint exists"
+            )
         ) from e
     ctx.barrier()
     return final
 
 
-def _write_files_and_manifest(tmp: Path, step: int, files: dict[str, str | Path], world_size: int) -> None:
+def _write_files_and_manifest(
+    tmp: Path, step: int, files: dict[str, str | Path], world_size: int
+) -> None:
     for rel, source in files.items():
         if isinstance(source, Path):
             shutil.copyfile(source, tmp / rel)
@@ -188,7 +205,9 @@ def _write_files_and_manifest(tmp: Path, step: int, files: dict[str, str | Path]
     fsync_tree(tmp)
 
 
-def load_checkpoint(ckpt: Path, components: list[Component], ctx: DistContext | None = None) -> set[str]:
+def load_checkpoint(
+    ckpt: Path, components: list[Component], ctx: DistContext | None = None
+) -> set[str]:
     """Restore `components` from the verified checkpoint `ckpt`, in list order; returns the names
     restored (an optional component absent from `ckpt`, or a per-rank one written by another world
     size, is left as it is)."""

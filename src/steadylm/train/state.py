@@ -47,11 +47,13 @@ class ModelWeights:
             return
         missing, unexpected = self.model.load_state_dict(sd, strict=False)
         if missing or unexpected:
-            raise CheckpointError(f"weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise CheckpointError(
+                f"weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
 
 
 class OptimizerState:
-    """The optimizer's state in the form torch.distributed.checkpoint reshards (this rank's part)."""
+    """The optimizer's state as torch.distributed.checkpoint reshards it (this rank's part)."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
         self.model, self.optimizer = model, optimizer
@@ -87,7 +89,7 @@ class Progress:
 
 
 class RNGState:
-    """This rank's torch random streams (dropout draws): CPU, and the current GPU's when there is one."""
+    """This rank's torch random streams (dropout draws): the CPU's, and the current GPU's if any."""
 
     def __init__(self, device: torch.device):
         self.device = device

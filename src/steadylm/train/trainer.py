@@ -52,8 +52,15 @@ TEV_HISTOGRAM_BINS = 50
 # Keys of [train] that may change on --resume: they do not alter the optimisation trajectory
 # up to the checkpoint (max_steps reshapes the schedule ahead, which is what extending a run means).
 RESUMABLE_TRAIN_KEYS = {
-    "max_steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every",
-    "compile", "device", "checkpoint_schedule",
+    "max_steps",
+    "eval_every",
+    "eval_batches",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "compile",
+    "device",
+    "checkpoint_schedule",
 }
 
 
@@ -87,7 +94,9 @@ class _Sums:
     loss: torch.Tensor  # cross-entropy, summed over tokens
     z: torch.Tensor  # Σ log²Z
     reg: torch.Tensor  # the linearity penalty, summed over tokens
-    last_x: torch.Tensor | None = None  # the last micro-batch's inputs (the activation probe reads one)
+    last_x: torch.Tensor | None = (
+        None  # the last micro-batch's inputs (the activation probe reads one)
+    )
 
 
 def _git_hash() -> str | None:
@@ -106,7 +115,9 @@ def _precision(cfg: Config, device: torch.device) -> tuple[torch.dtype | None, s
     if p == "auto":
         p = "bf16" if device.type == "cuda" else "fp32"
     if p == "fp16" and device.type != "cuda":
-        raise SteadyLMError("train.precision: 'fp16' needs CUDA (it relies on a grad scaler); use 'bf16' or 'fp32' on CPU")
+        raise SteadyLMError(
+            "train.precision: 'fp16' needs CUDA (it relies on a grad scaler); use 'bf16' or 'fp32' on CPU"
+        )
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p], p
 
 
@@ -148,39 +159,67 @@ class Trainer:
             if cfg.train.compile:
                 self.forward_model = torch.compile(self.forward_model)
             self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
-            self.monitors = TrainingMonitors(self.model, cfg.monitor, self.vocab_rows, self.ctx, self.fsdp)
+            self.monitors = TrainingMonitors(
+                self.model, cfg.monitor, self.vocab_rows, self.ctx, self.fsdp
+            )
             # The linearity regulariser reads the residual stream between blocks; None leaves the
             # forward pass exactly as without it.
-            self.taps = BlockTaps(self.model.transformer.h, detach=False) if cfg.train.linearity_reg > 0 else None
-            self.position = Progress(self.reader, self.ctx.world_size, cfg.train.batch_size * cfg.model.block_size)
+            self.taps = (
+                BlockTaps(self.model.transformer.h, detach=False)
+                if cfg.train.linearity_reg > 0
+                else None
+            )
+            self.position = Progress(
+                self.reader, self.ctx.world_size, cfg.train.batch_size * cfg.model.block_size
+            )
             self.components = self.checkpoint_components()
             # Dropout draws differ per rank; after the shared init, each rank gets its own stream.
             torch.manual_seed(cfg.train.seed + 1 + self.ctx.rank)
         except BaseException:
             shutdown(self.ctx)
             raise
-        # The loop's own state, (re)set by fit().
-        self.tensorboard = None
         self._started = False  # set once this process owns the run's status
         self._signal_received = False
+        self._reset_loop_state()
+
+    def _reset_loop_state(self) -> None:
+        """The loop's own state, set at the start of every fit()."""
+        self.tensorboard = None
         self._last: dict[str, Any] = {}  # the latest value of every metric, for the result
-        self._t_flush, self._steps_since = time.perf_counter(), 0
+        self._t_flush, self._steps_since = time.perf_counter(), 0  # throughput since the last flush
         self._last_ckpt: Path | None = None
-        self._stop_reason: str | None = None
+        self._stop_reason: str | None = None  # why the guards stopped the run
 
     def checkpoint_components(self) -> list[Component]:
         """Everything a checkpoint holds, in the order it is saved and restored (see
         `steadylm.train.checkpoint`); a job with more state appends its own components."""
         components = [
-            Component("model", "model.safetensors", ModelWeights(self.model, self.ctx, self.fsdp), "safetensors"),
-            Component("optimizer", "train_state/optim", OptimizerState(self.model, self.optimizer), "dcp"),
+            Component(
+                "model",
+                "model.safetensors",
+                ModelWeights(self.model, self.ctx, self.fsdp),
+                "safetensors",
+            ),
+            Component(
+                "optimizer", "train_state/optim", OptimizerState(self.model, self.optimizer), "dcp"
+            ),
             Component("progress", "train_state/trainer.json", self.position, "json"),
-            Component("monitors", "train_state/monitors.pt", self.monitors, "torch", required=False),
+            Component(
+                "monitors", "train_state/monitors.pt", self.monitors, "torch", required=False
+            ),
         ]
         if self.scaler is not None:
-            components.append(Component("grad_scaler", "train_state/scaler.pt", self.scaler, "torch", required=False))
-        rng = RNGState(self.ctx.device)  # last: restoring it is the final step before training resumes
-        components.append(Component("rng", "train_state/rng_rank{rank}.pt", rng, "per_rank", required=False))
+            components.append(
+                Component(
+                    "grad_scaler", "train_state/scaler.pt", self.scaler, "torch", required=False
+                )
+            )
+        rng = RNGState(
+            self.ctx.device
+        )  # last: restoring it is the final step before training resumes
+        components.append(
+            Component("rng", "train_state/rng_rank{rank}.pt", rng, "per_rank", required=False)
+        )
         return components
 
     # ----------------------------------------------------------------- set-up
@@ -189,7 +228,9 @@ class Trainer:
         cfg_path = self.run_dir / rundir.CONFIG
         if self.resume:
             if not cfg_path.is_file():
-                raise SteadyLMError(f"--resume: {self.run_dir} holds no steadylm run (no config.toml)")
+                raise SteadyLMError(
+                    f"--resume: {self.run_dir} holds no steadylm run (no config.toml)"
+                )
         elif self.run_dir.exists() and any(self.run_dir.iterdir()):
             what = "a steadylm run" if cfg_path.is_file() else "other files"
             raise SteadyLMError(
@@ -206,7 +247,9 @@ class Trainer:
                     f"({getattr(a, diff[0])!r} vs {getattr(b, diff[0])!r}); it cannot change mid-run"
                 )
         for key in saved.train.__dataclass_fields__:
-            if key not in RESUMABLE_TRAIN_KEYS and getattr(saved.train, key) != getattr(self.cfg.train, key):
+            if key not in RESUMABLE_TRAIN_KEYS and getattr(saved.train, key) != getattr(
+                self.cfg.train, key
+            ):
                 raise SteadyLMError(
                     f"--resume: train.{key} differs from the run's config "
                     f"({getattr(saved.train, key)!r} vs {getattr(self.cfg.train, key)!r}); "
@@ -214,7 +257,7 @@ class Trainer:
                 )
 
     def _resolve_vocab(self, data: PreparedData) -> int:
-        """Fills model.vocab_size = 0 from the tokenizer; returns the tokenizer's size (the rows TEV reads)."""
+        """Fills model.vocab_size = 0 from the tokenizer; returns the tokenizer's size (TEV's rows)."""
         n_tok = data.tokenizer.vocab_size
         if self.cfg.model.vocab_size == 0:
             self.cfg.model.vocab_size = n_tok
@@ -226,7 +269,7 @@ class Trainer:
         return n_tok
 
     def _check_batch(self) -> int:
-        """Checks the validation split and the batch shape; returns micro-batches per rank and step."""
+        """Checks the validation split and the batch shape; returns micro-batches per rank, step."""
         cfg, T = self.cfg, self.cfg.model.block_size
         if (len(self.val_tokens) - 1) // T < 1:
             raise DataError(
@@ -268,7 +311,9 @@ class Trainer:
             "torch_version": torch.__version__,
             "python": platform.python_version(),
             "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+            "device_name": torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(),
             "world_size": self.ctx.world_size,
             "precision": self.precision,
@@ -300,8 +345,13 @@ class Trainer:
         from steadylm.data.tokenizer import Tokenizer
         from steadylm.errors import CheckpointError
 
-        if Tokenizer.load(ckpt / "tokenizer.json").fingerprint() != self.data.tokenizer.fingerprint():
-            raise CheckpointError(f"{ckpt}: its tokenizer does not match the data's ({self.data.tokenizer.name})")
+        if (
+            Tokenizer.load(ckpt / "tokenizer.json").fingerprint()
+            != self.data.tokenizer.fingerprint()
+        ):
+            raise CheckpointError(
+                f"{ckpt}: its tokenizer does not match the data's ({self.data.tokenizer.name})"
+            )
         restored = load_checkpoint(ckpt, self.components, self.ctx)
         step = self.position.step
         if "rng" not in restored:
@@ -330,12 +380,19 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self.timer.section("data"):
-            x_all, y_all = self.reader.next_batch(cfg.train.batch_size, self.ctx.rank, self.ctx.world_size)
+            x_all, y_all = self.reader.next_batch(
+                cfg.train.batch_size, self.ctx.rank, self.ctx.world_size
+            )
         sums = self._accumulate(step, x_all, y_all)
         faults.crash_if_armed("mid-step", step)
         tokens_global = cfg.train.batch_size * cfg.model.block_size
         loss = self.ctx.all_reduce_sum(sums.loss) / tokens_global
-        row: dict[str, Any] = {"step": step, "tokens": (step + 1) * tokens_global, "loss": loss, "lr": lr}
+        row: dict[str, Any] = {
+            "step": step,
+            "tokens": (step + 1) * tokens_global,
+            "loss": loss,
+            "lr": lr,
+        }
         if self.grad_accum == 1 and self.monitors.gradvar_due(step):
             self._gradvar_probe(row, x_all, y_all)
         params, total_norm = self._reduce(row, sums, tokens_global)
@@ -355,14 +412,15 @@ class Trainer:
         # the gradient is that of the summed token loss over the global batch / global tokens.
         scale = self.ctx.world_size / (cfg.train.batch_size * T)
         with timed("monitors"):
-            # With that scale, each backward carries 1/n_micro of its micro-batch's mean-loss gradient.
+            # With that scale, each backward carries 1/n_micro of its micro-batch's mean-loss
+            # gradient.
             mon.begin_step(step, n_micro, self._unscaled(n_micro))
         zero = torch.zeros((), device=self.ctx.device)
         sums = _Sums(loss=zero.clone(), z=zero.clone(), reg=zero.clone())
         for i in range(n_micro):
             with timed("data"):
-                x = x_all[i * mb:(i + 1) * mb].to(self.ctx.device, non_blocking=True)
-                y = y_all[i * mb:(i + 1) * mb].to(self.ctx.device, non_blocking=True)
+                x = x_all[i * mb : (i + 1) * mb].to(self.ctx.device, non_blocking=True)
+                y = y_all[i * mb : (i + 1) * mb].to(self.ctx.device, non_blocking=True)
             with timed("monitors"):
                 mon.observe(x)
             with self._grad_sync(last_micro=i == n_micro - 1):
@@ -375,7 +433,7 @@ class Trainer:
         return sums
 
     def _unscaled(self, factor: float) -> float | torch.Tensor:
-        """`factor` divided by the fp16 grad scaler's scale (the gradients carry it), if there is one."""
+        """`factor` over the fp16 grad scaler's scale (the gradients carry it), if there is one."""
         return factor if self.scaler is None else factor / self.scaler.get_scale()
 
     def _grad_sync(self, last_micro: bool):
@@ -390,11 +448,14 @@ class Trainer:
         self, module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, scale: float
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Forward of one micro-batch through `module`, then backward of its objective (plus the
-        linearity penalty) times `scale`; returns the detached objective, Σ log²Z and penalty sums."""
+        linearity penalty) times `scale`; returns the detached objective, Σ log²Z and penalty
+        sums."""
         with self.timer.section("forward"), self._autocast():
             objective, log_z_sq, penalty = self._forward(module, x, y)
         with self.timer.section("backward"):
-            total = objective if penalty is None else objective + self.cfg.train.linearity_reg * penalty
+            total = (
+                objective if penalty is None else objective + self.cfg.train.linearity_reg * penalty
+            )
             if self.scaler is not None:
                 self.scaler.scale(total * scale).backward()
             else:
@@ -438,7 +499,9 @@ class Trainer:
         for p, g in zip(params, kept):
             p.grad = g
 
-    def _reduce(self, row: dict[str, Any], sums: _Sums, tokens_global: int) -> tuple[list[torch.nn.Parameter], torch.Tensor]:
+    def _reduce(
+        self, row: dict[str, Any], sums: _Sums, tokens_global: int
+    ) -> tuple[list[torch.nn.Parameter], torch.Tensor]:
         """After the backward passes: monitors' gradient figures, the grad scaler's unscale, the
         gradient norm, and the loss terms summed over ranks. Returns the parameters with a
         gradient and their total norm (a DTensor under FSDP2)."""
@@ -449,29 +512,43 @@ class Trainer:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
             params = [p for p in self.model.parameters() if p.grad is not None]
-            total_norm = self.monitors.gradient_norm(row, params)  # clipping needs it; per-block norms come free
+            total_norm = self.monitors.gradient_norm(
+                row, params
+            )  # clipping needs it; per-block norms come free
             # the logged and judged norm is the full one
-            row["grad_norm"] = total_norm.full_tensor() if hasattr(total_norm, "full_tensor") else total_norm
+            row["grad_norm"] = (
+                total_norm.full_tensor() if hasattr(total_norm, "full_tensor") else total_norm
+            )
         if cfg.train.z_loss > 0:  # the term added
             row["z_loss"] = cfg.train.z_loss * self.ctx.all_reduce_sum(sums.z) / tokens_global
         if self.taps is not None:  # the term added
-            row["linearity_reg"] = cfg.train.linearity_reg * self.ctx.all_reduce_sum(sums.reg) / tokens_global
+            row["linearity_reg"] = (
+                cfg.train.linearity_reg * self.ctx.all_reduce_sum(sums.reg) / tokens_global
+            )
         return params, total_norm
 
     def _update(
-        self, step: int, row: dict[str, Any], params: list[torch.nn.Parameter], total_norm: torch.Tensor
+        self,
+        step: int,
+        row: dict[str, Any],
+        params: list[torch.nn.Parameter],
+        total_norm: torch.Tensor,
     ) -> tuple[Verdict, bool]:
         """The guards' verdict, then (unless it says skip) clipping and the optimizer step."""
         cfg, timed = self.cfg, self.timer.section
         with timed("monitors"):
             # fp16 gradients overflow now and then by design and the grad scaler skips those steps
             # itself, so under fp16 the guards judge the loss alone.
-            verdict = self.monitors.judge(step, row["loss"], row["grad_norm"] if self.scaler is None else None)
+            verdict = self.monitors.judge(
+                step, row["loss"], row["grad_norm"] if self.scaler is None else None
+            )
             skip = verdict.non_finite or (verdict.spike and cfg.monitor.on_spike == "skip")
             self.monitors.before_update(step)
         with timed("optimizer"):
             if not skip:
-                if cfg.train.grad_clip > 0:  # judged first: clipping by a NaN norm would smear NaN over every gradient
+                if (
+                    cfg.train.grad_clip > 0
+                ):  # judged first: clipping by a NaN norm would smear NaN over every gradient
                     torch.nn.utils.clip_grads_with_norm_(params, cfg.train.grad_clip, total_norm)
                 if self.scaler is not None:
                     self.scaler.step(self.optimizer)
@@ -491,9 +568,16 @@ class Trainer:
         """Mean token loss on a fixed set of validation sequences (the same at every evaluation)."""
         cfg = self.cfg
         T = cfg.model.block_size
-        n_seq = min((len(self.val_tokens) - 1) // T, cfg.train.eval_batches * cfg.train.micro_batch_size)
+        n_seq = min(
+            (len(self.val_tokens) - 1) // T, cfg.train.eval_batches * cfg.train.micro_batch_size
+        )
         batches = eval_sequences(
-            self.val_tokens, T, n_seq, cfg.train.micro_batch_size, self.ctx.rank, self.ctx.world_size
+            self.val_tokens,
+            T,
+            n_seq,
+            cfg.train.micro_batch_size,
+            self.ctx.rank,
+            self.ctx.world_size,
         )
         self.model.eval()
         total = torch.zeros((), device=self.ctx.device)
@@ -507,7 +591,10 @@ class Trainer:
     def _save(self, step_done: int) -> Path:
         """Checkpoint after `step_done` optimizer steps."""
         self.position.step = step_done
-        files = {rundir.CONFIG: self.cfg.to_toml(), "tokenizer.json": self.data.dir / "tokenizer.json"}
+        files = {
+            rundir.CONFIG: self.cfg.to_toml(),
+            "tokenizer.json": self.data.dir / "tokenizer.json",
+        }
         path = save_checkpoint(self.run_dir, step_done, self.components, files, self.ctx)
         if self.ctx.is_main:
             prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
@@ -515,12 +602,22 @@ class Trainer:
 
     # ------------------------------------------------------------- guards, logging
 
-    def _react(self, step: int, row: dict[str, Any], verdict: Verdict, metrics: MetricsLog) -> int | None:
+    def _react(
+        self, step: int, row: dict[str, Any], verdict: Verdict, metrics: MetricsLog
+    ) -> int | None:
         """Record guard events and act on them; returns the step to go back to after a rollback."""
         mon_cfg = self.cfg.monitor
         if verdict.non_finite:
-            metrics.record({"event": "non_finite", "step": step, "param": verdict.param, "loss": row["loss"],
-                            "grad_norm": row["grad_norm"], "action": "skip"})
+            metrics.record(
+                {
+                    "event": "non_finite",
+                    "step": step,
+                    "param": verdict.param,
+                    "loss": row["loss"],
+                    "grad_norm": row["grad_norm"],
+                    "action": "skip",
+                }
+            )
             if self.monitors.nonfinite_streak >= mon_cfg.nonfinite_patience:
                 good = rundir.latest_checkpoint(self.run_dir, quiet=True)
                 self._stop_reason = (
@@ -539,7 +636,15 @@ class Trainer:
                     action = "stop"
                 else:
                     action = "log (no checkpoint to roll back to yet)"
-        metrics.record({"event": "spike", "step": step, "loss": row["loss"], "grad_norm": row["grad_norm"], "action": action})
+        metrics.record(
+            {
+                "event": "spike",
+                "step": step,
+                "loss": row["loss"],
+                "grad_norm": row["grad_norm"],
+                "action": action,
+            }
+        )
         if action != "rollback":
             return None
         return self._rollback(step, target, metrics)
@@ -555,7 +660,9 @@ class Trainer:
         self.monitors.rollbacks = rollbacks
         if self.ctx.is_main:
             truncate_metrics(self.run_dir / rundir.METRICS, to_step - 1, keep_events=True)
-        metrics.record({"event": "rollback", "step": step, "to_step": to_step, "skipped_sequences": skipped})
+        metrics.record(
+            {"event": "rollback", "step": step, "to_step": to_step, "skipped_sequences": skipped}
+        )
         self._flush(metrics, None)
         return to_step
 
@@ -564,14 +671,26 @@ class Trainer:
         if values is None:
             return
         counts, edges = tev_histogram(values, bins=TEV_HISTOGRAM_BINS)
-        metrics.record({"event": "tev_histogram", "step": step, "counts": counts.tolist(), "edges": edges.tolist()})
+        metrics.record(
+            {
+                "event": "tev_histogram",
+                "step": step,
+                "counts": counts.tolist(),
+                "edges": edges.tolist(),
+            }
+        )
         if self.tensorboard is not None:
             self.tensorboard.histogram("tev", values, step)
 
     def _flush(self, metrics: MetricsLog, bar) -> list[dict[str, Any]]:
         """One host sync: finish the pending rows, write them, update the sinks and progress bar."""
         now = time.perf_counter()
-        tps = self._steps_since * self.cfg.train.batch_size * self.cfg.model.block_size / max(now - self._t_flush, 1e-9)
+        tps = (
+            self._steps_since
+            * self.cfg.train.batch_size
+            * self.cfg.model.block_size
+            / max(now - self._t_flush, 1e-9)
+        )
         for r in metrics.pending:
             if "event" in r:
                 continue
@@ -640,19 +759,26 @@ class Trainer:
                 self._write_run_files()
             self._set_status("running", step=start)
         self._started = True
+        self._reset_loop_state()
         metrics = MetricsLog(self.run_dir / rundir.METRICS, enabled=self.ctx.is_main)
         if cfg.monitor.tensorboard and self.ctx.is_main:
             from steadylm.monitor.sinks import TensorBoardSink
 
             self.tensorboard = TensorBoardSink(self.run_dir / "tensorboard")
-        end = cfg.train.max_steps if self.stop_at is None else min(cfg.train.max_steps, self.stop_at)
+        end = (
+            cfg.train.max_steps if self.stop_at is None else min(cfg.train.max_steps, self.stop_at)
+        )
         bar = None
         if self.progress and self.ctx.is_main:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.train.max_steps, initial=start, desc=self.run_dir.name, unit="step", dynamic_ncols=True)
-        self._last, self._last_ckpt, self._stop_reason = {}, None, None
-        self._t_flush, self._steps_since = time.perf_counter(), 0
+            bar = tqdm(
+                total=cfg.train.max_steps,
+                initial=start,
+                desc=self.run_dir.name,
+                unit="step",
+                dynamic_ncols=True,
+            )
         self.model.train()
         status = self._loop(start, end, metrics, bar)
         if bar is not None:
@@ -674,7 +800,9 @@ class Trainer:
                 step = rollback_to
                 continue
             is_last = step + 1 == end
-            if cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.max_steps):
+            if cfg.train.eval_every and (
+                (step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.max_steps
+            ):
                 out.row["val_loss"] = self.evaluate()
                 self._record_tev_histogram(step, metrics)
             interrupted = self._stop_requested()
