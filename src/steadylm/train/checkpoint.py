@@ -140,6 +140,24 @@ def _read(c: Component, path: Path, ctx: DistContext) -> Any:
     return torch.load(path, weights_only=True)
 
 
+class _WriteFailed(Exception):
+    """A rank could not write its part of a checkpoint; every rank raises it together."""
+
+
+def _together(ctx: DistContext, work: Callable[[], None]) -> None:
+    """Run this rank's part of a write phase, then learn whether any rank failed: all raise the
+    first failing rank's error (naming the rank when there are several)."""
+    try:
+        work()
+        mine = None
+    except OSError as e:
+        mine = str(e.strerror or e)
+    failed = ctx.first_error(mine)
+    if failed is not None:
+        rank, message = failed
+        raise _WriteFailed(f"rank {rank}: {message}" if ctx.enabled else message)
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -148,39 +166,50 @@ def save_checkpoint(
     ctx: DistContext | None = None,
 ) -> Path:
     """Write one checkpoint atomically; every rank calls this. `files` are copied as they are by
-    rank 0: a str is the file's text, a Path a file to copy (the config, the tokenizer)."""
+    rank 0: a str is the file's text, a Path a file to copy (the config, the tokenizer). A write
+    failure on any rank raises the same CheckpointError, naming that rank, on every rank."""
     ctx = ctx or DistContext()
     states = [c.obj.state_dict() for c in components]  # on every rank, in order: may be collectives
     final = run_dir / CHECKPOINTS / step_dir_name(step)
     tmp = final.with_name(f".tmp_{final.name}")
-    try:
-        if ctx.is_main:
-            if tmp.exists():
-                shutil.rmtree(tmp)  # left by a crash mid-write
-            tmp.mkdir(parents=True)
-        ctx.barrier()
+    main = ctx.is_main
+
+    def own_files() -> None:
+        faults.fail_if_armed("checkpoint-write", step, ctx.rank)
         for c, state in zip(components, states):
-            _write(c, state, tmp, ctx)
-        ctx.barrier()  # every rank's files are in place before the manifest hashes them
-        if ctx.is_main:
-            _write_files_and_manifest(tmp, step, files, ctx.world_size)
-            faults.crash_if_armed("checkpoint-before-rename", step)
-            replace_dir(tmp, final)
-            faults.crash_if_armed("checkpoint-after-rename", step)
-    except OSError as e:
-        if ctx.is_main:
+            if c.format != "dcp":
+                _write(c, state, tmp, ctx)
+
+    def publish() -> None:  # once every rank's files are in place
+        _write_files_and_manifest(tmp, step, files, ctx.world_size)
+        faults.crash_if_armed("checkpoint-before-rename", step)
+        replace_dir(tmp, final)
+        faults.crash_if_armed("checkpoint-after-rename", step)
+
+    try:
+        _together(ctx, lambda: _fresh_dir(tmp) if main else None)
+        for c, state in zip(components, states):
+            if c.format == "dcp":
+                _write(c, state, tmp, ctx)  # a collective: DCP raises a failure on every rank
+        _together(ctx, own_files)
+        _together(ctx, publish if main else lambda: None)
+    except _WriteFailed as e:
+        if main:
             shutil.rmtree(tmp, ignore_errors=True)
         previous = next((p.name for p in list_checkpoints(run_dir) if p != final), None)
-        raise CheckpointError(
-            f"could not write checkpoint {final.name} ({e.strerror or e}); "
-            + (
-                f"the previous checkpoint {previous} is intact"
-                if previous
-                else "no earlier checkpoint exists"
-            )
-        ) from e
-    ctx.barrier()
+        kept = (
+            f"the previous checkpoint {previous} is intact"
+            if previous
+            else "no earlier checkpoint exists"
+        )
+        raise CheckpointError(f"could not write checkpoint {final.name} ({e}); {kept}") from e
     return final
+
+
+def _fresh_dir(tmp: Path) -> None:
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left by a crash mid-write
+    tmp.mkdir(parents=True)
 
 
 def _write_files_and_manifest(

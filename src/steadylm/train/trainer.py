@@ -668,8 +668,6 @@ class Trainer:
 
     def _record_tev_histogram(self, step: int, metrics: MetricsLog) -> None:
         values = self.monitors.tev_values()
-        if values is None:
-            return
         counts, edges = tev_histogram(values, bins=TEV_HISTOGRAM_BINS)
         metrics.record(
             {
