@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -36,9 +37,10 @@ def test_write_failure_on_one_rank_stops_all_ranks(tmp_path, parallel):
         pytest.fail("the ranks hung after one of them failed to write its checkpoint")
     assert proc.returncode != 0
     message = "could not write checkpoint step_000003 (rank 1: injected write failure (checkpoint-write@3))"
-    # Both ranks stop with the same one-line error (the CLI's, no traceback), not a timeout.
+    # Both ranks stop with the same one-line error (the CLI's, no traceback of theirs; torchrun
+    # then reports the failed children in its own words), not a timeout.
     assert proc.stderr.count(message) == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
+    assert not re.search(r"\[rank\d\]:\s*Traceback", proc.stderr)
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "failed" and "rank 1: injected write failure" in status["error"]
     assert not list((run / "checkpoints").glob(".tmp_*"))  # the half-written folder is gone
