@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from helpers import tiny_overrides, write_corpus
 from steadylm.rundir import read_metrics
@@ -30,11 +32,12 @@ def _train(out, overrides, env):
     return read_metrics(out)
 
 
-def test_fsdp_logs_every_monitor_ddp_logs(tmp_path):
+@pytest.mark.parametrize("reparam", ["none", "sigma"])
+def test_fsdp_logs_every_monitor_ddp_logs(tmp_path, reparam):
     corpus = write_corpus(tmp_path / "corpus", n_docs=8, words_per_doc=200)
     env = {**os.environ, "STEADYLM_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     over = tiny_overrides(corpus, **{"train.max_steps": 4, "train.checkpoint_every": 4, "train.eval_every": 2,
-                                     **MONITORS})
+                                     "model.reparam": reparam, **MONITORS})
     ddp = _train(tmp_path / "ddp", [*over, 'train.parallel="ddp"'], env)
     fsdp = _train(tmp_path / "fsdp", [*over, 'train.parallel="fsdp"'], env)
     steps = [r for r in ddp if "event" not in r], [r for r in fsdp if "event" not in r]
@@ -51,3 +54,9 @@ def test_fsdp_logs_every_monitor_ddp_logs(tmp_path):
     assert [h["step"] for h in histograms[1]] == [h["step"] for h in histograms[0]] == [1, 3]
     for a, b in zip(*histograms):
         assert b["counts"] == a["counts"] and b["edges"] == pytest.approx(a["edges"], rel=1e-5)
+    # The final weights agree too, σReparam's power-iteration vectors (gathered under FSDP2) included.
+    final = [load_file(str(tmp_path / p / "checkpoints" / "step_000004" / "model.safetensors")) for p in ("ddp", "fsdp")]
+    assert final[0].keys() == final[1].keys()
+    assert any(k.endswith("sigma.u") for k in final[0]) == (reparam == "sigma")
+    for k in final[0]:
+        torch.testing.assert_close(final[1][k], final[0][k], rtol=1e-4, atol=1e-6, msg=k)

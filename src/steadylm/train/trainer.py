@@ -94,9 +94,8 @@ class _Sums:
     loss: torch.Tensor  # cross-entropy, summed over tokens
     z: torch.Tensor  # Σ log²Z
     reg: torch.Tensor  # the linearity penalty, summed over tokens
-    last_x: torch.Tensor | None = (
-        None  # the last micro-batch's inputs (the activation probe reads one)
-    )
+    # The last micro-batch's inputs, of which the activation probe reads one sequence.
+    last_x: torch.Tensor | None = None
 
 
 def _git_hash() -> str | None:
