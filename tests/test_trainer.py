@@ -60,7 +60,7 @@ def test_corrupt_checkpoint_is_named_and_skipped(tmp_path, corpus, capsys):
 
 
 def _grads_after_one_step(corpus, tmp_path, micro):
-    # gradvar off: its reference steps would split the one-pass batch in two
+    # gradvar off: it would add its own backward passes to the one-pass run (never to its gradient)
     cfg = tiny_config(corpus, **{"train.micro_batch_size": micro, "monitor.gradvar_every": 0})
     trainer = Trainer(cfg, tmp_path / f"run{micro}", progress=False)
     captured = {}
