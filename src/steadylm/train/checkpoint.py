@@ -203,6 +203,7 @@ def save_checkpoint(
             else "no earlier checkpoint exists"
         )
         raise CheckpointError(f"could not write checkpoint {final.name} ({e}); {kept}") from e
+    ctx.barrier()  # as before the write phases compared outcomes: every rank leaves together
     return final
 
 
