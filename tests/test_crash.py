@@ -11,8 +11,8 @@ import pytest
 
 from helpers import tiny_config, tiny_overrides, write_corpus
 from steadylm.errors import CheckpointError
+from steadylm.rundir import latest_checkpoint, step_dir_name, verify_checkpoint
 from steadylm.train import checkpoint as ckpt_io
-from steadylm.train.checkpoint import latest_checkpoint, verify_checkpoint
 from steadylm.train.faults import EXIT_CODE
 from steadylm.train.metrics import read_metrics
 from steadylm.train.trainer import Trainer
@@ -82,7 +82,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_exact(setup):
     assert proc.returncode == 0, err
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "stopped" and 0 < status["step"] < 400
-    assert latest_checkpoint(run).name == ckpt_io.step_dir_name(status["step"])
+    assert latest_checkpoint(run).name == step_dir_name(status["step"])
     resumed = _cli(["train", "--out", str(run), "--resume", "--no-progress"], env)
     assert resumed.returncode == 0, resumed.stderr
     assert _losses(run) == _losses(root / "long_whole")

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from lm_loss_reference import lm_loss
 from steadylm.model import lm_head_loss as fused
-from steadylm.train.loss import lm_loss
 
 
 def _reference(h, w, t, z):

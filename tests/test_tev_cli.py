@@ -146,7 +146,9 @@ def test_gguf_q8_0_embedding_within_quantisation_tolerance(tmp_path, capsys):
 def test_steadylm_run_and_checkpoint_folders(tmp_path, capsys):
     from steadylm.config import load_config
     from steadylm.model.gpt import GPT
-    from steadylm.train.checkpoint import model_state_for_saving, save_checkpoint
+    from steadylm.train.checkpoint import Component, save_checkpoint
+    from steadylm.train.distributed import DistContext
+    from steadylm.train.state import ModelWeights
 
     cfg = load_config(None, ["model.n_layer=1", "model.n_embd=16", "model.n_head=2", "model.block_size=8", "model.vocab_size=40"])
     model = GPT(cfg.model)
@@ -157,7 +159,8 @@ def test_steadylm_run_and_checkpoint_folders(tmp_path, capsys):
     for step in (2, 4):
         with torch.no_grad():
             model.transformer.wte.weight.mul_(1.5)
-        save_checkpoint(run, step, model_state_for_saving(model), {}, {"step": step}, cfg.to_toml(), tok)
+        weights = Component("model", "model.safetensors", ModelWeights(model, DistContext(), fsdp=False), "safetensors")
+        save_checkpoint(run, step, [weights], {"config.toml": cfg.to_toml(), "tokenizer.json": tok})
         figures[step] = [x.item() for x in tev_summary(model.transformer.wte.weight, 36)]
     r = tev_json(capsys, run)
     assert (r["format"], r["step"], r["tensor"]) == ("steadylm", 4, "transformer.wte.weight")

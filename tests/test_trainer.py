@@ -11,7 +11,7 @@ import torch
 
 from helpers import tiny_config, tiny_overrides, write_corpus
 from steadylm.cli import main
-from steadylm.train.checkpoint import latest_checkpoint, list_checkpoints, verify_checkpoint
+from steadylm.rundir import latest_checkpoint, list_checkpoints, verify_checkpoint
 from steadylm.train.metrics import read_metrics
 from steadylm.train.trainer import Trainer
 
@@ -60,17 +60,16 @@ def test_corrupt_checkpoint_is_named_and_skipped(tmp_path, corpus, capsys):
 
 
 def _grads_after_one_step(corpus, tmp_path, micro):
-    # gradvar off: its reference steps would split the one-pass batch in two
+    # gradvar off: it would add its own backward passes to the one-pass run (never to its gradient)
     cfg = tiny_config(corpus, **{"train.micro_batch_size": micro, "monitor.gradvar_every": 0})
     trainer = Trainer(cfg, tmp_path / f"run{micro}", progress=False)
-    trainer._build()
     captured = {}
 
-    def capture(*_, **__):
+    def capture(optimizer, args, kwargs):
         captured.update({n: p.grad.clone() for n, p in trainer.model.named_parameters()})
 
-    trainer.optimizer.step = capture
-    row, _, _ = trainer._train_step(0)
+    trainer.optimizer.register_step_pre_hook(capture)
+    row = trainer.train_step(0).row
     return captured, float(row["loss"])
 
 

@@ -7,7 +7,7 @@ import torch
 
 from helpers import tiny_config, write_corpus
 from steadylm.model import gpt as gpt_module
-from steadylm.train.checkpoint import latest_checkpoint
+from steadylm.rundir import latest_checkpoint
 from steadylm.train.metrics import read_metrics
 from steadylm.train.trainer import Trainer
 
@@ -65,10 +65,10 @@ class _SpikeAt(Trainer):
         super().__init__(*a, **kw)
         self.spike_step, self.injected, self._inject = spike_step, False, False
 
-    def _train_step(self, step):
+    def train_step(self, step):
         self._inject = step == self.spike_step and not self.injected
         try:
-            return super()._train_step(step)
+            return super().train_step(step)
         finally:
             self.injected |= self._inject
             self._inject = False
@@ -133,15 +133,12 @@ class _NaNGradAt(Trainer):
     def __init__(self, *a, bad_steps, param, **kw):
         super().__init__(*a, **kw)
         self.bad_steps, self.param, self.now = bad_steps, param, -1
-
-    def _build(self):
-        super()._build()
         weight = dict(self.model.named_parameters())[self.param]
         weight.register_hook(lambda g: g * float("nan") if self.now in self.bad_steps else g)
 
-    def _train_step(self, step):
+    def train_step(self, step):
         self.now = step
-        return super()._train_step(step)
+        return super().train_step(step)
 
 
 def test_nonfinite_gradient_is_named_and_skipped(tmp_path, corpus):

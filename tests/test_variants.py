@@ -8,13 +8,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lm_loss_reference import lm_loss
 from steadylm.config import ConfigError, ModelConfig
 from steadylm.model import attention as attention_mod
 from steadylm.model.attention import build_attention, mlra_rank
 from steadylm.model.gpt import GPT
 from steadylm.model.norms import norm_layout
 from steadylm.model.reparam import SigmaReparam, SigmaReparamLinear
-from steadylm.train.loss import lm_loss
 
 V = 97
 

@@ -55,11 +55,10 @@ def test_variant_trains_and_resumes_exactly(tmp_path, corpus, name):
 def test_sigma_reparam_power_iteration_runs_once_per_step_in_training(tmp_path, corpus):
     over = {"train.max_steps": 2, "train.eval_every": 0, **VARIANTS["sigma_reparam"]}
     trainer = Trainer(tiny_config(corpus, **over), tmp_path / "run", progress=False)
-    trainer._build()
     calls = []
     step = trainer.model.after_optimizer_step
     trainer.model.after_optimizer_step = lambda: (calls.append(1), step())
     u0 = trainer.model.transformer.h[0].mlp.c_fc.sigma.u.clone()
-    trainer._train_step(0)
+    trainer.train_step(0)
     assert calls == [1]
     assert not torch.equal(trainer.model.transformer.h[0].mlp.c_fc.sigma.u, u0)

@@ -129,14 +129,13 @@ def _measure_training(label: str, overrides: list[str], steps: int, warmup: int)
 
     cfg = load_config(None, [*REFERENCE, *overrides])
     trainer = Trainer(cfg, Path(tempfile.mkdtemp()) / "run", progress=False)
-    trainer._build()
     sync = _sync_for(trainer.ctx.device)
     # Skip the steps on which the periodic monitors fire, so the median is a typical step;
     # their cost is measured separately below.
     step = 1
     t0 = time.perf_counter()
     for _ in range(warmup):
-        trainer._train_step(step)
+        trainer.train_step(step)
         step += 1
     sync()
     warm_s = time.perf_counter() - t0
@@ -145,41 +144,14 @@ def _measure_training(label: str, overrides: list[str], steps: int, warmup: int)
     times, sections = [], []
     for _ in range(steps):
         t0 = time.perf_counter()
-        row, _, _ = trainer._train_step(step)
+        row = trainer.train_step(step).row
         float(row["loss"])
         sync()
         times.append(time.perf_counter() - t0)
         sections.append(trainer.timer.take())
         step += 1
     step_s = statistics.median(times)
-    # The periodic monitors: each one's extra time over a typical step, amortised by its cadence.
-    mon = cfg.monitor
-    periodic, gradvar_s = {}, None
-    if mon.stats_every and mon.act_every and mon.gradvar_every:
-
-        cadence = {"stats": mon.stats_every, "act": mon.act_every, "gradvar": mon.gradvar_every}
-        span = math.lcm(*cadence.values())
-
-        def timed_step(at: int, reps: int = 3) -> tuple[float, dict]:
-            """Median over `reps` steps that all fire the same monitors (at, at + lcm, ...)."""
-            times = []
-            for k in range(reps):
-                t0 = time.perf_counter()
-                row, _, _ = trainer._train_step(at + k * span)
-                float(row["loss"])
-                sync()
-                times.append(time.perf_counter() - t0)
-            return statistics.median(times), row
-
-        extra: dict[str, float] = {}
-        for name, at, also in periodic_plan(cadence, after=step):
-            t, row = timed_step(at)
-            extra[name] = max(0.0, t - step_s - sum(extra[o] for o in also))
-            if name == "gradvar":
-                gradvar_s = float(row["grad_var_seconds"])
-        periodic = {f"{k}_extra_s": v for k, v in extra.items()}
-        periodic["amortised_s"] = sum(extra[k] / cadence[k] for k in cadence)
-        periodic.update({f"{k}_every": v for k, v in cadence.items()})
+    periodic, gradvar_s = _periodic_costs(trainer, sync, step_s, after=step)
     tokens = cfg.train.batch_size * cfg.model.block_size
     return TrainMeasure(
         label=label,
@@ -193,6 +165,39 @@ def _measure_training(label: str, overrides: list[str], steps: int, warmup: int)
         periodic=periodic,
         compile_s=warm_s if cfg.train.compile else None,
     )
+
+
+def _periodic_costs(trainer, sync: Callable[[], None], step_s: float, after: int) -> tuple[dict[str, Any], float | None]:
+    """The periodic monitors: each one's extra time over a typical step (`step_s`), amortised by
+    its cadence, and the gradient-variance hooks' own seconds."""
+    mon = trainer.cfg.monitor
+    if not (mon.stats_every and mon.act_every and mon.gradvar_every):
+        return {}, None
+    cadence = {"stats": mon.stats_every, "act": mon.act_every, "gradvar": mon.gradvar_every}
+    span = math.lcm(*cadence.values())
+
+    def timed_step(at: int, reps: int = 3) -> tuple[float, dict]:
+        """Median over `reps` steps that all fire the same monitors (at, at + lcm, ...)."""
+        times = []
+        for k in range(reps):
+            t0 = time.perf_counter()
+            row = trainer.train_step(at + k * span).row
+            float(row["loss"])
+            sync()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times), row
+
+    extra: dict[str, float] = {}
+    gradvar_s = None
+    for name, at, also in periodic_plan(cadence, after=after):
+        t, row = timed_step(at)
+        extra[name] = max(0.0, t - step_s - sum(extra[o] for o in also))
+        if name == "gradvar":
+            gradvar_s = float(row["grad_var_seconds"])
+    periodic: dict[str, Any] = {f"{k}_extra_s": v for k, v in extra.items()}
+    periodic["amortised_s"] = sum(extra[k] / cadence[k] for k in cadence)
+    periodic.update({f"{k}_every": v for k, v in cadence.items()})
+    return periodic, gradvar_s
 
 
 def measure_training(label: str, overrides: list[str], steps: int, warmup: int) -> TrainMeasure:

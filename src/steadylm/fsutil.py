@@ -1,7 +1,7 @@
 """Durable file writes: atomic files and folders (temporary name, fsync, rename) and sha256.
 
-Used by the dataset cache and by checkpoints: a crash, or two processes writing at once, leaves
-either nothing or the complete file, never a half-written one.
+Used by the dataset cache, checkpoints, status.json and metrics truncation: a crash, or two
+processes writing at once, leaves either the old or the complete new file, never a half-written one.
 """
 
 from __future__ import annotations
@@ -75,6 +75,29 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(path.parent)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and folder under `root`, deepest first, then `root` itself."""
+    for p in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(root)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Rename the complete folder `tmp` to `final`. A folder already at `final` is moved aside
+    first and deleted only after the new one is in place, so a crash leaves one of the two."""
+    aside = final.with_name(f".old_{final.name}")
+    if final.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def sha256_file(path: Path) -> str:

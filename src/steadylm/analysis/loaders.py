@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from steadylm.errors import SteadyLMError
+from steadylm.rundir import require_latest_checkpoint
 
 EMBEDDING_NAMES = (
     "wte.weight",  # GPT-2, steadylm
@@ -77,7 +78,7 @@ def load_embedding(path: str | Path, tensor: str | None = None) -> Embedding:
         raise SteadyLMError(f"{path}: no such file or folder; give {FORMATS}")
     if p.is_dir():
         if (p / "checkpoints").is_dir():
-            return _steadylm(_latest(p), tensor, p)
+            return _steadylm(require_latest_checkpoint(p), tensor, p)
         if (p / "model.safetensors").is_file() and (p / "config.toml").is_file():
             return _steadylm(p, tensor, p)
         if (p / "config.json").is_file():
@@ -96,16 +97,6 @@ def _magic(p: Path) -> bytes:
 
 
 # --------------------------------------------------------------------------- steadylm
-
-
-def _latest(run: Path) -> Path:
-    from steadylm.train.checkpoint import latest_checkpoint, list_checkpoints
-
-    ckpt = latest_checkpoint(run)
-    if ckpt is None:
-        found = ", ".join(c.name for c in list_checkpoints(run)) or "none"
-        raise SteadyLMError(f"{run}: no checkpoint with a verified manifest in {run / 'checkpoints'} (found: {found})")
-    return ckpt
 
 
 def _steadylm(ckpt: Path, tensor: str | None, given: Path) -> Embedding:

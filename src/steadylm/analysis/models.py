@@ -140,7 +140,8 @@ def real_model_path(name: str) -> Path:
 def load_steadylm(path: Path) -> AnalysisModel:
     """Our GPT from a run folder (latest verified checkpoint) or a checkpoint folder."""
     from steadylm.data.tokenizer import Tokenizer
-    from steadylm.model.hf import load_model, resolve_checkpoint
+    from steadylm.model.hf import load_model
+    from steadylm.rundir import resolve_checkpoint
 
     ckpt = resolve_checkpoint(path)
     model = load_model(ckpt)

@@ -16,6 +16,7 @@ from steadylm.analysis import geometry
 from steadylm.analysis.hidden import HiddenStates, collect
 from steadylm.analysis.models import AnalysisModel, load_for_analysis
 from steadylm.errors import SteadyLMError
+from steadylm.rundir import CHECKPOINTS, verified_checkpoints
 
 # Per-layer figures, then per-block (l-1 -> l) figures, in table and plot order.
 LAYER_KEYS = ("anisotropy", "mean_cosine", "intrinsic_dim")
@@ -75,21 +76,11 @@ def analyze_model(model: AnalysisModel, texts: list[str], n_tokens: int, drop_fi
 
 def run_checkpoints(run: Path) -> list[Path]:
     """The run's checkpoints whose manifest verifies, oldest first (corrupt ones named and skipped)."""
-    import sys
-
-    from steadylm.train.checkpoint import list_checkpoints, verify_checkpoint
-
-    if not (run / "checkpoints").is_dir():
+    if not (run / CHECKPOINTS).is_dir():
         raise SteadyLMError(f"{run}: --over-training needs a steadylm run folder (one holding checkpoints/)")
-    good = []
-    for ckpt in reversed(list_checkpoints(run)):
-        problem = verify_checkpoint(ckpt)
-        if problem is None:
-            good.append(ckpt)
-        else:
-            print(f"steadylm: skipping corrupt checkpoint {ckpt}: {problem}", file=sys.stderr)
+    good = verified_checkpoints(run)
     if not good:
-        raise SteadyLMError(f"{run}: no checkpoint with a verified manifest in {run / 'checkpoints'}")
+        raise SteadyLMError(f"{run}: no checkpoint with a verified manifest in {run / CHECKPOINTS}")
     return good
 
 

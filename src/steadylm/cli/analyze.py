@@ -54,9 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from steadylm.analysis.geometry_report import format_table, write_outputs
     from steadylm.analysis.profile import analyze_model, over_training
+    from steadylm.device import resolve_device
     from steadylm.errors import SteadyLMError
     from steadylm.jsonsafe import json_safe
-    from steadylm.train.distributed import resolve_device
 
     if args.tokens < 8:
         raise SteadyLMError(f"--tokens must be >= 8 (TwoNN and the held-out fit need a few points), got {args.tokens}")

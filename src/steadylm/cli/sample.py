@@ -30,9 +30,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from steadylm.data.tokenizer import Tokenizer
-    from steadylm.model.hf import resolve_checkpoint, load_model
+    from steadylm.device import resolve_device
+    from steadylm.model.hf import load_model
     from steadylm.model.sampling import generate
-    from steadylm.train.distributed import resolve_device
+    from steadylm.rundir import resolve_checkpoint
 
     if args.tokens < 1 or args.samples < 1:
         raise SteadyLMError("--tokens and --samples must be >= 1")

@@ -18,8 +18,8 @@ import tomllib
 
 from steadylm.config import Config, ModelConfig, TrainConfig, config_from_dict
 from steadylm.errors import SteadyLMError
-from steadylm.experiments.sweep import read_index, read_status
-from steadylm.train.metrics import read_metrics
+from steadylm.experiments.sweep import read_index
+from steadylm.rundir import read_metrics, read_status
 
 # The keys that make a recipe, for naming runs that do not come from a sweep.
 RECIPE_KEYS = (

@@ -29,16 +29,10 @@ from steadylm.config import Config
 from steadylm.errors import SteadyLMError
 from steadylm.experiments.spec import RunPlan, SweepSpec
 from steadylm.fsutil import atomic_write
+from steadylm.rundir import read_status
 from steadylm.status import RunStatus
 
 POLL_SECONDS = 0.2
-
-
-def read_status(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def read_index(sweep_dir: Path) -> list[dict[str, Any]]:

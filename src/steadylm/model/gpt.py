@@ -12,8 +12,10 @@ in `reparam.linear`, the token embedding (dense or tensor-train, docs/tt-embeddi
 is exactly GPT-2; variant parameters have names of their own (`attn.c_attn_down`, `attn.q_norm`,
 `attn.ln_sub`, `mlp.ln_sub`, `transformer.ln_emb`, `*.sigma.gamma`, ...).
 
-The model knows nothing of training, logging or parallelism; with σReparam the trainer calls
-`after_optimizer_step()` once per optimizer step.
+Given targets, the forward pass returns the training objective as sums over tokens (cross-entropy
+plus the optional z-loss, see `lm_head_loss`); the model knows nothing of optimizers, logging or
+parallelism. A training loop calls `after_optimizer_step()` after every update that changed the
+weights: σReparam's power iteration, a no-op for the other variants.
 """
 
 from __future__ import annotations

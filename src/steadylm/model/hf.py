@@ -18,7 +18,9 @@ from safetensors.torch import load_file, save_file
 from steadylm.config import Config, ModelConfig, config_from_dict
 from steadylm.errors import CheckpointError
 from steadylm.model.gpt import GPT
+from steadylm.model.tied_head import drop_tied_head, with_tied_head
 from steadylm.model.tt_embedding import densify_state_dict
+from steadylm.rundir import CONFIG, resolve_checkpoint
 
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _HF_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
@@ -41,8 +43,7 @@ def to_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for name, t in sd.items():
         out[name] = t.t().contiguous() if name.endswith(_CONV1D) else t.contiguous()
-    out.setdefault("lm_head.weight", out["transformer.wte.weight"])
-    return out
+    return with_tied_head(out)
 
 
 def from_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -53,8 +54,7 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             continue  # causal-mask buffers of old checkpoints, not weights ("c_attn.bias" is kept)
         key = name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}"
         out[key] = t.t() if key.endswith(_CONV1D) else t
-    out.pop("lm_head.weight", None)  # tied to wte
-    return out
+    return drop_tied_head(out)
 
 
 def model_config_from_hf(hf: dict) -> ModelConfig:
@@ -123,18 +123,6 @@ def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{folder}: no *.safetensors or pytorch_model.bin weights")
 
 
-def resolve_checkpoint(path: Path) -> Path:
-    """A run dir resolves to its latest verified checkpoint; a checkpoint folder is itself."""
-    if (path / "checkpoints").is_dir():
-        from steadylm.train.checkpoint import latest_checkpoint
-
-        ckpt = latest_checkpoint(path)
-        if ckpt is None:
-            raise CheckpointError(f"{path}: the run has no verified checkpoint yet")
-        return ckpt
-    return path
-
-
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
     """An eval-mode GPT from our run dir or checkpoint folder, or a Hugging Face GPT-2 folder.
 
@@ -143,7 +131,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
     path = resolve_checkpoint(Path(path))
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a steadylm run/checkpoint or Hugging Face folder")
-    if (path / "config.toml").is_file():
+    if (path / CONFIG).is_file():
         cfg = read_checkpoint_config(path).model
         sd = load_file(str(path / "model.safetensors"))
     elif (path / "config.json").is_file():
@@ -152,9 +140,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
     else:
         raise CheckpointError(f"{path}: neither config.toml (steadylm) nor config.json (Hugging Face) found")
     model = GPT(cfg)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if cfg.embedding == "dense":
-        missing = [k for k in missing if k != "lm_head.weight"]  # tied to wte, loaded with it
+    missing, unexpected = model.load_state_dict(with_tied_head(sd), strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model.to(device).eval()
@@ -163,13 +149,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
 def read_checkpoint_config(ckpt: Path) -> Config:
     import tomllib
 
-    return config_from_dict(tomllib.loads((ckpt / "config.toml").read_text()))
+    return config_from_dict(tomllib.loads((ckpt / CONFIG).read_text()))
 
 
 def export_hf(path: str | Path, out: str | Path) -> Path:
     """Write a folder that `GPT2LMHeadModel.from_pretrained` loads with equal logits."""
     src = resolve_checkpoint(Path(path))
-    if not (src / "config.toml").is_file():
+    if not (src / CONFIG).is_file():
         raise CheckpointError(f"{src}: not a steadylm checkpoint (no config.toml)")
     cfg = read_checkpoint_config(src)
     reason = is_gpt2_compatible(cfg.model)
@@ -182,9 +168,8 @@ def export_hf(path: str | Path, out: str | Path) -> Path:
     sd = load_file(str(src / "model.safetensors"))
     if cfg.model.embedding == "tt":
         sd = densify_state_dict(cfg.model, sd)
-    sd = to_hf_state_dict(sd)
-    if hf_config_dict(cfg.model)["tie_word_embeddings"]:
-        sd.pop("lm_head.weight")  # transformers re-ties it from config.tie_word_embeddings
+    # A tied head stays out: transformers re-ties it from config.tie_word_embeddings.
+    sd = drop_tied_head(to_hf_state_dict(sd))
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf_config_dict(cfg.model), indent=2) + "\n")
     tok = src / "tokenizer.json"

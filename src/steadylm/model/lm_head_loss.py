@@ -4,7 +4,8 @@ With a 50257-token vocabulary the logits of a step are the largest tensor in tra
 (tokens x V fp32: 400 MB for 2048 tokens), and autograd's logsumexp backward walks them several
 times. Here each chunk's logits are made, reduced to its loss, and turned straight into the
 gradient (softmax minus one-hot, times 1 + 2·z·logZ for the z-loss) while they are hot; the
-backward pass only scales the saved gradients. The sums equal `steadylm.train.loss.lm_loss`'s.
+backward pass only scales the saved gradients. The sums are those of the plain definition
+(log-softmax of the full logits, then cross-entropy and log²Z summed over tokens), to rounding.
 """
 
 from __future__ import annotations

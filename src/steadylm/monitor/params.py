@@ -14,6 +14,10 @@ Per optimizer step::
 
 `snapshot()` keeps one copy of the watched parameters (allocated once, reused); skip it and
 `update_ratios()` on steps where the ratio is not wanted, or use `param_norms()` alone.
+
+With `sharded=True` (FSDP2, parameters and gradients are DTensors sharded over the ranks) each
+rank reads its own shards and one all-reduce of the groups' squared norms gives the full norms;
+every rank must then make the same calls.
 """
 
 from __future__ import annotations
@@ -21,29 +25,40 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from steadylm import metric_names as M
 from steadylm.monitor.layout import model_layout
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor; a plain tensor as it is."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 class ParamStatsMonitor:
     """Per-group norms for `model` (wrappers looked through; `blocks` overrides block discovery)."""
 
-    def __init__(self, model: nn.Module, blocks: nn.ModuleList | None = None):
+    def __init__(self, model: nn.Module, blocks: nn.ModuleList | None = None, sharded: bool = False):
+        self.sharded = sharded
         groups = model_layout(model, blocks).groups()
         self.names = list(groups)
         self._params = [p for ps in groups.values() for p in ps]
         group_of = [gi for gi, ps in enumerate(groups.values()) for _ in ps]
-        self._device = self._params[0].device
+        self._device = _local(self._params[0]).device
         self._group_of = torch.tensor(group_of, device=self._device)
         self._before: list[torch.Tensor] | None = None
         self._snapped = False
 
     def _per_group(self, tensors: Sequence[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
         # fp32 norms whatever the parameter dtypes: exact enough for bf16 and stackable across dtypes.
-        sq = torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float32)).square()
-        return torch.zeros(len(self.names), device=self._device).index_add_(0, index, sq).sqrt()
+        local = [_local(t) for t in tensors]
+        sq = torch.stack(torch._foreach_norm(local, 2, dtype=torch.float32)).square()
+        sums = torch.zeros(len(self.names), device=self._device).index_add_(0, index, sq)
+        if self.sharded:
+            dist.all_reduce(sums)  # the shards partition each tensor: squared norms add up
+        return sums.sqrt()
 
     def _named(self, prefix: str, values: torch.Tensor) -> dict[str, torch.Tensor]:
         return {M.per_layer(prefix, n): v for n, v in zip(self.names, values.unbind(), strict=True)}
@@ -82,9 +97,9 @@ class ParamStatsMonitor:
     def snapshot(self) -> None:
         """Remember the parameters as they are now (call right before `optimizer.step()`)."""
         if self._before is None:
-            self._before = [p.detach().clone() for p in self._params]
+            self._before = [_local(p.detach()).clone() for p in self._params]
         else:
-            torch._foreach_copy_(self._before, [p.detach() for p in self._params])
+            torch._foreach_copy_(self._before, [_local(p.detach()) for p in self._params])
         self._snapped = True
 
     @torch.no_grad()
@@ -97,7 +112,7 @@ class ParamStatsMonitor:
         old = self._per_group(before, self._group_of)
         new = self._per_group(self._params, self._group_of)
         # now old - new, in place
-        torch._foreach_sub_(before, tuple(p.detach() for p in self._params))
+        torch._foreach_sub_(before, [_local(p.detach()) for p in self._params])
         delta = self._per_group(before, self._group_of)
         out = self._named(M.PARAM_NORM, new)
         out.update(self._named(M.UPDATE_RATIO, delta / old))

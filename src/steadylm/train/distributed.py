@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from steadylm.device import resolve_device
 from steadylm.monitor.tev import tev_per_row_fast
 
 
@@ -35,20 +36,14 @@ class DistContext:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
-
-def resolve_device(name: str, local_rank: int = 0, option: str = "train.device") -> torch.device:
-    """The device `name` means: for "auto", this rank's GPU if there is one, else the CPU;
-    otherwise a torch device name. `option` names the setting in the error."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from steadylm.errors import SteadyLMError
-
-        raise SteadyLMError(f"{option}: {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
-    return device
+    def first_error(self, error: str | None) -> tuple[int, str] | None:
+        """Every rank passes its error (or None) and gets the lowest failing rank's, so that all
+        ranks stop together instead of waiting for one that has given up."""
+        if not self.enabled:
+            return None if error is None else (0, error)
+        errors: list[str | None] = [None] * self.world_size
+        dist.all_gather_object(errors, error)
+        return next(((r, e) for r, e in enumerate(errors) if e is not None), None)
 
 
 def init_distributed(device_name: str) -> DistContext:
@@ -69,16 +64,24 @@ def shutdown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def sharded_tev_summary(weight: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """mu_TEV and sigma_TEV of an embedding sharded by rows (FSDP2's Shard(0) DTensor), from
-    per-rank moments, so the full matrix is never gathered: one all-reduce of three numbers."""
+def sharded_tev_summary(
+    weight: torch.Tensor, n_rows: int, seen: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """`tev_mean tev_std` (and, given the all-rank `seen` mask, `tev_seen_mean tev_seen_std`) of
+    an embedding sharded by rows (FSDP2's Shard(0) DTensor), from per-rank moments, so the full
+    matrix is never gathered: one all-reduce of three (or six) numbers."""
     local = weight.to_local().detach().float()  # this rank's rows, in torch.chunk order
     rows_per_rank = -(-weight.shape[0] // dist.get_world_size())
     first = dist.get_rank() * rows_per_rank
     real = max(0, min(local.shape[0], n_rows - first))  # padding rows past the vocabulary excluded
-    tev = tev_per_row_fast(local[:real])
-    moments = torch.stack([tev.sum(), (tev * tev).sum(), torch.tensor(float(real), device=tev.device)])
+    tev = tev_per_row_fast(local[:real])  # (real,)
+    masks = [torch.ones_like(tev)]
+    if seen is not None:
+        masks.append(seen[first : first + real].to(tev.dtype))
+    moments = torch.stack([x for m in masks for x in ((tev * m).sum(), (tev * tev * m).sum(), m.sum())])
     dist.all_reduce(moments)
-    mean = moments[0] / moments[2]
-    var = (moments[1] / moments[2] - mean * mean).clamp_min(0)
-    return mean, var.sqrt()
+    out = {}
+    for prefix, (s1, s2, n) in zip(("tev", "tev_seen"), moments.view(-1, 3)):
+        mean = s1 / n
+        out[f"{prefix}_mean"], out[f"{prefix}_std"] = mean, (s2 / n - mean * mean).clamp_min(0).sqrt()
+    return out

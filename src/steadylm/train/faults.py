@@ -8,14 +8,18 @@ metrics-flush, and the checkpoint's step (steps completed) for the checkpoint po
     checkpoint-before-rename  checkpoint files written and fsynced, folder not yet renamed
     checkpoint-after-rename   checkpoint renamed into place, status not yet updated
     metrics-flush             half of a metrics line written
+
+One point raises an error instead of dying, on one rank only when `STEADYLM_FAULT_RANK` is set:
+
+    checkpoint-write          a checkpoint file cannot be written (OSError EIO)
 """
 
 from __future__ import annotations
 
+import errno
 import os
 
 EXIT_CODE = 86
-POINTS = ("mid-step", "checkpoint-before-rename", "checkpoint-after-rename", "metrics-flush")
 
 
 def armed(point: str, step: int) -> bool:
@@ -25,3 +29,10 @@ def armed(point: str, step: int) -> bool:
 def crash_if_armed(point: str, step: int) -> None:
     if armed(point, step):
         os._exit(EXIT_CODE)
+
+
+def fail_if_armed(point: str, step: int, rank: int) -> None:
+    """Raise an I/O error at POINT@STEP, on every rank or only on `STEADYLM_FAULT_RANK`."""
+    only = os.environ.get("STEADYLM_FAULT_RANK")
+    if armed(point, step) and (only is None or int(only) == rank):
+        raise OSError(errno.EIO, f"injected write failure ({point}@{step})")

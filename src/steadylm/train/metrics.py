@@ -1,8 +1,8 @@
 """`metrics.jsonl`: one JSON object per optimizer step, events on lines of their own.
 
 Values are kept as device tensors until `flush`, which moves them to the host in one transfer,
-so a step costs no host sync. Readers ignore a torn last line; resume truncates the file to the
-checkpoint's step.
+so a step costs no host sync. Readers (`steadylm.rundir.read_metrics`) ignore a torn last line;
+resume truncates the file to the checkpoint's step.
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ from typing import Any
 
 import torch
 
+from steadylm.fsutil import atomic_write
+from steadylm.rundir import read_metrics
 from steadylm.train import faults
+
+__all__ = ["MetricsLog", "read_metrics", "truncate_metrics"]  # read_metrics lives with the run folder
 
 
 def _plain(v: float) -> float | None | str:
@@ -64,25 +68,11 @@ class MetricsLog:
         return rows
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All complete lines of a metrics file (a torn last line is ignored)."""
-    rows = []
-    if not path.is_file():
-        return rows
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # torn write at a crash
-    return rows
-
-
 def truncate_metrics(path: Path, last_step: int, keep_events: bool = False) -> None:
     """Keep lines up to and including `last_step` (and, with `keep_events`, every event line, as a
     rollback does so the spike that caused it stays on record); drop a torn tail."""
     if not path.is_file():
         return
     kept = [r for r in read_metrics(path) if r.get("step", -1) <= last_step or (keep_events and "event" in r)]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write("".join(json.dumps(r) + "\n" for r in kept).encode("utf-8"))

@@ -18,7 +18,7 @@ from steadylm.monitor.gradvar import GradVarianceMonitor
 from steadylm.monitor.nonfinite import first_nonfinite_grad
 from steadylm.monitor.params import ParamStatsMonitor
 from steadylm.monitor.spikes import SpikeDetector
-from steadylm.monitor.tev import TEVMonitor, frequency_groups
+from steadylm.monitor.tev import TEVMonitor, frequency_groups, tev_per_row
 from steadylm.train.distributed import DistContext, sharded_tev_summary
 
 
@@ -36,9 +36,10 @@ def _due(every: int, step: int) -> bool:
 
 
 class TrainingMonitors:
-    """All monitors of one run. FSDP2 keeps TEV (from sharded row moments), the spike and
-    non-finite guards; the gradient-variance reference, per-block norms, the seen-row TEV and the
-    activation probe need whole tensors and are off under FSDP2."""
+    """All monitors of one run. Under FSDP2 the norms and TEV figures come from each rank's
+    shards and one all-reduce (every rank makes the same calls), and the activation probe runs its
+    forward on every rank; the gradient-variance reference is off (its hooks would see sharded,
+    already-reduced gradients) and the TEV histogram gathers the embedding at evaluation steps."""
 
     def __init__(
         self,
@@ -52,10 +53,11 @@ class TrainingMonitors:
         self.cfg, self.ctx, self.fsdp, self.model = cfg, ctx, fsdp, model
         self.vocab_rows = vocab_rows
         groups = frequency_groups(token_counts) if cfg.tev_freq_groups and token_counts is not None else None
-        self.tev = None if fsdp else TEVMonitor.for_model(model, vocab_size=vocab_rows, row_groups=groups)
-        self.stats = None if fsdp else ParamStatsMonitor(model)
+        # Under FSDP2 the monitor keeps the seen mask; the figures come from sharded row moments.
+        self.tev = TEVMonitor.for_model(model, vocab_size=vocab_rows, row_groups=groups)
+        self.stats = ParamStatsMonitor(model, sharded=fsdp)
         self.gradvar = None if fsdp or not cfg.gradvar_every else GradVarianceMonitor(model)
-        self.acts = None if fsdp or not cfg.act_every else ActivationMonitor(model)
+        self.acts = None if not cfg.act_every else ActivationMonitor(model)
         self.spikes = SpikeDetector(window=cfg.spike_window, sigma=cfg.spike_sigma)
         self.nonfinite_streak = 0
         self.rollbacks = 0
@@ -71,26 +73,30 @@ class TrainingMonitors:
             self.gradvar.begin(grad_scale=grad_scale)  # the gradient of each micro-batch's mean loss
 
     def observe(self, x: torch.Tensor) -> None:
-        if self.tev is not None:
-            self.tev.observe_tokens(x)
+        self.tev.observe_tokens(x)
 
-    def after_backward(self, row: dict[str, Any], step: int) -> None:
+    def after_backward(self, row: dict[str, Any]) -> None:
         if self.gradvar is not None and self.gradvar.active:
             row.update(self.gradvar.end())
 
     def gradient_norm(self, row: dict[str, Any], params: list[torch.nn.Parameter]) -> torch.Tensor:
         """The total gradient norm; per-block norms (`grad_norm/h.N`) come free with it every step."""
-        if self.stats is None:
+        if self.fsdp:
+            # Clipping the sharded gradients takes the total as a DTensor; the groups' norms come
+            # from each rank's shards.
+            row.update(self.stats.grad_norms())
             return torch.nn.utils.get_total_norm([p.grad for p in params])
         groups, total = self.stats.grad_norms_with_total(params)
         row.update(groups)
         return total
 
-    def judge(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> Verdict:
-        """The step's one host sync: non-finite loss or gradient, and the spike test."""
+    def judge(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> Verdict:
+        """The step's one host sync: non-finite loss or gradient, and the spike test. With
+        `grad_norm` None (fp16, where the grad scaler handles overflowing gradients) only the
+        loss is judged."""
         spike = self.spikes.update(loss, grad_norm)
-        non_finite = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
-        nf, sp = torch.stack([non_finite, spike]).tolist()
+        finite = torch.isfinite(loss) if grad_norm is None else torch.isfinite(loss) & torch.isfinite(grad_norm)
+        nf, sp = torch.stack([~finite, spike]).tolist()
         verdict = Verdict(non_finite=bool(nf), spike=bool(sp) and not nf)
         if verdict.non_finite:
             verdict.param = first_nonfinite_grad(self.model) or "(the loss itself)"
@@ -101,7 +107,7 @@ class TrainingMonitors:
 
     def before_update(self, step: int) -> None:
         # Parameter norms and update ratios cost a copy of the weights: every stats_every steps.
-        self._ratios_due = self.stats is not None and _due(self.cfg.stats_every, step)
+        self._ratios_due = _due(self.cfg.stats_every, step)
         if self._ratios_due:
             self.stats.snapshot()
 
@@ -118,31 +124,31 @@ class TrainingMonitors:
             row.update(self.acts.measure(x[:1]))
 
     def tev_figures(self) -> dict[str, torch.Tensor]:
-        if self.fsdp:
-            mean, std = sharded_tev_summary(self.model.get_input_embeddings().weight, self.vocab_rows)
-            return {"tev_mean": mean, "tev_std": std}
         if self.ctx.enabled:
             self.tev.all_reduce_seen()  # each rank saw its own tokens
+        if self.fsdp:
+            weight = self.model.get_input_embeddings().weight
+            return sharded_tev_summary(weight, self.vocab_rows, self.tev.seen)
         return self.tev.compute()
 
-    def tev_values(self) -> torch.Tensor | None:
-        """TEV_i over the real rows, for histograms at evaluation steps."""
-        if self.fsdp:
-            return None
-        return self.tev.values()
+    def tev_values(self) -> torch.Tensor:
+        """TEV_i over the real rows, for histograms at evaluation steps (a collective under FSDP2)."""
+        if not self.fsdp:
+            return self.tev.values()
+        weight = self.model.get_input_embeddings().weight
+        if hasattr(weight, "full_tensor"):  # sharded by FSDP2 (not right after a forward pass)
+            weight = weight.full_tensor()  # gathered on every rank, at evaluation steps only
+        return tev_per_row(weight, self.vocab_rows)
 
     # Checkpointed state.
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"spikes": self.spikes.state_dict(), "rollbacks": self.rollbacks}
-        if self.tev is not None:
-            if self.ctx.enabled:
-                self.tev.all_reduce_seen()
-            state["tev"] = self.tev.state_dict()
-        return state
+        if self.ctx.enabled:
+            self.tev.all_reduce_seen()
+        return {"spikes": self.spikes.state_dict(), "rollbacks": self.rollbacks, "tev": self.tev.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.spikes.load_state_dict(state["spikes"])
         self.rollbacks = int(state.get("rollbacks", 0))
-        if self.tev is not None and "tev" in state:
+        if "tev" in state:  # FSDP2 checkpoints written before the seen mask was kept have none
             self.tev.load_state_dict(state["tev"])

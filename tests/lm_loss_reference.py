@@ -1,8 +1,6 @@
-"""The language-model loss: token cross-entropy plus PaLM's z-loss, as sums.
-
-Both terms are returned as sums over tokens, not means, so the caller divides by the token
-count it wants: the trainer divides by the *global* number of tokens in the optimizer step, which
-makes the gradient independent of how the batch is split across micro-batches and ranks.
+"""Reference language-model loss for tests: token cross-entropy plus PaLM's z-loss, as sums,
+from materialised logits. The model computes the same sums chunk by chunk, without holding the
+logits (`steadylm.model.lm_head_loss`); tests compare the two in value and gradient.
 """
 
 from __future__ import annotations
