@@ -91,10 +91,20 @@ def test_a_checkpoint_written_by_the_previous_code_resumes_exactly(tmp_path, mon
     the weights the uninterrupted run of that code ended on (v1_final_step6.safetensors).
 
     BPE training is not reproducible across processes, so the run's prepared dataset (generated
-    text, tokenized) is committed beside it (v1_dataset) and stands in for data preparation."""
+    text, tokenized) is committed beside it (v1_dataset) and stands in for data preparation.
+    Both runs used one thread: float sums are split differently across more threads."""
     from steadylm.data.prepare import load_prepared
     from steadylm.train import trainer as trainer_module
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _resume_v1_run(tmp_path, monkeypatch, trainer_module, load_prepared)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _resume_v1_run(tmp_path, monkeypatch, trainer_module, load_prepared):
     dataset = shutil.copytree(DATA / "v1_dataset", tmp_path / "dataset")
     monkeypatch.setattr(trainer_module, "prepare", lambda data_cfg, progress: load_prepared(dataset))
     run = shutil.copytree(DATA / "v1_run", tmp_path / "run")

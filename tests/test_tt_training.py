@@ -13,7 +13,7 @@ import torch
 from helpers import tiny_overrides, write_corpus
 from steadylm.cli import main
 from steadylm.model.hf import load_model
-from steadylm.train.checkpoint import latest_checkpoint
+from steadylm.rundir import latest_checkpoint
 from steadylm.train.metrics import read_metrics
 
 
