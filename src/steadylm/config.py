@@ -233,27 +233,14 @@ class Config:
 
     def validate(self) -> "Config":
         for section in SECTIONS:
-            sub = getattr(self, section)
-            for key, options in getattr(sub, "CHOICES", {}).items():
-                value = getattr(sub, key)
-                if value not in options:
-                    raise ConfigError(
-                        f"{section}.{key}: {value!r} is not one of {', '.join(options)}"
-                        + _suggest(str(value), options)
-                    )
-            sub.validate()
+            validate_section(section, getattr(self, section))
         return self
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
 
     def to_toml(self) -> str:
-        lines: list[str] = []
-        for section, values in self.to_dict().items():
-            lines.append(f"[{section}]")
-            lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
-            lines.append("")
-        return "\n".join(lines)
+        return "\n".join(table_toml(section, values) for section, values in self.to_dict().items())
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "monitor": MonitorConfig}
@@ -267,6 +254,12 @@ def _positive(obj: Any, section: str, key: str) -> None:
 def _at_least(obj: Any, section: str, key: str, low: int) -> None:
     if getattr(obj, key) < low:
         raise ConfigError(f"{section}.{key}: must be >= {low}, got {getattr(obj, key)}")
+
+
+def table_toml(section: str, values: dict[str, Any]) -> str:
+    """One `[section]` table of TOML, ending with a blank line."""
+    lines = [f"[{section}]", *(f"{k} = {_toml_value(v)}" for k, v in values.items()), ""]
+    return "\n".join(lines)
 
 
 def _toml_value(v: Any) -> str:
@@ -308,17 +301,34 @@ def _apply(cfg: Config, data: dict[str, Any], origin: str) -> None:
                 f"{origin}: unknown section [{_shown(section)}]; valid sections: {', '.join(SECTIONS)}"
                 + _suggest(section, SECTIONS)
             )
-        if not isinstance(values, dict):
-            raise ConfigError(f"{origin}: [{section}] must be a table of key = value")
-        sub = getattr(cfg, section)
-        hints = typing.get_type_hints(type(sub))
-        names = [f.name for f in dataclasses.fields(sub)]
-        for key, value in values.items():
-            if key not in names:
-                raise ConfigError(
-                    f"{section}.{_shown(key)}: unknown key; valid keys: {', '.join(names)}" + _suggest(key, names)
-                )
-            setattr(sub, key, _check_type(f"{section}.{key}", value, hints[key]))
+        apply_section(getattr(cfg, section), section, values, origin)
+
+
+def apply_section(sub: Any, section: str, values: Any, origin: str) -> None:
+    """Set the keys of one `[section]` table on its dataclass `sub`, checking names and types.
+
+    Shared by every config with this shape (the train config here, `[finetune]`, ...)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{origin}: [{section}] must be a table of key = value")
+    hints = typing.get_type_hints(type(sub))
+    names = [f.name for f in dataclasses.fields(sub)]
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(
+                f"{section}.{_shown(key)}: unknown key; valid keys: {', '.join(names)}" + _suggest(key, names)
+            )
+        setattr(sub, key, _check_type(f"{section}.{key}", value, hints[key]))
+
+
+def validate_section(section: str, sub: Any) -> None:
+    """Check a section's named choices (its `CHOICES`), then its own `validate()`."""
+    for key, options in getattr(sub, "CHOICES", {}).items():
+        value = getattr(sub, key)
+        if value not in options:
+            raise ConfigError(
+                f"{section}.{key}: {value!r} is not one of {', '.join(options)}" + _suggest(str(value), options)
+            )
+    sub.validate()
 
 
 def preset_names() -> list[str]:

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import platform
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -24,7 +21,6 @@ from typing import Any
 import torch
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
-import steadylm
 from steadylm.config import Config, config_from_dict
 from steadylm.data.prepare import PreparedData, prepare
 from steadylm.data.reader import SequenceReader, eval_sequences
@@ -33,7 +29,7 @@ from steadylm.model.gpt import GPT
 from steadylm.model.taps import BlockTaps
 from steadylm.monitor.tev import tev_histogram
 from steadylm.train import checkpoint as ckpt_io
-from steadylm.train import faults
+from steadylm.train import faults, runfolder
 from steadylm.train.distributed import DistContext, init_distributed, shutdown
 from steadylm.train.metrics import MetricsLog, truncate_metrics
 from steadylm.train.monitoring import TrainingMonitors, Verdict
@@ -62,17 +58,6 @@ class RunResult:
     tev_mean: float | None
     tev_std: float | None
     checkpoint: Path | None
-
-
-def _git_hash() -> str | None:
-    try:
-        root = Path(__file__).resolve().parents[3]
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _precision(cfg: Config, device: torch.device) -> tuple[torch.dtype | None, str]:
@@ -151,27 +136,15 @@ class Trainer:
         rd = self.run_dir
         rd.mkdir(parents=True, exist_ok=True)
         (rd / "config.toml").write_text(self.cfg.to_toml())
-        provenance = {
-            "steadylm_version": steadylm.__version__,
-            "git_hash": _git_hash(),
-            "torch_version": torch.__version__,
-            "python": platform.python_version(),
-            "device": str(self.ctx.device),
-            "device_name": torch.cuda.get_device_name(self.ctx.device) if self.ctx.device.type == "cuda" else platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "world_size": self.ctx.world_size,
-            "precision": self.precision,
-            "dataset": str(self.data.dir),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        provenance = runfolder.provenance(
+            self.ctx.device, world_size=self.ctx.world_size, precision=self.precision, dataset=str(self.data.dir)
+        )
         (rd / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
 
     def _set_status(self, status: str, **extra: Any) -> None:
         if not self.ctx.is_main:
             return
-        tmp = self.run_dir / "status.json.tmp"
-        tmp.write_text(json.dumps({"status": status, **extra}) + "\n")
-        os.replace(tmp, self.run_dir / "status.json")
+        runfolder.write_status(self.run_dir, status, **extra)
 
     def _build(self) -> None:
         cfg = self.cfg

@@ -1,0 +1,49 @@
+"""Files every job writes into its run folder besides checkpoints and metrics: provenance.json
+(what produced the run) and status.json (running | finished | stopped | diverged | failed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import steadylm
+
+
+def git_hash() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[3]
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(device: torch.device, **extra: Any) -> dict[str, Any]:
+    """steadylm and torch versions, git hash, device, threads and start time, plus `extra`."""
+    return {
+        "steadylm_version": steadylm.__version__,
+        "git_hash": git_hash(),
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        **extra,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_status(run_dir: Path, status: str, **extra: Any) -> None:
+    """Replace RUN/status.json atomically: {"status": ..., **extra}."""
+    tmp = run_dir / "status.json.tmp"
+    tmp.write_text(json.dumps({"status": status, **extra}) + "\n")
+    os.replace(tmp, run_dir / "status.json")
