@@ -215,6 +215,9 @@ class FinetuneJob:
             raise SteadyLMError(f"{ckpt}: weights do not match the model (missing {sorted(set(missing) - tied)[:3]}, "
                                 f"unexpected {unexpected[:3]})")
         load_sparsegrad_state(self.model, bases)
+        for opt in self.optimizers:
+            if isinstance(opt, torch.optim.SparseAdam):
+                _init_sparse_adam(opt)
         optim_state, trainer_state, rng = ckpt_io.load_train_state(
             ckpt, get_optimizer_state_dict(self.model, self.optimizers))
         set_optimizer_state_dict(self.model, self.optimizers, optim_state)
@@ -351,6 +354,14 @@ class FinetuneJob:
             f.write((json.dumps(result, indent=1) + "\n").encode())
         runfolder.write_status(self.run_dir, "finished", step=self.total_steps, checkpoint=str(ckpt) if ckpt else None)
         return result
+
+
+def _init_sparse_adam(opt: torch.optim.SparseAdam) -> None:
+    """Give SparseAdam empty state before loading a checkpoint into it: torch.distributed.checkpoint
+    would otherwise initialise it by a step on dense zero gradients, which SparseAdam rejects."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            opt.state[p] = {"step": 0, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
 
 
 def macro_f1(pred: torch.Tensor, truth: torch.Tensor) -> float:
