@@ -16,6 +16,10 @@
     "model.attention" = "mlra"
     "model.mlra_init" = "variance_preserving"
 
+    [sweep]                    # another job: its own sections; seeds set finetune.seed
+    job = "finetune"           # "train" (default) or "finetune"; base is then an optional
+                               # TOML file with a [finetune] table
+
 Keys are `section.key` as in `--set`, quoted or as TOML dotted keys (`model.n_layer = [4, 8]`).
 Runs are variants x grid x seeds, named from what varies, e.g. `mlra-n_layer8-lr3e-3-s1`.
 A key belongs to one of set, grid or variants, so no run depends on which of them wins.
@@ -34,10 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steadylm.config import SECTIONS, Config, load_config, preset_names
+from steadylm.config import SECTIONS, preset_names
 from steadylm.errors import SteadyLMError
+from steadylm.experiments.jobs import JOBS
 
-SWEEP_KEYS = ("base", "seeds", "set", "grid", "variants")
+SWEEP_KEYS = ("job", "base", "seeds", "set", "grid", "variants")
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]*")
 
 
@@ -111,6 +116,7 @@ class SweepSpec:
     fixed: dict[str, Any]
     grid: dict[str, list[Any]]
     variants: dict[str, dict[str, Any]]
+    job: str = "train"  # a name in experiments.jobs.JOBS
 
     def runs(self) -> list[RunPlan]:
         """Every run, variants outermost and seeds innermost, so partial sweeps cover recipes first."""
@@ -128,7 +134,7 @@ class SweepSpec:
             parts += [f"s{seed}"] if seed is not None else []
             overrides = {**self.fixed, **vset, **point}
             if seed is not None:
-                overrides["train.seed"] = seed
+                overrides[JOBS[self.job].seed_key] = seed
             plans.append(RunPlan("-".join(parts) or "run", variant, point, seed, overrides))
         names = [p.name for p in plans]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -139,12 +145,12 @@ class SweepSpec:
             )
         return plans
 
-    def resolve(self) -> list[tuple[RunPlan, Config]]:
+    def resolve(self) -> list[tuple[RunPlan, Any]]:
         """Every run's validated config, so that a bad value fails before any training starts."""
         out = []
         for plan in self.runs():
             try:
-                cfg = load_config(self.base, plan.override_args())
+                cfg = JOBS[self.job].load(self.base, plan.override_args())
             except SteadyLMError as e:
                 raise SteadyLMError(f"{self.path}: run {plan.name}: {e}") from None
             out.append((plan, cfg))
@@ -169,28 +175,28 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _check_key(where: str, key: str) -> None:
+def _check_key(where: str, key: str, sections: dict[str, type] = SECTIONS) -> None:
     parts = key.split(".")
     if len(parts) != 2:
         raise SteadyLMError(f"{where} {key!r}: expected section.key, e.g. model.n_layer")
     section, name = parts
-    if section not in SECTIONS:
-        close = difflib.get_close_matches(section, list(SECTIONS), n=1)
+    if section not in sections:
+        close = difflib.get_close_matches(section, list(sections), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SteadyLMError(f"{where} {key}: unknown section {section!r}; sections: {', '.join(SECTIONS)}{hint}")
-    fields = [f.name for f in dataclasses.fields(SECTIONS[section])]
+        raise SteadyLMError(f"{where} {key}: unknown section {section!r}; sections: {', '.join(sections)}{hint}")
+    fields = [f.name for f in dataclasses.fields(sections[section])]
     if name not in fields:
         close = difflib.get_close_matches(name, fields, n=1)
         hint = f" (did you mean {section}.{close[0]}?)" if close else ""
         raise SteadyLMError(f"{where} {key}: unknown key; keys of [{section}]: {', '.join(fields)}{hint}")
 
 
-def _table(where: str, value: Any) -> dict[str, Any]:
+def _table(where: str, value: Any, sections: dict[str, type] = SECTIONS) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SteadyLMError(f"{where}: must be a table of section.key = value")
     flat = _flatten(value)
     for key in flat:
-        _check_key(where, key)
+        _check_key(where, key, sections)
     return flat
 
 
@@ -223,8 +229,8 @@ def _seeds(path: Path, seeds: Any) -> list[int] | None:
     return seeds
 
 
-def _grid(path: Path, raw: Any) -> dict[str, list[Any]]:
-    grid = _table(f"{path}: [sweep.grid]", raw)
+def _grid(path: Path, raw: Any, sections: dict[str, type] = SECTIONS) -> dict[str, list[Any]]:
+    grid = _table(f"{path}: [sweep.grid]", raw, sections)
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise SteadyLMError(f"{path}: [sweep.grid] {key}: expected a non-empty list of values, got {values!r}")
@@ -233,7 +239,7 @@ def _grid(path: Path, raw: Any) -> dict[str, list[Any]]:
     return grid
 
 
-def _variants(path: Path, raw: Any) -> dict[str, dict[str, Any]]:
+def _variants(path: Path, raw: Any, sections: dict[str, type] = SECTIONS) -> dict[str, dict[str, Any]]:
     if not isinstance(raw, dict):
         raise SteadyLMError(f"{path}: [sweep.variants]: expected tables [sweep.variants.NAME]")
     out = {}
@@ -243,7 +249,7 @@ def _variants(path: Path, raw: Any) -> dict[str, dict[str, Any]]:
                 f"{path}: [sweep.variants] {name!r}: a variant name is letters, digits and _ . + - "
                 "(it becomes part of the run folders' names)"
             )
-        out[name] = _table(f"{path}: [sweep.variants.{name}]", table)
+        out[name] = _table(f"{path}: [sweep.variants.{name}]", table, sections)
     return out
 
 
@@ -265,7 +271,13 @@ def _check_disjoint(path: Path, spec: SweepSpec) -> None:
         for key in table:
             claim(key, "[sweep.variants]")
     if spec.seeds is not None:
-        claim("train.seed", "[sweep] seeds")
+        claim(JOBS[spec.job].seed_key, "[sweep] seeds")
+
+
+def _job(path: Path, name: Any):
+    if name not in JOBS:
+        raise SteadyLMError(f"{path}: [sweep] job: {name!r} is not one of {', '.join(JOBS)}")
+    return JOBS[name]
 
 
 def parse_spec(path: str | Path) -> SweepSpec:
@@ -289,14 +301,17 @@ def parse_spec(path: str | Path) -> SweepSpec:
         close = difflib.get_close_matches(unknown[0], SWEEP_KEYS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise SteadyLMError(f"{path}: [sweep] {unknown[0]}: unknown key; keys: {', '.join(SWEEP_KEYS)}{hint}")
+    job = _job(path, sweep.get("job", "train"))
+    sections = job.sections()
     spec = SweepSpec(
         path=path,
         raw=raw,
-        base=_resolve_base(path, sweep.get("base")),
+        base=_resolve_base(path, sweep.get("base")) if job.base_required or "base" in sweep else "",
         seeds=_seeds(path, sweep.get("seeds")),
-        fixed=_table(f"{path}: [sweep.set]", sweep.get("set", {})),
-        grid=_grid(path, sweep.get("grid", {})),
-        variants=_variants(path, sweep.get("variants", {})),
+        fixed=_table(f"{path}: [sweep.set]", sweep.get("set", {}), sections),
+        grid=_grid(path, sweep.get("grid", {}), sections),
+        variants=_variants(path, sweep.get("variants", {}), sections),
+        job=job.name,
     )
     _check_disjoint(path, spec)
     return spec

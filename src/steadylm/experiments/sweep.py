@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from steadylm.config import Config
 from steadylm.errors import SteadyLMError
+from steadylm.experiments.jobs import JOBS
 from steadylm.experiments.spec import RunPlan, SweepSpec
 from steadylm.fsutil import atomic_write
 
@@ -47,7 +47,7 @@ def read_index(sweep_dir: Path) -> list[dict[str, Any]]:
 @dataclass
 class Entry:
     plan: RunPlan
-    cfg: Config
+    cfg: Any  # the job's validated config
     run_dir: Path
     status: str = "pending"
     step: int = 0
@@ -151,18 +151,15 @@ class Sweep:
         self.write_index()
 
     def _sequential(self, bar) -> bool:
-        from steadylm.train.trainer import Trainer
-
+        job = JOBS[self.spec.job]
         for e in self.todo:
             started = time.perf_counter()
             e.status, e.error = "running", None
             self.write_index()
             _show(bar, [e])
             try:
-                result = Trainer(e.cfg, e.run_dir, resume=e.resumable(), progress=False).fit()
-                e.status, e.step = result.status, result.step
-                if result.status == "diverged":
-                    e.error = read_status(e.run_dir).get("reason")
+                result = job.run(e.cfg, e.run_dir, e.resumable())
+                e.status, e.step, e.error = result.status, result.step, result.reason
             except KeyboardInterrupt:
                 e.status = "stopped"
                 raise
@@ -215,7 +212,8 @@ class Sweep:
         return self.out / "logs" / f"{e.plan.name}.log"
 
     def _spawn(self, e: Entry, env: dict[str, str], lock: int | None) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "steadylm", "train", "--config", self.spec.base,
+        base = ["--config", self.spec.base] if self.spec.base else []
+        cmd = [sys.executable, "-m", "steadylm", JOBS[self.spec.job].command, *base,
                *[a for o in e.plan.override_args() for a in ("--set", o)],
                "--out", str(e.run_dir), "--no-progress"]
         if e.resumable():
