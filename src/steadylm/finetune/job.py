@@ -285,11 +285,14 @@ class FinetuneJob:
 
             bar = tqdm(total=self.total_steps, initial=start, desc=self.run_dir.name, unit="step", dynamic_ncols=True)
         sg_layers = [m for m in self.model.modules() if isinstance(m, SparseGradLinear)]
+        # Wall and process-CPU seconds of the training steps alone; CPU time is the fairer speed on a
+        # shared machine, where wall time depends on what else runs.
         train_seconds, steps_timed = float(self.info.get("train_seconds", 0.0)), int(self.info.get("steps_timed", 0))
+        cpu_seconds = float(self.info.get("cpu_seconds", 0.0))
         self.model.train()
         ckpt = None
         for step in range(start, end):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             factor = self._lr_factor(step)
             for opt in self.optimizers:
                 for g in opt.param_groups:
@@ -301,6 +304,7 @@ class FinetuneJob:
                 opt.zero_grad(set_to_none=True)
             dt = time.perf_counter() - t0
             train_seconds, steps_timed = train_seconds + dt, steps_timed + 1
+            cpu_seconds += time.process_time() - c0
             row: dict[str, Any] = {"step": step, "epoch": step // self.steps_per_epoch, "loss": loss.detach(),
                                    "accuracy": acc, "lr": cfg.lr * factor, "step_time": dt}
             if sg_layers:
@@ -315,7 +319,7 @@ class FinetuneJob:
                 if bar is not None:
                     bar.update(done - bar.n)
                     bar.set_postfix_str(f"loss {rows[-1]['loss']:.4f} | acc {rows[-1]['accuracy']:.3f}")
-            self.info.update(train_seconds=train_seconds, steps_timed=steps_timed)
+            self.info.update(train_seconds=train_seconds, steps_timed=steps_timed, cpu_seconds=cpu_seconds)
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == end:
                 ckpt = self._save(done)
         if bar is not None:
@@ -323,9 +327,9 @@ class FinetuneJob:
         if end < self.total_steps:
             runfolder.write_status(self.run_dir, "stopped", step=end, checkpoint=str(ckpt) if ckpt else None)
             return {}
-        return self._finish(ckpt, train_seconds, steps_timed)
+        return self._finish(ckpt)
 
-    def _finish(self, ckpt: Path | None, train_seconds: float, steps_timed: int) -> dict[str, Any]:
+    def _finish(self, ckpt: Path | None) -> dict[str, Any]:
         cfg = self.cfg
         test = self.evaluate(self.test_data)
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -333,7 +337,9 @@ class FinetuneJob:
             "task": self.task.name, "base": cfg.base, "method": cfg.method, "seed": cfg.seed,
             "accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "n_test": len(self.test_data),
             "trainable_params": trainable, "peak_mem_mb": peak_memory_mb(self.device),
-            "steps_per_s": steps_timed / train_seconds if train_seconds > 0 else None,
+            "steps_per_s": _rate(self.info["steps_timed"], self.info["train_seconds"]),
+            "steps_per_cpu_s": _rate(self.info["steps_timed"], self.info["cpu_seconds"]),
+            "threads": torch.get_num_threads(),
             "steps": self.total_steps, "test_loss": test["loss"], "labels": list(self.task.labels),
         }
         if self.budget is not None:
@@ -354,6 +360,10 @@ class FinetuneJob:
             f.write((json.dumps(result, indent=1) + "\n").encode())
         runfolder.write_status(self.run_dir, "finished", step=self.total_steps, checkpoint=str(ckpt) if ckpt else None)
         return result
+
+
+def _rate(n: int, seconds: float) -> float | None:
+    return n / seconds if seconds > 0 else None
 
 
 def _init_sparse_adam(opt: torch.optim.SparseAdam) -> None:
