@@ -40,14 +40,21 @@ def keyword_examples(n: int, seed: int) -> list[Example]:
 
 
 def keyword_task(n_train: int = 160, n_test: int = 64) -> Task:
-    return Task("keywords", ("pos", "neg"), tuple(keyword_examples(n_train, 1)),
-                tuple(keyword_examples(32, 2)), tuple(keyword_examples(n_test, 3)))
+    return Task(
+        "keywords",
+        ("pos", "neg"),
+        tuple(keyword_examples(n_train, 1)),
+        tuple(keyword_examples(32, 2)),
+        tuple(keyword_examples(n_test, 3)),
+    )
 
 
 def write_jsonl(task: Task, path: Path) -> Path:
     """The task's examples as a .jsonl file with text and label (the format `steadylm.tasks` reads)."""
     rows = [*task.train, *task.validation, *task.test]
-    path.write_text("".join(json.dumps({"text": e.text, "label": task.labels[e.label]}) + "\n" for e in rows))
+    path.write_text(
+        "".join(json.dumps({"text": e.text, "label": task.labels[e.label]}) + "\n" for e in rows)
+    )
     return path
 
 
@@ -60,7 +67,8 @@ def word_tokenizer(cls_sep: bool = True):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     if cls_sep:
         tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+        )
     return tok
 
 
@@ -70,8 +78,15 @@ def tiny_bert(folder: Path) -> Path:
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(WORDS) + 6, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
+    cfg = BertConfig(
+        vocab_size=len(WORDS) + 6,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
     BertModel(cfg).save_pretrained(folder)
     word_tokenizer().save(str(folder / "tokenizer.json"))
     return folder

@@ -14,8 +14,14 @@ from steadylm.finetune.config import load_finetune_config
 from steadylm.finetune.export import load_classifier
 from steadylm.finetune.job import FinetuneJob
 
-FAST = ["finetune.batch_size=16", "finetune.lr=3e-3", "finetune.peft_lr=1e-2", "finetune.sparsegrad_warmup_steps=3",
-        "finetune.eval_every=0", "finetune.log_every=1"]
+FAST = [
+    "finetune.batch_size=16",
+    "finetune.lr=3e-3",
+    "finetune.peft_lr=1e-2",
+    "finetune.sparsegrad_warmup_steps=3",
+    "finetune.eval_every=0",
+    "finetune.log_every=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +31,10 @@ def bases(tmp_path_factory):
 
 
 def _cfg(base, method, *extra):
-    return load_finetune_config(None, [f"finetune.base={json.dumps(str(base))}", f'finetune.method="{method}"',
-                                       *FAST, *extra])
+    return load_finetune_config(
+        None,
+        [f"finetune.base={json.dumps(str(base))}", f'finetune.method="{method}"', *FAST, *extra],
+    )
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "sparsegrad"])
@@ -35,8 +43,18 @@ def test_each_method_learns_the_keyword_task(bases, tmp_path, method):
     cfg = _cfg(bases["bert"], method, "finetune.epochs=6")
     result = FinetuneJob(cfg, tmp_path / "run", task=task, progress=False).run()
     assert result["accuracy"] > 0.75  # chance is 0.5
-    for key in ("task", "base", "method", "seed", "accuracy", "macro_f1", "n_test", "trainable_params",
-                "peak_mem_mb", "steps_per_s"):
+    for key in (
+        "task",
+        "base",
+        "method",
+        "seed",
+        "accuracy",
+        "macro_f1",
+        "n_test",
+        "trainable_params",
+        "peak_mem_mb",
+        "steps_per_s",
+    ):
         assert key in result
     assert json.loads((tmp_path / "run" / "eval.json").read_text()) == result
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "finished"
@@ -80,8 +98,13 @@ def test_resume_is_exact(bases, tmp_path, method):
     b = load_file(str(tmp_path / "split" / "classifier" / "model.safetensors"))
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    losses = [[r["loss"] for r in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())]
-              for d in ("whole", "split")]
+    losses = [
+        [
+            r["loss"]
+            for r in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())
+        ]
+        for d in ("whole", "split")
+    ]
     assert losses[0] == losses[1] and len(losses[0]) == 8
 
 
@@ -89,17 +112,25 @@ def test_bad_input_stops_before_writing(bases, tmp_path):
     task = keyword_task()
     out = tmp_path / "run"
     with pytest.raises(SteadyLMError, match="sparsegrad_k=100000 exceeds the 64x32"):
-        FinetuneJob(_cfg(bases["bert"], "sparsegrad", "finetune.sparsegrad_k=100000"), out, task=task,
-                    progress=False).run()
+        FinetuneJob(
+            _cfg(bases["bert"], "sparsegrad", "finetune.sparsegrad_k=100000"),
+            out,
+            task=task,
+            progress=False,
+        ).run()
     not_a_model = tmp_path / "notes"
     not_a_model.mkdir()
     (not_a_model / "readme.txt").write_text("hello")
     with pytest.raises(SteadyLMError, match="not a model to fine-tune"):
         FinetuneJob(_cfg(not_a_model, "full"), out, task=task, progress=False).run()
     with pytest.raises(SteadyLMError, match="at least 2"):
-        FinetuneJob(_cfg(bases["bert"], "full"), out, task=replace(task, labels=("pos",)), progress=False).run()
+        FinetuneJob(
+            _cfg(bases["bert"], "full"), out, task=replace(task, labels=("pos",)), progress=False
+        ).run()
     assert not out.exists()
-    with pytest.raises(SteadyLMError, match="finetune.method: 'adapter' is not one of full, lora, sparsegrad"):
+    with pytest.raises(
+        SteadyLMError, match="finetune.method: 'adapter' is not one of full, lora, sparsegrad"
+    ):
         _cfg(bases["bert"], "adapter")
     with pytest.raises(SteadyLMError, match="unknown key"):
         load_finetune_config(None, ["finetune.epoch=3"])
@@ -117,8 +148,19 @@ def test_cli_end_to_end_and_errors(bases, tmp_path, capsys):
 
     data = write_jsonl(keyword_task(), tmp_path / "kw.jsonl")
     out = tmp_path / "run"
-    args = ["finetune", str(bases["bert"]), "--task", str(data), "--method", "lora", "--out", str(out),
-            "--no-progress", "--set", "finetune.max_steps=4"]
+    args = [
+        "finetune",
+        str(bases["bert"]),
+        "--task",
+        str(data),
+        "--method",
+        "lora",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "finetune.max_steps=4",
+    ]
     assert main(args) == 0
     assert "accuracy" in capsys.readouterr().out
     assert json.loads((out / "eval.json").read_text())["method"] == "lora"
@@ -128,8 +170,20 @@ def test_cli_end_to_end_and_errors(bases, tmp_path, capsys):
         (["--method", "prefix"], "is not one of full, lora, sparsegrad"),
         (["--set", "finetune.sparsegrad_k=99999999"], "exceeds"),
     ):
-        code = main(["finetune", str(bases["bert"]), "--task", str(data), "--method", "sparsegrad", "--out",
-                     str(bad), "--no-progress", *argv])
+        code = main(
+            [
+                "finetune",
+                str(bases["bert"]),
+                "--task",
+                str(data),
+                "--method",
+                "sparsegrad",
+                "--out",
+                str(bad),
+                "--no-progress",
+                *argv,
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
         assert not bad.exists()

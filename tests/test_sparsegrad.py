@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 from steadylm.finetune.sparsegrad import SparseGradLinear, hosvd_bases, topk_energy_share
 
@@ -75,8 +75,12 @@ def test_hosvd_bases_are_the_singular_vectors_of_the_unfoldings():
     torch.testing.assert_close(u_in.t() @ u_in, torch.eye(8, dtype=torch.float64))
     svd_out = torch.linalg.svd(g.permute(1, 0, 2).reshape(10, -1), full_matrices=False)[0]
     svd_in = torch.linalg.svd(g.permute(2, 0, 1).reshape(8, -1), full_matrices=False)[0]
-    torch.testing.assert_close((u_out.t() @ svd_out).abs(), torch.eye(10, dtype=torch.float64), atol=1e-8, rtol=0)
-    torch.testing.assert_close((u_in.t() @ svd_in).abs(), torch.eye(8, dtype=torch.float64), atol=1e-8, rtol=0)
+    torch.testing.assert_close(
+        (u_out.t() @ svd_out).abs(), torch.eye(10, dtype=torch.float64), atol=1e-8, rtol=0
+    )
+    torch.testing.assert_close(
+        (u_in.t() @ svd_in).abs(), torch.eye(8, dtype=torch.float64), atol=1e-8, rtol=0
+    )
 
 
 def test_top_k_energy_is_concentrated_in_the_hosvd_core():
@@ -98,7 +102,9 @@ def test_top_k_energy_is_concentrated_in_the_hosvd_core():
     original = topk_energy_share(held_out, k)
     core = topk_energy_share(u_out.t() @ held_out @ u_in, k)
     transposed = topk_energy_share(u_out.t() @ held_out @ u_in.t(), k)
-    print(f"top-1% energy: original {original:.3f}, core {core:.3f}, transposed core {transposed:.3f}")
+    print(
+        f"top-1% energy: original {original:.3f}, core {core:.3f}, transposed core {transposed:.3f}"
+    )
     assert core > 0.9
     assert original < 0.3
     assert original < transposed < core

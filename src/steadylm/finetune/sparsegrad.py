@@ -21,7 +21,7 @@ gives the same left singular vectors as an SVD of the unfoldings at a fraction o
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 
 class HOSVD:
@@ -94,9 +94,13 @@ class _SparseGradLinearFn(torch.autograd.Function):
             # only the rows that survive, is a speed optimisation left out here.
             core = gt.reshape(-1, gt.shape[-1]).t() @ xt.reshape(-1, xt.shape[-1])
             grad_w = _top_k_sparse(core, ctx.k)
-            ctx.layer.kept_energy = grad_w._values().square().sum() / core.square().sum().clamp_min(1e-30)
+            ctx.layer.kept_energy = grad_w._values().square().sum() / core.square().sum().clamp_min(
+                1e-30
+            )
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)  # original basis: the bias is added there
+            grad_b = grad_y.reshape(-1, grad_y.shape[-1]).sum(
+                0
+            )  # original basis: the bias is added there
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
@@ -105,8 +109,9 @@ def _top_k_sparse(g: torch.Tensor, k: int) -> torch.Tensor:
     idx = g.abs().flatten().topk(k, sorted=False).indices.sort().values
     rows, cols = idx // g.shape[1], idx % g.shape[1]
     values = g.flatten()[idx]
-    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, g.shape, is_coalesced=True,
-                                   check_invariants=False)  # sorted, unique indices by construction
+    return torch.sparse_coo_tensor(
+        torch.stack([rows, cols]), values, g.shape, is_coalesced=True, check_invariants=False
+    )  # sorted, unique indices by construction
 
 
 class SparseGradLinear(nn.Module):
@@ -117,7 +122,9 @@ class SparseGradLinear(nn.Module):
     `sparsegrad_state` (not with each layer).
     """
 
-    def __init__(self, linear: nn.Linear, u_out: torch.Tensor, u_in: torch.Tensor, k: int, layer_type: str):
+    def __init__(
+        self, linear: nn.Linear, u_out: torch.Tensor, u_in: torch.Tensor, k: int, layer_type: str
+    ):
         super().__init__()
         out_f, in_f = linear.weight.shape
         if not 1 <= k <= out_f * in_f:
@@ -129,16 +136,25 @@ class SparseGradLinear(nn.Module):
             w = linear.weight.detach()
             self.weight = nn.Parameter((u_out.t() @ w.to(u_out.dtype) @ u_in).to(w.dtype))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
-        self.kept_energy: torch.Tensor | None = None  # share of the core's energy kept at the last backward
+        self.kept_energy: torch.Tensor | None = (
+            None  # share of the core's energy kept at the last backward
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        return _SparseGradLinearFn.apply(x, self.weight, self.bias, self.u_out, self.u_in, self.k, self)
+        return _SparseGradLinearFn.apply(
+            x, self.weight, self.bias, self.u_out, self.u_in, self.k, self
+        )
 
     @torch.no_grad()
     def to_linear(self) -> nn.Linear:
         """The equivalent plain nn.Linear, W = U_out W̃ U_inᵀ."""
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                        device=self.weight.device, dtype=self.weight.dtype)
+        lin = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
         lin.weight.copy_(self.u_out @ self.weight @ self.u_in.t())
         if self.bias is not None:
             lin.bias.copy_(self.bias)

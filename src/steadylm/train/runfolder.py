@@ -20,7 +20,11 @@ def git_hash() -> str | None:
     try:
         root = Path(__file__).resolve().parents[3]
         out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
@@ -35,7 +39,9 @@ def provenance(device: torch.device, **extra: Any) -> dict[str, Any]:
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         **extra,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
