@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class HOSVD:
@@ -72,35 +73,36 @@ def topk_energy_share(g: torch.Tensor, k: int) -> float:
 
 
 class _SparseGradLinearFn(torch.autograd.Function):
+    """y = x Wᵀ + b with W = U_out W̃ U_inᵀ formed once per call; the gradient of W̃ is the top-k
+    of the core U_outᵀ (gᵀ x) U_in. Forming W (out·out·in + out·in·in operations) is cheaper
+    than rotating every token's input and output (n·(in² + out²)) once a batch has more tokens
+    than the layer has inputs, and gives the same numbers up to rounding."""
+
     @staticmethod
     def forward(ctx, x, weight, bias, u_out, u_in, k, layer):
-        xt = x @ u_in  # (..., in): the input in the rotated basis
-        y = (xt @ weight.t()) @ u_out.t()  # (..., out)
-        if bias is not None:
-            y = y + bias
-        ctx.save_for_backward(xt, weight, u_out, u_in)
+        w = u_out @ weight @ u_in.t()  # (out, in): the layer's weight in the original basis
+        y = F.linear(x, w, bias)  # (..., out)
+        ctx.save_for_backward(x, w, u_out, u_in)
         ctx.k, ctx.layer, ctx.has_bias = k, layer, bias is not None
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        xt, weight, u_out, u_in = ctx.saved_tensors
-        gt = grad_y @ u_out  # (..., out): the output gradient in the rotated basis
+        x, w, u_out, u_in = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
+        g2 = grad_y.reshape(-1, grad_y.shape[-1])  # (N, out)
         if ctx.needs_input_grad[0]:
-            grad_x = (gt @ weight) @ u_in.t()
+            grad_x = grad_y @ w
         if ctx.needs_input_grad[1]:
             # The dense core (out × in); the sparse-by-dense trick of the paper, which multiplies
             # only the rows that survive, is a speed optimisation left out here.
-            core = gt.reshape(-1, gt.shape[-1]).t() @ xt.reshape(-1, xt.shape[-1])
+            dense = g2.t() @ x.reshape(-1, x.shape[-1])  # ∂L/∂W in the original basis
+            core = u_out.t() @ dense @ u_in
             grad_w = _top_k_sparse(core, ctx.k)
-            ctx.layer.kept_energy = grad_w._values().square().sum() / core.square().sum().clamp_min(
-                1e-30
-            )
+            kept = grad_w._values().square().sum()
+            ctx.layer.kept_energy = kept / core.square().sum().clamp_min(1e-30)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_y.reshape(-1, grad_y.shape[-1]).sum(
-                0
-            )  # original basis: the bias is added there
+            grad_b = g2.sum(0)  # original basis: the bias is added there
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
