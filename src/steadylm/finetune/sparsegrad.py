@@ -15,7 +15,8 @@ magnitude as a sparse gradient, which `torch.optim.SparseAdam` applies to those 
 Two choices where the reference code differs (see docs/finetune.md): the kept gradient is the true
 HOSVD core U_outᵀ G U_in (not U_outᵀ G U_inᵀ), and top-k ranks |value|, not the signed value.
 The bases are computed from the Gram matrices of the two unfoldings (eigh in float64), which
-gives the same left singular vectors as an SVD of the unfoldings at a fraction of the cost.
+gives the same left singular vectors as an SVD of the unfoldings at a fraction of the cost. The
+layer computes with W = U_out W̃ U_inᵀ formed once per call (see `_SparseGradLinearFn`).
 """
 
 from __future__ import annotations
