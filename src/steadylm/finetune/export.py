@@ -57,6 +57,8 @@ def export_classifier(
     with atomic_dir(out) as tmp:
         if base.kind == "huggingface":
             model.body.save_pretrained(tmp)
+            for f in tmp.iterdir():  # transformers writes the weights owner-readable only
+                f.chmod(0o644)
         else:
             body: GPTClassifier = model.body
             sd = {
