@@ -4,7 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from steadylm.finetune.sparsegrad import SparseGradLinear, hosvd_bases, topk_energy_share
+from steadylm.finetune.sparsegrad import (
+    SparseGradLinear,
+    hosvd_bases,
+    topk_energy_share,
+)
 
 
 def _orthogonal(n: int, gen: torch.Generator) -> torch.Tensor:

@@ -7,11 +7,12 @@ Names, types and choices are checked by the same helpers as the training config
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
+
+import tomllib
 
 from steadylm.config import (
     ConfigError,

@@ -26,10 +26,10 @@ import math
 import resource
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -40,10 +40,18 @@ from torch.distributed.checkpoint.state_dict import (
 
 from steadylm.errors import SteadyLMError
 from steadylm.finetune import methods
-from steadylm.finetune.config import RESUMABLE_KEYS, FinetuneConfig, finetune_config_from_dict
+from steadylm.finetune.config import (
+    RESUMABLE_KEYS,
+    FinetuneConfig,
+    finetune_config_from_dict,
+)
 from steadylm.finetune.export import export_classifier
 from steadylm.finetune.models import LoadedBase, build_classifier, mlp_linears, pad
-from steadylm.finetune.sparsegrad import SparseGradLinear, load_sparsegrad_state, sparsegrad_state
+from steadylm.finetune.sparsegrad import (
+    SparseGradLinear,
+    load_sparsegrad_state,
+    sparsegrad_state,
+)
 from steadylm.train import checkpoint as ckpt_io
 from steadylm.train import runfolder
 from steadylm.train.distributed import resolve_device
