@@ -14,6 +14,7 @@ _LAZY = {
     "ActivationMonitor": "steadylm.monitor.activations",
     "SpikeDetector": "steadylm.monitor.spikes",
     "first_nonfinite_grad": "steadylm.monitor.nonfinite",
+    "load_classifier": "steadylm.finetune.export",
 }
 
 

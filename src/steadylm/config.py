@@ -302,24 +302,14 @@ class Config:
 
     def validate(self) -> Config:
         for section in SECTIONS:
-            sub = getattr(self, section)
-            for f in dataclasses.fields(sub):
-                options = choices(f)
-                if options is not None:
-                    check_choice(f"{section}.{f.name}", getattr(sub, f.name), options)
-            sub.validate()
+            validate_section(section, getattr(self, section))
         return self
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
 
     def to_toml(self) -> str:
-        lines: list[str] = []
-        for section, values in self.to_dict().items():
-            lines.append(f"[{section}]")
-            lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items())
-            lines.append("")
-        return "\n".join(lines)
+        return "\n".join(table_toml(section, values) for section, values in self.to_dict().items())
 
 
 SECTIONS = {
@@ -350,6 +340,12 @@ _TOML_ESCAPES = {
     "\f": "\\f",
     "\r": "\\r",
 }
+
+
+def table_toml(section: str, values: dict[str, Any]) -> str:
+    """One `[section]` table of TOML, ending with a blank line."""
+    lines = [f"[{section}]", *(f"{k} = {toml_value(v)}" for k, v in values.items()), ""]
+    return "\n".join(lines)
 
 
 def toml_value(v: Any) -> str:
@@ -417,18 +413,33 @@ def _apply(cfg: Config, data: dict[str, Any], origin: str) -> None:
                 f"{origin}: unknown section [{_shown(section)}]; valid sections: {', '.join(SECTIONS)}"
                 + suggest(section, SECTIONS)
             )
-        if not isinstance(values, dict):
-            raise ConfigError(f"{origin}: [{section}] must be a table of key = value")
-        sub = getattr(cfg, section)
-        hints = typing.get_type_hints(type(sub))
-        names = [f.name for f in dataclasses.fields(sub)]
-        for key, value in values.items():
-            if key not in names:
-                raise ConfigError(
-                    f"{section}.{_shown(key)}: unknown key; valid keys: {', '.join(names)}"
-                    + suggest(key, names)
-                )
-            setattr(sub, key, check_type(f"{section}.{key}", value, hints[key]))
+        apply_section(getattr(cfg, section), section, values, origin)
+
+
+def apply_section(sub: Any, section: str, values: Any, origin: str) -> None:
+    """Set the keys of one `[section]` table on its dataclass `sub`, checking names and types.
+
+    Shared by every config with this shape (the train config here, `[finetune]`, ...)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{origin}: [{section}] must be a table of key = value")
+    hints = typing.get_type_hints(type(sub))
+    names = [f.name for f in dataclasses.fields(sub)]
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(
+                f"{section}.{_shown(key)}: unknown key; valid keys: {', '.join(names)}"
+                + suggest(key, names)
+            )
+        setattr(sub, key, check_type(f"{section}.{key}", value, hints[key]))
+
+
+def validate_section(section: str, sub: Any) -> None:
+    """Check a section's `choice` fields against their registries, then its own `validate()`."""
+    for f in dataclasses.fields(sub):
+        options = choices(f)
+        if options is not None:
+            check_choice(f"{section}.{f.name}", getattr(sub, f.name), options)
+    sub.validate()
 
 
 def preset_names() -> list[str]:

@@ -16,7 +16,9 @@ from steadylm import __version__
 from steadylm.errors import SteadyLMError
 
 # Subcommand modules, in the order `--help` lists them.
-COMMANDS = ["prepare", "train", "sample", "tev", "analyze", "export_hf", "bench", "sweep", "report", "tasks"]
+COMMANDS = [
+    "prepare", "train", "finetune", "sample", "tev", "analyze", "export_hf", "bench", "sweep", "report", "tasks"
+]
 
 
 class _Parser(argparse.ArgumentParser):

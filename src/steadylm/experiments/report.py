@@ -567,18 +567,36 @@ def write_report(folders: list[str | Path], out: str | Path, options: Options | 
         raise SteadyLMError(f"--rise: must be > 0, got {options.rise}")
     out = Path(out)
     _check_out(out)
+    from steadylm.experiments import finetune_report  # fine-tuning runs get their own tables
+
+    if finetune_report.finetune_runs(folders):
+        return publish(out, lambda tmp: finetune_report.write_into(tmp, folders, options))
     runs = load_runs(folders)
     if not runs:
         raise SteadyLMError(f"no runs found in {', '.join(map(str, folders))}")
+
+    def write_into(tmp: Path) -> None:
+        report = Report(runs, tmp, options, [str(f) for f in folders])
+        summary = report.build()
+        write_documents(tmp, report.blocks, summary, options.title)
+
+    return publish(out, write_into)
+
+
+def write_documents(tmp: Path, blocks: list[Block], summary: dict[str, Any], title: str) -> None:
+    """report.md, report.html and summary.json of `blocks` and `summary` into `tmp`."""
+    (tmp / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
+    (tmp / "report.html").write_text(to_html(blocks, tmp, title), encoding="utf-8")
+    (tmp / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1, allow_nan=False) + "\n",
+                                      encoding="utf-8")
+
+
+def publish(out: Path, write_into) -> Path:
+    """Build a report in a temporary folder with `write_into(tmp)` and swap it in whole at `out`."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
-        report = Report(runs, tmp, options, [str(f) for f in folders])
-        summary = report.build()
-        (tmp / "report.md").write_text(to_markdown(report.blocks), encoding="utf-8")
-        (tmp / "report.html").write_text(to_html(report.blocks, tmp, options.title), encoding="utf-8")
-        (tmp / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1, allow_nan=False) + "\n",
-                                          encoding="utf-8")
+        write_into(tmp)
         os.chmod(tmp, 0o755)
         if out.exists():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))

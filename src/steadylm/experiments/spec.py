@@ -21,6 +21,10 @@
     partition = "gpu"          # also: account, time (minutes), nodes, gpus, procs, cpus, mem_gb
     gpus = 4                   # per node; a run over several processes runs under torchrun
 
+    [sweep]                    # another job: its own sections; seeds set finetune.seed
+    job = "finetune"           # "train" (default) or "finetune"; base is then an optional
+                               # TOML file with a [finetune] table
+
 Keys are `section.key` as in `--set`, quoted or as TOML dotted keys (`model.n_layer = [4, 8]`).
 Runs are variants x grid x seeds, named from what varies, e.g. `mlra-n_layer8-lr3e-3-s1`.
 A key belongs to one of set, grid or variants, so no run depends on which of them wins.
@@ -37,12 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steadylm.config import SECTIONS, Config, load_config, preset_names, toml_value
+from steadylm.config import SECTIONS, preset_names, toml_value
 from steadylm.errors import SteadyLMError
+from steadylm.experiments.jobs import JOBS
 from steadylm.experiments.submit import launcher_config
 from steadylm.registry import suggest
 
-SWEEP_KEYS = ("base", "seeds", "order", "set", "grid", "variants", "launcher")
+SWEEP_KEYS = ("job", "base", "seeds", "order", "set", "grid", "variants", "launcher")
 # "recipes-first": variants outermost and seeds innermost, so a partial sweep covers every recipe
 # early; "seeds-first": seeds outermost, so a partial sweep holds complete seed replicates (paired
 # comparisons need every arm of a seed).
@@ -123,6 +128,7 @@ class SweepSpec:
         the runs train (a re-run may ask for more time or another partition)."""
         sweep = {k: v for k, v in self.raw.get("sweep", {}).items() if k != "launcher"}
         return {**self.raw, "sweep": sweep}
+    job: str = "train"  # a name in experiments.jobs.JOBS
 
     def runs(self) -> list[RunPlan]:
         """Every run, in the spec's `order` (see ORDERS)."""
@@ -143,7 +149,7 @@ class SweepSpec:
             parts += [f"s{seed}"] if seed is not None else []
             overrides = {**self.fixed, **vset, **point}
             if seed is not None:
-                overrides["train.seed"] = seed
+                overrides[JOBS[self.job].seed_key] = seed
             plans.append(RunPlan("-".join(parts) or "run", variant, point, seed, overrides))
         names = [p.name for p in plans]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -154,12 +160,12 @@ class SweepSpec:
             )
         return plans
 
-    def resolve(self) -> list[tuple[RunPlan, Config]]:
+    def resolve(self) -> list[tuple[RunPlan, Any]]:
         """Every run's validated config, so that a bad value fails before any training starts."""
         out = []
         for plan in self.runs():
             try:
-                cfg = load_config(self.base, plan.override_args())
+                cfg = JOBS[self.job].load(self.base, plan.override_args())
             except SteadyLMError as e:
                 raise SteadyLMError(f"{self.path}: run {plan.name}: {e}") from None
             out.append((plan, cfg))
@@ -187,17 +193,17 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _check_key(where: str, key: str) -> None:
+def _check_key(where: str, key: str, sections: dict[str, type] = SECTIONS) -> None:
     parts = key.split(".")
     if len(parts) != 2:
         raise SteadyLMError(f"{where} {key!r}: expected section.key, e.g. model.n_layer")
     section, name = parts
-    if section not in SECTIONS:
+    if section not in sections:
         raise SteadyLMError(
-            f"{where} {key}: unknown section {section!r}; sections: {', '.join(SECTIONS)}"
-            + suggest(section, SECTIONS)
+            f"{where} {key}: unknown section {section!r}; sections: {', '.join(sections)}"
+            + suggest(section, sections)
         )
-    fields = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    fields = [f.name for f in dataclasses.fields(sections[section])]
     if name not in fields:
         raise SteadyLMError(
             f"{where} {key}: unknown key; keys of [{section}]: {', '.join(fields)}"
@@ -205,12 +211,12 @@ def _check_key(where: str, key: str) -> None:
         )
 
 
-def _table(where: str, value: Any) -> dict[str, Any]:
+def _table(where: str, value: Any, sections: dict[str, type] = SECTIONS) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SteadyLMError(f"{where}: must be a table of section.key = value")
     flat = _flatten(value)
     for key in flat:
-        _check_key(where, key)
+        _check_key(where, key, sections)
     return flat
 
 
@@ -251,8 +257,8 @@ def _order(path: Path, order: Any) -> str:
     return order
 
 
-def _grid(path: Path, raw: Any) -> dict[str, list[Any]]:
-    grid = _table(f"{path}: [sweep.grid]", raw)
+def _grid(path: Path, raw: Any, sections: dict[str, type] = SECTIONS) -> dict[str, list[Any]]:
+    grid = _table(f"{path}: [sweep.grid]", raw, sections)
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise SteadyLMError(
@@ -265,7 +271,7 @@ def _grid(path: Path, raw: Any) -> dict[str, list[Any]]:
     return grid
 
 
-def _variants(path: Path, raw: Any) -> dict[str, dict[str, Any]]:
+def _variants(path: Path, raw: Any, sections: dict[str, type] = SECTIONS) -> dict[str, dict[str, Any]]:
     if not isinstance(raw, dict):
         raise SteadyLMError(f"{path}: [sweep.variants]: expected tables [sweep.variants.NAME]")
     out = {}
@@ -275,7 +281,7 @@ def _variants(path: Path, raw: Any) -> dict[str, dict[str, Any]]:
                 f"{path}: [sweep.variants] {name!r}: a variant name is letters, digits and _ . + - "
                 "(it becomes part of the run folders' names)"
             )
-        out[name] = _table(f"{path}: [sweep.variants.{name}]", table)
+        out[name] = _table(f"{path}: [sweep.variants.{name}]", table, sections)
     return out
 
 
@@ -307,7 +313,13 @@ def _check_disjoint(path: Path, spec: SweepSpec) -> None:
         for key in table:
             claim(key, "[sweep.variants]")
     if spec.seeds is not None:
-        claim("train.seed", "[sweep] seeds")
+        claim(JOBS[spec.job].seed_key, "[sweep] seeds")
+
+
+def _job(path: Path, name: Any):
+    if name not in JOBS:
+        raise SteadyLMError(f"{path}: [sweep] job: {name!r} is not one of {', '.join(JOBS)}")
+    return JOBS[name]
 
 
 def parse_spec(path: str | Path) -> SweepSpec:
@@ -332,16 +344,19 @@ def parse_spec(path: str | Path) -> SweepSpec:
             f"{path}: [sweep] {unknown[0]}: unknown key; keys: {', '.join(SWEEP_KEYS)}"
             + suggest(unknown[0], SWEEP_KEYS)
         )
+    job = _job(path, sweep.get("job", "train"))
+    sections = job.sections()
     spec = SweepSpec(
         path=path,
         raw=raw,
-        base=_resolve_base(path, sweep.get("base")),
+        base=_resolve_base(path, sweep.get("base")) if job.base_required or "base" in sweep else "",
         seeds=_seeds(path, sweep.get("seeds")),
-        fixed=_table(f"{path}: [sweep.set]", sweep.get("set", {})),
-        grid=_grid(path, sweep.get("grid", {})),
-        variants=_variants(path, sweep.get("variants", {})),
+        fixed=_table(f"{path}: [sweep.set]", sweep.get("set", {}), sections),
+        grid=_grid(path, sweep.get("grid", {}), sections),
+        variants=_variants(path, sweep.get("variants", {}), sections),
         order=_order(path, sweep.get("order", "recipes-first")),
         launcher=_launcher(path, sweep.get("launcher", {})),
+        job=job.name,
     )
     _check_disjoint(path, spec)
     return spec

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steadylm.config import Config
 from steadylm.errors import SteadyLMError
+from steadylm.experiments.jobs import JOBS
 from steadylm.experiments.spec import RunPlan, SweepSpec
 from steadylm.fsutil import atomic_write
 from steadylm.rundir import read_status
@@ -45,7 +45,7 @@ def read_index(sweep_dir: Path) -> list[dict[str, Any]]:
 @dataclass
 class Entry:
     plan: RunPlan
-    cfg: Config
+    cfg: Any  # the job's validated config
     run_dir: Path
     status: RunStatus = RunStatus.PENDING
     step: int = 0
@@ -174,18 +174,15 @@ class Sweep:
         self.write_index()
 
     def _sequential(self, bar) -> bool:
-        from steadylm.train.trainer import Trainer
-
+        job = JOBS[self.spec.job]
         for e in self.todo:
             started = time.perf_counter()
             e.status, e.error = RunStatus.RUNNING, None
             self.write_index()
             _show(bar, [e])
             try:
-                result = Trainer(e.cfg, e.run_dir, resume=e.resumable(), progress=False).fit()
-                e.status, e.step = RunStatus(result.status), result.step
-                if e.status == RunStatus.DIVERGED:
-                    e.error = read_status(e.run_dir).get("reason")
+                result = job.run(e.cfg, e.run_dir, e.resumable())
+                e.status, e.step, e.error = RunStatus(result.status), result.step, result.reason
             except KeyboardInterrupt:
                 e.status = RunStatus.STOPPED
                 raise
@@ -253,11 +250,11 @@ class Sweep:
         return self.out / "logs" / f"{e.plan.name}.log"
 
     def train_args(self, e: Entry) -> list[str]:
-        """`steadylm train` arguments for run `e` (after `python -m steadylm`), resuming if it can."""
+        """The job's `steadylm` arguments for run `e` (after `python -m steadylm`), resuming if it can."""
+        base = ["--config", self.spec.base] if self.spec.base else []
         args = [
-            "train",
-            "--config",
-            self.spec.base,
+            JOBS[self.spec.job].command,
+            *base,
             *[a for o in e.plan.override_args() for a in ("--set", o)],
             "--out",
             str(e.run_dir),

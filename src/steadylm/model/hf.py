@@ -149,7 +149,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
 def read_checkpoint_config(ckpt: Path) -> Config:
     import tomllib
 
-    return config_from_dict(tomllib.loads((ckpt / CONFIG).read_text()))
+    data = tomllib.loads((ckpt / CONFIG).read_text())
+    if "finetune" in data:  # the other job's checkpoints: a classifier, not a language model
+        raise CheckpointError(
+            f"{ckpt}: a fine-tuning run's checkpoint; load the classifier with "
+            "steadylm.load_classifier(RUN) (or RUN/classifier as a Hugging Face folder)"
+        )
+    return config_from_dict(data)
 
 
 def export_hf(path: str | Path, out: str | Path) -> Path:

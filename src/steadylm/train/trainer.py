@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import platform
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -28,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-import steadylm
 from steadylm import rundir
+from steadylm.provenance import provenance
 from steadylm.config import Config, config_from_dict
 from steadylm.data.prepare import PreparedData, prepare
 from steadylm.data.reader import SequenceReader, eval_sequences
@@ -98,17 +96,6 @@ class _Sums:
     reg: torch.Tensor  # the linearity penalty, summed over tokens
     # The last micro-batch's inputs, of which the activation probe reads one sequence.
     last_x: torch.Tensor | None = None
-
-
-def _git_hash() -> str | None:
-    try:
-        root = Path(__file__).resolve().parents[3]
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _precision(cfg: Config, device: torch.device) -> tuple[torch.dtype | None, str]:
@@ -319,26 +306,16 @@ class Trainer:
         rd = self.run_dir
         rd.mkdir(parents=True, exist_ok=True)
         (rd / rundir.CONFIG).write_text(self.cfg.to_toml())
-        device = self.ctx.device
-        provenance = {
-            "steadylm_version": steadylm.__version__,
-            "git_hash": _git_hash(),
-            "torch_version": torch.__version__,
-            "python": platform.python_version(),
-            "device": str(device),
-            "device_name": torch.cuda.get_device_name(device)
-            if device.type == "cuda"
-            else platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "world_size": self.ctx.world_size,
-            "precision": self.precision,
-            "dataset": str(self.data.dir),
+        info = provenance(
+            self.ctx.device,
+            world_size=self.ctx.world_size,
+            precision=self.precision,
+            dataset=str(self.data.dir),
             # Parameter counts (tied head once): what a loss-vs-embedding-size comparison needs.
-            "parameters": self.model.num_parameters(),
-            "embedding_parameters": sum(p.numel() for p in self.model.transformer.wte.parameters()),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        (rd / rundir.PROVENANCE).write_text(json.dumps(provenance, indent=1) + "\n")
+            parameters=self.model.num_parameters(),
+            embedding_parameters=sum(p.numel() for p in self.model.transformer.wte.parameters()),
+        )
+        (rd / rundir.PROVENANCE).write_text(json.dumps(info, indent=1) + "\n")
 
     def _set_status(self, status: str, **extra: Any) -> None:
         if self.ctx.is_main:
