@@ -75,6 +75,7 @@ class AnalysisModel:
     note: str = ""
     step: int | None = None  # training step, for steadylm checkpoints
     device: torch.device = torch.device("cpu")  # where `module` lives; token ids are sent there
+    decode: Callable[[list[int]], str] | None = None  # ids -> text, to name the tokens in reports
 
     def run(self, ids: torch.Tensor) -> None:
         """One forward pass over ids (1, T); the hidden states are taken by hooks on `blocks`."""
@@ -135,7 +136,7 @@ def load_steadylm(path: Path) -> AnalysisModel:
     step = json.loads(manifest.read_text()).get("step") if manifest.is_file() else None
     # No special token: training windows start anywhere in the packed stream, mostly mid-document.
     return AnalysisModel(model, model.transformer.h, tok.encode, model.config.block_size, str(path),
-                         "steadylm", "gpt", causal=True, step=step)
+                         "steadylm", "gpt", causal=True, step=step, decode=tok.decode)
 
 
 def _transformers():
@@ -164,8 +165,9 @@ def _huggingface(folder: Path, gguf_file: str | None = None) -> AnalysisModel:
         raise SteadyLMError(f"{what}: transformers cannot load it ({_first_line(e)})") from None
     decoder = not getattr(config, "is_encoder_decoder", False) and config.model_type not in _ENCODERS
     max_len = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions") if getattr(config, k, None)), 512)
-    return AnalysisModel(module, _blocks(module, what), _hf_encoder(folder, what, kw), int(max_len), str(what),
-                         "gguf" if gguf_file else "huggingface", config.model_type, causal=decoder)
+    encode, decode = _hf_tokenizer(folder, what, kw)
+    return AnalysisModel(module, _blocks(module, what), encode, int(max_len), str(what),
+                         "gguf" if gguf_file else "huggingface", config.model_type, causal=decoder, decode=decode)
 
 
 # Bidirectional encoders among transformers' model types (the rest of the common ones are causal LMs).
@@ -181,19 +183,20 @@ def _blocks(module: nn.Module, what: Path) -> nn.ModuleList:
     return max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
 
 
-def _hf_encoder(folder: Path, what: Path, kw: dict) -> Callable[[str], list[int]]:
-    """Text -> ids with the tokenizer's special tokens (BOS for Llama, [CLS] ... [SEP] for BERT)."""
+def _hf_tokenizer(folder: Path, what: Path, kw: dict) -> tuple[Callable[[str], list[int]], Callable[[list[int]], str]]:
+    """Text -> ids with the tokenizer's special tokens (BOS for Llama, [CLS] ... [SEP] for BERT),
+    and ids -> text (special tokens shown)."""
     if not kw and (folder / "tokenizer.json").is_file():
         import tokenizers  # the raw file: works without tokenizer_config.json
 
         tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
         tok.no_truncation()
-        return lambda text: tok.encode(text).ids
+        return (lambda text: tok.encode(text).ids), (lambda ids: tok.decode(ids, skip_special_tokens=False))
     try:
         hf_tok = _transformers().AutoTokenizer.from_pretrained(folder, **kw)
     except (OSError, ValueError, KeyError) as e:
         raise SteadyLMError(f"{what}: no usable tokenizer ({_first_line(e)})") from None
-    return lambda text: hf_tok(text, truncation=False)["input_ids"]
+    return (lambda text: hf_tok(text, truncation=False)["input_ids"]), hf_tok.decode
 
 
 def _first_line(e: Exception) -> str:
