@@ -116,6 +116,8 @@ def test_tiny_hf_folders(arch, text_file, tmp_path, capsys):
     (["pypi:gpt5"], "choose one of pypi:smollm2-135m-instruct"),
     (["{run}", "--tokens", "2"], "--tokens must be >= 8"),
     (["{run}", "--drop-first", "-1"], "--drop-first must be >= 0"),
+    (["{run}", "--chunks", "0"], "--chunks must be >= 1"),
+    (["{run}", "--massive-ratio", "1"], "--massive-ratio must be > 1"),
     (["{run}", "--tokens", "100000"], "distinct token positions"),
     (["{text}", "--over-training"], "needs a steadylm run folder"),
     (["{text}"], "not a model this command can run"),
@@ -126,3 +128,25 @@ def test_bad_input_exits_2_with_one_line(argv, message, run_dir, text_file, caps
     code, out, err = analyze(capsys, *argv, "--text", text_file)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and message in err and err.startswith("steadylm analyze: error:")
+
+
+def test_unknown_id_sample_is_refused_with_the_choices(run_dir, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["analyze", str(run_dir), "--id-sample", "types"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert "'token', 'token-position', 'all'" in err
+
+
+def test_id_samples_agree_on_everything_but_intrinsic_dimension(run_dir, text_file, capsys):
+    token = analyze_json(capsys, run_dir, "--text", text_file, "--tokens", TOKENS, "--chunks", "4")
+    ref = analyze_json(capsys, run_dir, "--text", text_file, "--tokens", TOKENS, "--chunks", "4",
+                       "--id-sample", "all")
+    assert token["id_sample"] == "token" and ref["id_sample"] == "all" and ref["id_tokens"] == 96
+    # The generated text has a small vocabulary: the token sample holds each id once, fewer than 96.
+    assert 8 < token["id_tokens"] < 96
+    for a, b in zip(token["layers"], ref["layers"]):
+        assert a["anisotropy"] == b["anisotropy"] and a.get("linearity") == b.get("linearity")
+        assert a["nn_same_token"] == 0.0 and "intrinsic_dim_all" not in b
+        assert a["intrinsic_dim_all"] == pytest.approx(b["intrinsic_dim"])
+        assert a["intrinsic_dim_mle"] > 0

@@ -1,18 +1,23 @@
 """Which token positions `steadylm analyze` uses: two samples drawn from token ids alone.
 
-From a pool of tokenised text chunks (taken in order: at least `min_chunks`, more until both
-samples can be filled or the text runs out), the first `drop_first` positions of every sequence
-left out:
+From a pool of tokenised text chunks taken in order, the first `drop_first` positions of every
+sequence left out:
 
-- the **position sample**: `n_tokens` positions drawn uniformly from the pool, each context once
+- the **position sample**: `n_tokens` positions drawn uniformly from the first chunks (at least
+  `min_chunks`, more if they hold fewer than `n_tokens` distinct contexts), each context once
   (positions whose states would be identical at every layer, such as the same prefix in two
   causal sequences, count once). Anisotropy, linearity, norm ratio and massive activations are
   computed on it: the states as the text produces them, frequent tokens as often as they occur.
-- the **ID sample**: intrinsic dimension is computed on it. With `id_sample="token"` it holds at
-  most one occurrence (a random one) of each token id; with "token-position", at most one per
+- the **ID sample**: intrinsic dimension is computed on it. The pool grows beyond the position
+  sample's chunks until it holds `n_tokens` distinct keys (or the text runs out), and the sample
+  is drawn from all of it. With `id_sample="token"` it holds at most one occurrence (a random
+  one) of each token id; with "token-position", at most one per
   (token id, position) pair; with "all" it is the position sample, the reference protocol, which
   suffers from the repeated-token artefact (docs/geometry.md). It has `n_tokens` rows, or fewer
   when the whole text holds fewer distinct keys (the vocabulary of a small model can be the limit).
+
+The position sample does not depend on `id_sample`, so profiles that differ only in it differ only
+in their intrinsic dimensions.
 """
 
 from __future__ import annotations
@@ -68,22 +73,27 @@ def select(sequences: Iterable[list[int]], n_tokens: int, id_sample: str = "toke
     pool: list[list[int]] = []
     contexts: dict[bytes, tuple[int, int]] = {}  # distinct context -> its first (sequence, position)
     keys: set[tuple[int, ...]] = set()
+    base = 0  # the position sample's pool: the first `base` sequences, whatever the ID sample needs
     for tokens in sequences:
         s = len(pool)
         pool.append(tokens)
         for t in range(drop_first, len(tokens)):
             contexts.setdefault(_context_key(tokens, t, causal), (s, t))
             keys.add(_id_key(tokens, t, id_sample))
-        if len(pool) >= min_chunks and len(contexts) >= n_tokens and (id_sample == "all" or len(keys) >= n_tokens):
+        if not base and len(pool) >= min_chunks and len(contexts) >= n_tokens:
+            base = len(pool)
+        if base and (id_sample == "all" or len(keys) >= n_tokens):
             break
     if len(contexts) < n_tokens:
         raise SteadyLMError(
             f"the text gives only {len(contexts)} distinct token positions after --drop-first {drop_first}, "
             f"{n_tokens} needed; give more text or lower --tokens"
         )
+    base = base or len(pool)  # the text ran out before min_chunks
     rng = np.random.default_rng(seed)
     candidates = list(contexts.values())  # (sequence, position), each context once, in text order
-    position_rows = [candidates[i] for i in sorted(rng.choice(len(candidates), n_tokens, replace=False))]
+    first = [c for c in candidates if c[0] < base]
+    position_rows = [first[i] for i in sorted(rng.choice(len(first), n_tokens, replace=False))]
     if id_sample == "all":
         return Selection(position_rows, position_rows, len(pool))
     id_rows: dict[tuple[int, ...], tuple[int, int]] = {}
