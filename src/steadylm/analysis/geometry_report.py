@@ -37,11 +37,11 @@ def header_lines(profile: dict) -> list[str]:
     kind = "decoder (causal)" if profile["causal"] else "encoder (bidirectional)"
     lines = [
         f"{profile['path']}  [{profile['format']}, {profile['architecture']}, {kind}, {profile['n_layer']} blocks{step}]",
-        f"{profile['n_tokens']} token positions from {profile['sequences']} sequences ({profile['chunks']} chunks "
-        f"pooled), d = {profile['d_model']}, --drop-first {profile['drop_first']}; chance linearity d/n = "
-        f"{profile['chance_linearity']:.4f}",
-        f"ID sample: {profile['id_tokens']} positions, --id-sample {profile['id_sample']}; massive dimensions: "
-        f"largest |activation| > {profile['massive_ratio']:g} x the median",
+        (f"{profile['n_tokens']} token positions from {profile['sequences']} sequences ({profile['chunks']} "
+         f"chunks pooled), d = {profile['d_model']}, --drop-first {profile['drop_first']}; chance linearity "
+         f"d/n = {profile['chance_linearity']:.4f}"),
+        (f"ID sample: {profile['id_tokens']} positions, --id-sample {profile['id_sample']}; massive "
+         f"dimensions: largest |activation| > {profile['massive_ratio']:g} x the median"),
         f"hidden states: {profile['hidden_states']}",
     ]
     if profile.get("note"):
@@ -74,8 +74,8 @@ def format_table(profile: dict) -> str:
     """Human output: a header, one row per hidden state, one per block (l−1 -> l), massive dims."""
     states = _aligned([["layer", *(h for h, _ in _STATE_COLUMNS)]] + _rows(profile, _STATE_COLUMNS))
     blocks = _aligned([["block", *(h for h, _ in _BLOCK_COLUMNS)]] + _rows(profile, _BLOCK_COLUMNS, 1))
-    return "\n".join(header_lines(profile) + ["", *states, "", *blocks, "", "massive activations (hidden state: "
-                     "dimensions, largest ones):", *_massive_lines(profile)]) + "\n"
+    massive = ["", "massive activations (hidden state: dimensions, largest ones):", *_massive_lines(profile)]
+    return "\n".join(header_lines(profile) + ["", *states, "", *blocks, *massive]) + "\n"
 
 
 def _markdown(head: list[str], rows: list[list[str]]) -> list[str]:

@@ -31,6 +31,7 @@ from steadylm.analysis.models import AnalysisModel
 from steadylm.analysis.sampling import select, text_chunks
 from steadylm.model.taps import BlockTaps
 
+
 @dataclass
 class HiddenStates:
     states: list[np.ndarray]  # L+1 arrays (n, d) float32: the position sample (module doc)

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         raise SteadyLMError(f"--chunks must be >= 1, got {args.chunks}")
     if not args.massive_ratio > 1:
         raise SteadyLMError(f"--massive-ratio must be > 1, got {args.massive_ratio}")
-    sampling = dict(id_sample=args.id_sample, min_chunks=args.chunks, massive_ratio=args.massive_ratio)
+    sampling = {"id_sample": args.id_sample, "min_chunks": args.chunks, "massive_ratio": args.massive_ratio}
     progress = not args.no_progress
     device = resolve_device(args.device, option="--device")
     path = Path(args.path)
