@@ -150,3 +150,16 @@ def test_id_samples_agree_on_everything_but_intrinsic_dimension(run_dir, text_fi
         assert a["nn_same_token"] == 0.0 and "intrinsic_dim_all" not in b
         assert a["intrinsic_dim_all"] == pytest.approx(b["intrinsic_dim"])
         assert a["intrinsic_dim_mle"] > 0
+
+
+def test_a_tokenizer_that_pads_to_a_fixed_length_is_run_unpadded(text_file, tmp_path):
+    # Sentence-transformer exports (all-MiniLM-L6-v2) pad every text to 128 tokens in tokenizer.json.
+    from steadylm.analysis.models import _hf_tokenizer
+    from steadylm.data.tokenizer import train_bpe
+
+    tok = train_bpe([text_file.read_text()], 300)
+    tok._backend.enable_padding(length=64, pad_id=0, pad_token="<pad>")
+    tok.save(tmp_path / "tokenizer.json")
+    encode, decode = _hf_tokenizer(tmp_path, tmp_path, {})
+    ids = encode("a stable model")
+    assert 0 < len(ids) < 64 and decode(ids).strip() == "a stable model"  # padded, it would be 64

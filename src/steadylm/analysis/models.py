@@ -190,7 +190,10 @@ def _hf_tokenizer(folder: Path, what: Path, kw: dict) -> tuple[Callable[[str], l
         import tokenizers  # the raw file: works without tokenizer_config.json
 
         tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+        # Sentence-transformer exports pad every text to a fixed length; a lone sequence run
+        # without an attention mask would then attend to [PAD] tokens and count them as text.
         tok.no_truncation()
+        tok.no_padding()
         return (lambda text: tok.encode(text).ids), (lambda ids: tok.decode(ids, skip_special_tokens=False))
     try:
         hf_tok = _transformers().AutoTokenizer.from_pretrained(folder, **kw)
