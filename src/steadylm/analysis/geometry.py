@@ -1,4 +1,5 @@
-"""Geometry of hidden states: anisotropy, intrinsic dimension, layer linearity, norm ratio.
+"""Geometry of hidden states: anisotropy, intrinsic dimension, layer linearity, norm ratio, massive
+activations.
 
 Every function takes (n, d) matrices of the same n tokens (rows) and works in float64 NumPy,
 whatever the model's precision: the figures are ratios of sums over thousands of tokens, and
@@ -7,15 +8,23 @@ float32 loses digits exactly where the interesting values sit (linearity 0.999x,
 Sources (docs/geometry.md has the full definitions and caveats):
 - anisotropy and TwoNN intrinsic dimension: Razzhigaev et al., "The Shape of Learning" (EACL 2024
   Findings); TwoNN: Facco et al. (Sci. Rep. 2017), fitted as `scikit-dimension`'s `TwoNN` does;
+- the second dimension estimator: Levina and Bickel, "Maximum Likelihood Estimation of Intrinsic
+  Dimension" (NeurIPS 2004), pooled as MacKay and Ghahramani suggest; fitted as `scikit-dimension`'s
+  `MLE` does;
 - linearity with and without the residual: Razzhigaev et al., "Your Transformer is Secretly
-  Linear" (ACL 2024).
+  Linear" (ACL 2024);
+- massive activations: Sun et al., "Massive Activations in Large Language Models" (COLM 2024).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-# Rows of the pairwise-distance matrix computed at once in TwoNN: 1024 x n float64 (32 MB at n=4096).
+# A dimension is "massive" when its largest |activation| exceeds this many times the median
+# |activation| of the layer (docs/geometry.md explains the choice).
+MASSIVE_RATIO = 100.0
+
+# Rows of the pairwise-distance matrix computed at once in the neighbour search: 1024 x n float64 (32 MB at n=4096).
 _DIST_CHUNK = 1024
 
 
@@ -61,20 +70,42 @@ def mean_cosine(X) -> float:
     return float((s @ s - m) / (m * (m - 1)))
 
 
-def _two_nearest(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distances (n,), (n,) from each row to its nearest and second-nearest other row."""
+def nearest_neighbours(X, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and row indices (n, k), (n, k) of each row's k nearest other rows, nearest first.
+
+    Exact Euclidean distances, computed `_DIST_CHUNK` rows at a time (O(n²d) time, O(n·_DIST_CHUNK)
+    memory). Ties are broken arbitrarily.
+    """
+    X = _f64(X)
+    n = len(X)
+    k = min(k, n - 1)
     sq = np.einsum("ij,ij->i", X, X)  # (n,)
-    r1, r2 = np.empty(len(X)), np.empty(len(X))
-    for start in range(0, len(X), _DIST_CHUNK):
-        block = X[start : start + _DIST_CHUNK]  # (c, d)
-        # (c, n) squared distances
-        d2 = sq[start : start + len(block), None] + sq[None, :] - 2.0 * block @ X.T
-        d2[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf  # not its own
-        # (c, 2): the two smallest, unordered beyond index 1
-        two = np.partition(d2, 1, axis=1)[:, :2]
-        r1[start : start + len(block)] = np.sqrt(np.clip(two[:, 0], 0.0, None))
-        r2[start : start + len(block)] = np.sqrt(np.clip(two[:, 1], 0.0, None))
-    return r1, r2
+    dist, idx = np.empty((n, k)), np.empty((n, k), dtype=np.int64)
+    for start in range(0, n, _DIST_CHUNK):
+        block = X[start:start + _DIST_CHUNK]  # (c, d)
+        rows = np.arange(len(block))
+        d2 = sq[start:start + len(block), None] + sq[None, :] - 2.0 * block @ X.T  # (c, n) squared distances
+        d2[rows, rows + start] = np.inf  # not its own neighbour
+        near = np.argpartition(d2, k - 1, axis=1)[:, :k]  # (c, k), unordered
+        near_d2 = np.take_along_axis(d2, near, axis=1)
+        order = np.argsort(near_d2, axis=1)
+        idx[start:start + len(block)] = np.take_along_axis(near, order, axis=1)
+        dist[start:start + len(block)] = np.sqrt(np.clip(np.take_along_axis(near_d2, order, axis=1), 0.0, None))
+    return dist, idx
+
+
+def _twonn_fit(r1: np.ndarray, r2: np.ndarray, discard_fraction: float) -> float:
+    """TwoNN's line through the origin, from each point's first and second neighbour distances."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu = r2 / r1
+    mu = np.sort(mu[np.isfinite(mu)])  # a near-duplicate pair can still round to r1 = 0
+    N = len(mu)
+    keep = int(N * (1 - discard_fraction))
+    if keep < 2:
+        return float("nan")
+    x = np.log(mu[:keep])
+    y = -np.log(1.0 - np.arange(1, keep + 1) / N)
+    return float((x @ y) / (x @ x)) if x @ x > 0 else float("nan")
 
 
 def twonn_dimension(X, discard_fraction: float = 0.1) -> float:
@@ -92,17 +123,85 @@ def twonn_dimension(X, discard_fraction: float = 0.1) -> float:
     X = np.unique(_f64(X), axis=0)  # (N, d), unique rows
     if len(X) < 3:
         return float("nan")
-    r1, r2 = _two_nearest(X)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mu = r2 / r1
-    mu = np.sort(mu[np.isfinite(mu)])  # a near-duplicate pair can still round to r1 = 0
-    N = len(mu)
-    keep = int(N * (1 - discard_fraction))
-    if keep < 2:
+    dist, _ = nearest_neighbours(X, 2)
+    return _twonn_fit(dist[:, 0], dist[:, 1], discard_fraction)
+
+
+def _mle_fit(dist: np.ndarray) -> float:
+    """Levina–Bickel MLE from (N, k) sorted neighbour distances, pooled as MacKay and Ghahramani do."""
+    k = dist.shape[1]
+    with np.errstate(divide="ignore"):
+        logs = np.log(dist[:, -1:] / dist).sum(axis=1)  # (N,) Σⱼ log(r_k / r_j)
+    logs = logs[np.isfinite(logs)]
+    return float((k - 1) / logs.mean()) if len(logs) and logs.mean() > 0 else float("nan")
+
+
+def mle_dimension(X, k: int = 20) -> float:
+    """Intrinsic dimension by maximum likelihood (Levina and Bickel 2004) over k neighbours.
+
+    Identical rows are merged first. Per point, m̂ᵢ = (k − 1) / Σⱼ₌₁..ₖ log(r_k / r_j), with r_j the
+    distance to the j-th nearest neighbour; the points are pooled by the harmonic mean
+    ID = 1 / mean(1/m̂ᵢ) (MacKay and Ghahramani's correction of the plain mean). Matches
+    `skdim.id.MLE()` (k = 20, its default) on deduplicated data. NaN with under 3 unique rows.
+    """
+    X = np.unique(_f64(X), axis=0)
+    if len(X) < 3:
         return float("nan")
-    x = np.log(mu[:keep])
-    y = -np.log(1.0 - np.arange(1, keep + 1) / N)
-    return float((x @ y) / (x @ x)) if x @ x > 0 else float("nan")
+    return _mle_fit(nearest_neighbours(X, k)[0])
+
+
+def intrinsic_dimensions(X, ids, k: int = 20, discard_fraction: float = 0.1) -> dict:
+    """TwoNN and MLE dimension of X (one neighbour search for both), with the duplicate diagnostic.
+
+    `ids` (n,) are the rows' token ids. After identical rows are merged (each keeps the id of its
+    first occurrence), `nn_same_token` is the share of points whose nearest neighbour carries the
+    same token id: near 0 for a sample without repeated tokens; a large share means the same
+    token, seen in several contexts, forms tight clusters whose small first-neighbour distances
+    pull TwoNN towards 1 (docs/geometry.md, "The repeated-token artefact").
+    """
+    X = _f64(X)
+    X, first = np.unique(X, axis=0, return_index=True)  # (N, d)
+    ids = np.asarray(ids)[first]
+    nan = {"twonn": float("nan"), "mle": float("nan"), "nn_same_token": float("nan"), "unique": len(X)}
+    if len(X) < 3:
+        return nan
+    dist, idx = nearest_neighbours(X, k)
+    return {
+        "twonn": _twonn_fit(dist[:, 0], dist[:, 1], discard_fraction),
+        "mle": _mle_fit(dist),
+        "nn_same_token": float(np.mean(ids[idx[:, 0]] == ids)),
+        "unique": len(X),
+    }
+
+
+def massive_activations(X, ratio: float = MASSIVE_RATIO, top: int = 3) -> dict:
+    """Where the largest |activation| sits, next to the typical one.
+
+    With m = median |xᵢⱼ| over all entries of X (n, d):
+    - `max_ratio`: max |xᵢⱼ| / m;
+    - `dims`: the dimensions j whose max over rows of |xᵢⱼ| exceeds `ratio` · m, largest first
+      (the "massive" dimensions that `without` removes);
+    - `top`: the `top` dimensions with the largest max |xᵢⱼ| (flagged or not), each as
+      {"dim", "ratio" (its max over m), "row" (the row that carries it)}.
+    """
+    A = np.abs(_f64(X))  # (n, d)
+    med = float(np.median(A))
+    col_max = A.max(axis=0)  # (d,)
+    order = np.argsort(-col_max)
+    if med <= 0:
+        return {"max_ratio": float("nan"), "dims": [], "top": []}
+    return {
+        "max_ratio": float(col_max[order[0]] / med),
+        "dims": [int(j) for j in order if col_max[j] > ratio * med],
+        "top": [{"dim": int(j), "ratio": float(col_max[j] / med), "row": int(A[:, j].argmax())}
+                for j in order[:top]],
+    }
+
+
+def without(X, dims) -> np.ndarray:
+    """X with the columns `dims` removed (n, d) -> (n, d − len(dims))."""
+    X = _f64(X)
+    return np.delete(X, np.asarray(sorted(set(dims)), dtype=np.int64), axis=1)
 
 
 def _normalised(X: np.ndarray) -> np.ndarray | None:

@@ -8,97 +8,82 @@ block. (`transformers`' own `hidden_states[-1]` is after the final norm in langu
 makes its last pair mix a block with a normalisation.) They are read with forward hooks
 (`steadylm.model.taps`), so the model's numerics are untouched.
 
-Sampling follows the reference protocol of Razzhigaev et al.: the text is cut into chunks of
+Text: as in the reference protocol of Razzhigaev et al., the text is cut into chunks of
 `chunk_chars` characters, the chunks are shuffled with a fixed seed, and each is tokenised on its
 own with the model's special tokens (BOS for Llama, [CLS] ... [SEP] for BERT, none for steadylm
-models) and run as one sequence. The first `drop_first` tokens of every sequence are dropped
-(BOS and first-token "massive activations" dominate centring and norms). Token positions whose
-states are identical at every layer (a repeated context) are kept once. Exactly `n_tokens`
-positions are returned, or an error says the text is too short.
+models) and run as one sequence. The first `drop_first` tokens of every sequence are never used.
+At least `min_chunks` chunks form the pool, and more are added until both samples below can be
+filled (or the text runs out).
+
+Two samples are drawn from the pool by token ids alone, before any forward pass
+(`steadylm.analysis.sampling`): the position sample (`states`) and the ID sample (`id_states`);
+only the sequences holding a selected position are then run.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from steadylm.analysis.models import AnalysisModel
-from steadylm.errors import SteadyLMError
+from steadylm.analysis.sampling import select, text_chunks
 from steadylm.model.taps import BlockTaps
 
 
 @dataclass
 class HiddenStates:
-    states: list[np.ndarray]  # L+1 arrays (n, d) float32, aligned by row (see the module doc)
+    states: list[np.ndarray]  # L+1 arrays (n, d) float32: the position sample (module doc)
     ids: np.ndarray  # (n,) token id of each row
-    sequences: int  # sequences run
-    duplicates: int  # positions dropped because their states repeated an earlier one at every layer
-
-
-def text_chunks(texts: list[str], chunk_chars: int = 512, seed: int = 0) -> list[str]:
-    """Consecutive `chunk_chars`-character pieces of every text, in a seeded random order."""
-    chunks = [t[i : i + chunk_chars] for t in texts for i in range(0, len(t), chunk_chars)]
-    chunks = [c for c in chunks if c.strip()]
-    order = np.random.default_rng(seed).permutation(len(chunks))
-    return [chunks[i] for i in order]
+    positions: np.ndarray  # (n,) position of each row in its sequence
+    id_states: list[np.ndarray]  # L+1 arrays (m, d) float32: the ID sample
+    id_ids: np.ndarray  # (m,) token id of each row of the ID sample
+    id_sample: str  # one of ID_SAMPLES
+    chunks: int  # chunks in the pool (all of them tokenised)
+    sequences: int  # sequences run (the pool's chunks holding a selected position)
 
 
 @torch.no_grad()
-def collect(
-    model: AnalysisModel,
-    texts: list[str],
-    n_tokens: int = 4096,
-    drop_first: int = 0,
-    chunk_chars: int = 512,
-    seed: int = 0,
-    progress: bool = True,
-) -> HiddenStates:
-    """Hidden states 0..L of `n_tokens` distinct token positions (see the module doc)."""
+def collect(model: AnalysisModel, texts: list[str], n_tokens: int = 4096, drop_first: int = 0,
+            id_sample: str = "token", min_chunks: int = 128, chunk_chars: int = 512, seed: int = 0,
+            progress: bool = True) -> HiddenStates:
+    """Hidden states 0..L of the position and ID samples (module doc)."""
     from tqdm.auto import tqdm
 
-    taps = BlockTaps(model.blocks)
-    rows: list[list[np.ndarray]] = [[] for _ in taps.states]  # per layer, (t, d) pieces
-    ids: list[np.ndarray] = []
-    seen: set[bytes] = set()
-    have = duplicates = sequences = 0
-    bar = tqdm(total=n_tokens, desc="hidden states", unit="tok", disable=not progress, leave=False)
-    with taps:
+    pool: list[list[int]] = []
+
+    def tokenised():
         for chunk in text_chunks(texts, chunk_chars, seed):
-            tokens = model.encode(chunk)[: model.max_len]
-            if len(tokens) <= drop_first:
-                continue
-            model.run(torch.tensor([tokens], dtype=torch.long, device=model.device))
-            sequences += 1
-            # L+1 x (t, d)
-            per_layer = [s[0, drop_first:].float().cpu().numpy() for s in taps.states]
-            keep = []
-            for t in range(per_layer[0].shape[0]):
-                digest = hashlib.blake2b(
-                    b"".join(s[t].tobytes() for s in per_layer), digest_size=16
-                ).digest()
-                if digest in seen:
-                    duplicates += 1
-                    continue
-                seen.add(digest)
-                keep.append(t)
-                if have + len(keep) == n_tokens:
-                    break
-            for layer, s in zip(rows, per_layer, strict=True):
-                layer.append(s[keep])
-            ids.append(np.asarray(tokens[drop_first:])[keep])
-            have += len(keep)
-            bar.update(len(keep))
-            if have == n_tokens:
-                break
-    bar.close()
-    if have < n_tokens:
-        raise SteadyLMError(
-            f"the text gives only {have} distinct token positions after --drop-first {drop_first}, "
-            f"{n_tokens} needed; give more text or lower --tokens"
-        )
+            pool.append(model.encode(chunk)[: model.max_len])
+            yield pool[-1]
+
+    sel = select(tokenised(), n_tokens, id_sample, drop_first, min_chunks, model.causal, seed)
+    wanted: dict[int, set[int]] = {}  # sequence -> positions used by either sample
+    for s, t in sel.position_rows + sel.id_rows:
+        wanted.setdefault(s, set()).add(t)
+    taps = BlockTaps(model.blocks)
+    got: dict[tuple[int, int], list[np.ndarray]] = {}  # (sequence, position) -> L+1 states (d,)
+    with taps:
+        for s in tqdm(sorted(wanted), desc="hidden states", unit="seq", disable=not progress, leave=False):
+            model.run(torch.tensor([pool[s]], dtype=torch.long, device=model.device))
+            ts = sorted(wanted[s])
+            per_layer = [x[0, ts].float().cpu().numpy() for x in taps.states]  # L+1 x (len(ts), d)
+            for i, t in enumerate(ts):
+                got[(s, t)] = [x[i] for x in per_layer]
+
+    def stack(rows):
+        return [np.stack([got[r][layer] for r in rows]) for layer in range(len(taps.states))]
+
+    states = stack(sel.position_rows)
     return HiddenStates(
-        [np.concatenate(layer) for layer in rows], np.concatenate(ids), sequences, duplicates
+        states=states,
+        ids=np.array([pool[s][t] for s, t in sel.position_rows]),
+        positions=np.array([t for _, t in sel.position_rows]),
+        id_states=states if id_sample == "all" else stack(sel.id_rows),
+        id_ids=np.array([pool[s][t] for s, t in sel.id_rows]),
+        id_sample=id_sample,
+        chunks=sel.chunks,
+        sequences=len(wanted),
     )
+

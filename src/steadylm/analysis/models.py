@@ -85,6 +85,7 @@ class AnalysisModel:
     note: str = ""
     step: int | None = None  # training step, for steadylm checkpoints
     device: torch.device = torch.device("cpu")  # where `module` lives; token ids are sent there
+    decode: Callable[[list[int]], str] | None = None  # ids -> text, to name the tokens in reports
 
     def run(self, ids: torch.Tensor) -> None:
         """One forward pass over ids (1, T); the hidden states are taken by hooks on `blocks`."""
@@ -159,6 +160,7 @@ def load_steadylm(path: Path) -> AnalysisModel:
         "gpt",
         causal=True,
         step=step,
+        decode=tok.decode,
     )
 
 
@@ -197,7 +199,7 @@ def _huggingface(folder: Path, gguf_file: str | None = None) -> AnalysisModel:
         ),
         512,
     )
-    encode = _hf_encoder(folder, what, kw, config)
+    encode, decode = _hf_tokenizer(folder, what, kw, config)
     return AnalysisModel(
         module,
         _blocks(module, what),
@@ -207,6 +209,7 @@ def _huggingface(folder: Path, gguf_file: str | None = None) -> AnalysisModel:
         "gguf" if gguf_file else "huggingface",
         config.model_type,
         causal=decoder,
+        decode=decode,
     )
 
 
@@ -248,24 +251,32 @@ TOKENIZER_FILES = (
 )
 
 
-def _hf_encoder(folder: Path, what: Path, kw: dict, config: Any) -> Callable[[str], list[int]]:
-    """Text -> ids with the tokenizer's special tokens (BOS for Llama, [CLS] ... [SEP] for BERT)."""
+def _hf_tokenizer(
+    folder: Path, what: Path, kw: dict, config: Any
+) -> tuple[Callable[[str], list[int]], Callable[[list[int]], str]]:
+    """Text -> ids with the tokenizer's special tokens (BOS for Llama, [CLS] ... [SEP] for BERT),
+    and ids -> text (special tokens shown)."""
     if not kw and (folder / "tokenizer.json").is_file():
         import tokenizers  # the raw file: works without tokenizer_config.json
 
         tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+        # Sentence-transformer exports pad every text to a fixed length; a lone sequence run
+        # without an attention mask would then attend to [PAD] tokens and count them as text.
         tok.no_truncation()
-        return lambda text: tok.encode(text).ids
+        tok.no_padding()
+        return (lambda text: tok.encode(text).ids), (lambda ids: tok.decode(ids, skip_special_tokens=False))
     if not kw and not any((folder / name).is_file() for name in TOKENIZER_FILES):
         return implied_tokenizer(config, what)
     try:
         hf_tok = _transformers().AutoTokenizer.from_pretrained(folder, **kw)
     except (OSError, ValueError, KeyError) as e:
         raise SteadyLMError(f"{what}: no usable tokenizer ({_first_line(e)})") from None
-    return lambda text: hf_tok(text, truncation=False)["input_ids"]
+    return (lambda text: hf_tok(text, truncation=False)["input_ids"]), hf_tok.decode
 
 
-def implied_tokenizer(config: Any, what: Path) -> Callable[[str], list[int]]:
+def implied_tokenizer(
+    config: Any, what: Path
+) -> tuple[Callable[[str], list[int]], Callable[[list[int]], str]]:
     """The tokenizer a folder's config implies when it ships none (`save_pretrained` of the model
     alone), if steadylm has it: GPT-2's 50257-token vocabulary is OpenAI's GPT-2 BPE."""
     from steadylm.data.tokenizer import GPT2_VOCAB_SIZE, gpt2_tokenizer
@@ -277,7 +288,8 @@ def implied_tokenizer(config: Any, what: Path) -> Callable[[str], list[int]]:
             f"({config.model_type}, vocab_size {vocab})",
             file=sys.stderr,
         )
-        return gpt2_tokenizer().encode
+        tok = gpt2_tokenizer()
+        return tok.encode, tok.decode
     raise SteadyLMError(
         f"{what}: no tokenizer for this {config.model_type} model (vocab_size {vocab}; none of "
         f"{', '.join(TOKENIZER_FILES[:3])}, ...); save its tokenizer into the folder "

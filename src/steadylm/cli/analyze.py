@@ -12,7 +12,13 @@ Per-layer geometry of a model's hidden states on a text sample (docs/geometry.md
 
   anisotropy   σ₁²/Σσᵢ² of the centred states (share of variance on the top direction);
   mean_cos     mean pairwise cosine of the raw states (a different notion, reported beside it);
-  ID           TwoNN intrinsic dimension of the distinct states (largest 10% of ratios dropped);
+  ID           TwoNN intrinsic dimension (largest 10% of ratios dropped) of the ID sample, with
+               ID_mle (Levina-Bickel, 20 neighbours) and nn_same, the share of points whose
+               nearest neighbour has the same token id; ID_all/same_all: TwoNN on the position
+               sample (the reference protocol, inflated by repeated tokens: compare);
+  max/med      largest |activation| over the median |activation|; massive dimensions are those
+               whose largest |activation| exceeds --massive-ratio x the median; *_nm figures are
+               recomputed without them;
   lin          linearity of block l−1 -> l: 1 − min_A ‖X̃A − Ỹ‖² (centred, Frobenius-normalised),
                with the residual (Y = h_l) and without it (Y = h_l − h_{l−1}); beside the chance
                floor d/n, and held out (A fitted on half the tokens, scored on the other half);
@@ -21,7 +27,10 @@ Per-layer geometry of a model's hidden states on a text sample (docs/geometry.md
 Hidden state 0 is the embedding output (the input of block 1), hidden state l the output of
 block l, all before the final norm. The text is cut into 512-character chunks (seeded order),
 each run as one sequence with the model's own special tokens; the first --drop-first tokens of
-each are dropped; --tokens distinct positions are used.
+each are never used. At least --chunks chunks are pooled. Two samples are drawn from the pool:
+--tokens positions uniformly (each context once) for anisotropy, linearity and massive
+activations, and the ID sample (--id-sample token: at most one occurrence per token id, up to
+--tokens of them) for intrinsic dimension.
 
 PATH is a steadylm run folder (its latest verified checkpoint; with --over-training, every
 checkpoint), a steadylm checkpoint folder, a Hugging Face folder (GPT-2, Llama, BERT-style
@@ -31,6 +40,9 @@ the package index, sha256-checked)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from steadylm.analysis.geometry import MASSIVE_RATIO
+    from steadylm.analysis.sampling import ID_SAMPLES
+
     p = sub.add_parser(
         "analyze",
         help="per-layer anisotropy, intrinsic dimension and linearity of any checkpoint",
@@ -43,6 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-field", default="text", metavar="NAME", help="text field of .jsonl/.parquet records")
     p.add_argument("--tokens", type=int, default=4096, metavar="N", help="distinct token positions used (default 4096)")
     p.add_argument("--drop-first", type=int, default=0, metavar="K", help="drop the first K tokens of every sequence")
+    p.add_argument("--id-sample", default="token", choices=ID_SAMPLES,
+                   help="ID sample: at most one occurrence per token id (default), per (token id, position), "
+                        "or all positions (the reference protocol)")
+    p.add_argument("--chunks", type=int, default=128, metavar="C",
+                   help="pool at least C text chunks (default 128; more are added until the samples fill)")
+    p.add_argument("--massive-ratio", type=float, default=MASSIVE_RATIO, metavar="R",
+                   help=f"a dimension is massive when its largest |activation| exceeds R x the median (default {MASSIVE_RATIO:g})")
     p.add_argument("--json", action="store_true", help="print the profile as JSON")
     p.add_argument("--out", metavar="DIR", help="write profile.json, a Markdown table and plots to DIR")
     p.add_argument("--over-training", action="store_true", help="every checkpoint of a run, plotted against step")
@@ -62,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
         raise SteadyLMError(f"--tokens must be >= 8 (TwoNN and the held-out fit need a few points), got {args.tokens}")
     if args.drop_first < 0:
         raise SteadyLMError(f"--drop-first must be >= 0, got {args.drop_first}")
+    if args.chunks < 1:
+        raise SteadyLMError(f"--chunks must be >= 1, got {args.chunks}")
+    if not args.massive_ratio > 1:
+        raise SteadyLMError(f"--massive-ratio must be > 1, got {args.massive_ratio}")
+    sampling = {"id_sample": args.id_sample, "min_chunks": args.chunks, "massive_ratio": args.massive_ratio}
     progress = not args.no_progress
     device = resolve_device(args.device, option="--device")
     path = Path(args.path)
@@ -69,13 +93,15 @@ def run(args: argparse.Namespace) -> int:
         from steadylm.analysis.profile import run_checkpoints
 
         run_checkpoints(path)  # reject a non-run before reading any text
-        result = over_training(path, _texts(args, progress), args.tokens, args.drop_first, progress, device)
+        result = over_training(path, _texts(args, progress), args.tokens, args.drop_first, **sampling,
+                               progress=progress, device=device)
         profiles = result["checkpoints"]
     else:
         from steadylm.analysis.models import load_for_analysis
 
         model = load_for_analysis(args.path, device)
-        result = analyze_model(model, _texts(args, progress), args.tokens, args.drop_first, progress)
+        result = analyze_model(model, _texts(args, progress), args.tokens, args.drop_first, **sampling,
+                               progress=progress)
         profiles = [result]
     if args.out:
         for f in write_outputs(result, Path(args.out), args.over_training):
