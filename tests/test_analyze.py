@@ -188,6 +188,6 @@ def test_a_tokenizer_that_pads_to_a_fixed_length_is_run_unpadded(text_file, tmp_
     tok = train_bpe([text_file.read_text()], 300)
     tok._backend.enable_padding(length=64, pad_id=0, pad_token="<pad>")
     tok.save(tmp_path / "tokenizer.json")
-    encode, decode = _hf_tokenizer(tmp_path, tmp_path, {})
+    encode, decode = _hf_tokenizer(tmp_path, tmp_path, {}, None)
     ids = encode("a stable model")
     assert 0 < len(ids) < 64 and decode(ids).strip() == "a stable model"  # padded, it would be 64
