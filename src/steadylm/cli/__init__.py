@@ -16,7 +16,7 @@ from steadylm import __version__
 from steadylm.errors import SteadyLMError
 
 # Subcommand modules, in the order `--help` lists them.
-COMMANDS = ["prepare", "train", "sample", "tev", "analyze", "export_hf", "bench", "sweep", "report"]
+COMMANDS = ["prepare", "train", "sample", "tev", "analyze", "export_hf", "bench", "sweep", "report", "embed"]
 
 
 class _Parser(argparse.ArgumentParser):
