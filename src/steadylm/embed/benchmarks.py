@@ -162,7 +162,10 @@ def similarity(W: torch.Tensor, index: dict[str, int], pairs: list[tuple[str, st
     E = _unit_rows(W)
     ia, ib, human = (np.array(col) for col in zip(*covered))
     cos = (E[torch.as_tensor(ia)] * E[torch.as_tensor(ib)]).sum(dim=1).cpu().numpy()
-    out["spearman"] = spearman(human, cos)
+    rho = spearman(human, cos)
+    if not np.isfinite(rho):  # constant vectors or scores: no ranking to correlate
+        return out
+    out["spearman"] = rho
     rng = np.random.default_rng(seed)
     boots = [spearman(human[i], cos[i]) for i in rng.integers(0, len(covered), (BOOTSTRAP, len(covered)))]
     out["ci95"] = [float(np.nanpercentile(boots, 2.5)), float(np.nanpercentile(boots, 97.5))]

@@ -18,6 +18,7 @@ interrupted run leaves nothing behind:
 from __future__ import annotations
 
 import json
+import math
 import platform
 import resource
 import sys
@@ -158,7 +159,7 @@ def run(cfg: EmbedConfig, out: Path | str, progress: bool = True, log: Callable[
         _write_text(tmp / "config.toml", cfg.to_toml())
         _write_json(tmp / "provenance.json", _provenance(device, counts))
         _write_json(tmp / "embed.json", summary)
-        _write_text(tmp / "objective.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+        _write_text(tmp / "objective.jsonl", "".join(json.dumps(_json_safe(row)) + "\n" for row in history))
         _plot_objective(history, cfg.method, tmp / "objective.png")
         _write_vectors(tmp, counts.words, W, C)
         _write_json(tmp / "status.json", {"status": "finished", "seconds": round(time.perf_counter() - t0, 2)})
@@ -215,8 +216,19 @@ def _write_text(path: Path, text: str) -> None:
         f.write(text.encode("utf-8"))
 
 
+def _json_safe(obj):
+    """NaN (e.g. the TwoNN dimension of all-equal vectors) as null: JSON has no NaN."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def _write_json(path: Path, obj: dict) -> None:
-    _write_text(path, json.dumps(obj, indent=1) + "\n")
+    _write_text(path, json.dumps(_json_safe(obj), indent=1, allow_nan=False) + "\n")
 
 
 def _write_vectors(folder: Path, words: list[str], W: torch.Tensor, C: torch.Tensor) -> None:
