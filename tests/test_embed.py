@@ -127,11 +127,12 @@ def test_three_methods_end_to_end(tmp_path, corpus, fake_benchmarks, capsys):
         printed = capsys.readouterr().out
         assert "objective  F(X) = " in printed and "peak mem" in printed
         summary = json.loads((out / "embed.json").read_text())
-        for key in ("method dim vocab objective ws353 ws353_sim ws353_rel simlex999 men google_analogy "
-                    "msr_analogy oov").split():  # fmt: skip
+        for key in ["method", "dim", "vocab", "objective", "ws353", "ws353_sim", "ws353_rel", "simlex999", "men", "google_analogy", "msr_analogy", "oov"]:  # fmt: skip
             assert key in summary, key
         assert summary["method"] == method and summary["dim"] == 8 and summary["vocab"] == 80
-        assert summary["oov"]["simlex999"] >= 1 and summary["oov"]["google_analogy"] >= 1  # the made-up pairs
+        assert (
+            summary["oov"]["simlex999"] >= 1 and summary["oov"]["google_analogy"] >= 1
+        )  # the made-up pairs
         assert summary["covered"]["men"] > 20
         assert summary["men"] > 0.5 and summary["ws353"] > 0.5  # words of one topic end up close
         assert 0 <= summary["google_analogy"] <= 1
@@ -146,7 +147,11 @@ def test_three_methods_end_to_end(tmp_path, corpus, fake_benchmarks, capsys):
         # The safetensors file is readable by `steadylm tev` without naming the tensor.
         assert main(["tev", str(out / "vectors.safetensors"), "--json"]) == 0
         tev = json.loads(capsys.readouterr().out)
-        assert tev["d_model"] == 8 and tev["vocab_size"] == 80 and tev["tensor"] == "word_embeddings.weight"
+        assert (
+            tev["d_model"] == 8
+            and tev["vocab_size"] == 80
+            and tev["tensor"] == "word_embeddings.weight"
+        )
         assert tev["mu_tev"] == pytest.approx(summary["geometry"]["mu_tev"], rel=1e-5)
     # RO-SGNS starts at SVD-SPPMI and its line search only accepts ascent steps.
     assert results["ro_sgns"]["objective"] > results["svd_sppmi"]["objective"]
@@ -156,7 +161,9 @@ def test_three_methods_end_to_end(tmp_path, corpus, fake_benchmarks, capsys):
 def test_sgns_is_repeatable_for_a_seed(tmp_path, corpus, fake_benchmarks):
     fake_benchmarks(_top_words(corpus, 80))
     for name in ("a", "b"):
-        assert _embed(tmp_path / name, corpus, "--method", "sgns", "--epochs", "1", "--seed", "3") == 0
+        assert (
+            _embed(tmp_path / name, corpus, "--method", "sgns", "--epochs", "1", "--seed", "3") == 0
+        )
     a, b = (json.loads((tmp_path / n / "embed.json").read_text()) for n in ("a", "b"))
     assert a["objective"] == b["objective"]
 
@@ -203,7 +210,10 @@ def test_pair_and_analogy_parsers_read_the_real_formats():
     with pytest.raises(DataError, match="men.txt:2: expected 'word word score'"):
         parse_pairs("a b 1\nc d\n", "men.txt")
     google = ": capital-common-countries\nAthens Greece Baghdad Iraq\n: family\nboy girl brother sister\n"
-    assert parse_analogies(google) == [("athens", "greece", "baghdad", "iraq"), ("boy", "girl", "brother", "sister")]
+    assert parse_analogies(google) == [
+        ("athens", "greece", "baghdad", "iraq"),
+        ("boy", "girl", "brother", "sister"),
+    ]
     with pytest.raises(DataError, match="x.txt:1: expected four words"):
         parse_analogies("good better rough\n", "x.txt")
 
@@ -234,3 +244,20 @@ def test_3cosadd_finds_the_planted_answers_and_excludes_the_question_words():
     out = analogy(W, index, [("man", "woman", "king", "queen"), ("man", "king", "woman", "queen"),
                              ("man", "apple", "king", "woman"), ("man", "woman", "king", "prince")])  # fmt: skip
     assert out["n"] == 3 and out["oov"] == 1 and out["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_sgns_without_gensim_says_how_to_install_it(
+    tmp_path, corpus, fake_benchmarks, monkeypatch, capsys
+):
+    import sys
+
+    fake_benchmarks(_top_words(corpus, 80))
+    monkeypatch.setitem(sys.modules, "gensim", None)  # `import gensim...` now raises ImportError
+    monkeypatch.setitem(sys.modules, "gensim.models", None)
+    out = tmp_path / "run"
+    assert _embed(out, corpus, "--method", "sgns") == 2
+    err = capsys.readouterr().err
+    assert (
+        "--method sgns needs gensim: pip install 'steadylm[embed]'" in err and err.count("\n") == 1
+    )
+    assert not out.exists()

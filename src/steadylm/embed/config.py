@@ -11,25 +11,44 @@ from steadylm.errors import SteadyLMError
 METHODS = ("ro_sgns", "sgns", "svd_sppmi")
 
 
+def _opt(default, help: str):
+    """A field with its `--help` text: the one place each option is described."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class EmbedConfig:
     """Word embeddings from one corpus by one method; every method is scored on the same counts."""
 
-    method: str = "ro_sgns"  # ro_sgns (Riemannian SGNS from the SVD-SPPMI start) | sgns (gensim word2vec) | svd_sppmi
-    dim: int = 100  # embedding dimension d, the rank of X = W C^T
-    vocab: int = 10_000  # the N most frequent words of the corpus; pairs with other words are dropped
-    window: int = 2  # context words on each side (word2vec's "window 5" of the paper is +-2)
-    neg: int = 5  # negative samples k; also the shift log k of SPPMI
-    corpus: list[str] = field(default_factory=lambda: ["default"])  # "default" and/or .txt/.jsonl/.parquet files, folders
-    text_field: str = "text"  # field holding the text in .jsonl/.parquet records
-    iters: int = 25  # ro_sgns: projector-splitting iterations
-    step: str = "auto"  # ro_sgns: step lambda, or "auto" (first step moves X by a tenth of its norm)
-    line_search: bool = True  # ro_sgns: Armijo backtracking on F from `step`; off = the paper's fixed lambda
-    epochs: int = 5  # sgns: passes of gensim's SGD over the corpus
-    sample: float = 0.0  # sgns: word2vec's down-sampling threshold; 0 trains on exactly the counted pairs
-    svd_iters: int = 10  # svd_sppmi (and ro_sgns's start): power iterations of the randomised truncated SVD
-    seed: int = 0  # seeds gensim and the randomised SVD
-    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N, for the matrix methods
+    method: str = _opt(
+        "ro_sgns",
+        "ro_sgns (Riemannian SGNS from the SVD-SPPMI start) | sgns (gensim word2vec) | svd_sppmi",
+    )
+    dim: int = _opt(100, "embedding dimension d, the rank of X = W C^T")
+    vocab: int = _opt(10_000, "the N most frequent words; pairs with other words are dropped")
+    window: int = _opt(2, "context words on each side (the paper's word2vec 'window 5' is 2)")
+    neg: int = _opt(5, "negative samples k; also the shift log k of SPPMI")
+    corpus: list[str] = field(
+        default_factory=lambda: ["default"],
+        metadata={"help": "'default' and/or .txt/.jsonl/.parquet files and folders"},
+    )
+    text_field: str = _opt("text", "field holding the text in .jsonl/.parquet records")
+    iters: int = _opt(25, "ro_sgns: projector-splitting iterations")
+    step: str = _opt(
+        "auto", "ro_sgns: step lambda, or 'auto' (the first step moves X by a tenth of its norm)"
+    )
+    line_search: bool = _opt(
+        True, "ro_sgns: Armijo backtracking on F from `step`; off = the paper's fixed lambda"
+    )
+    epochs: int = _opt(5, "sgns: passes of gensim's SGD over the corpus")
+    sample: float = _opt(
+        0.0, "sgns: word2vec's down-sampling threshold; 0 trains on exactly the counted pairs"
+    )
+    svd_iters: int = _opt(
+        10, "svd_sppmi (and ro_sgns's start): power iterations of the randomised truncated SVD"
+    )
+    seed: int = _opt(0, "seeds gensim and the randomised SVD")
+    device: str = _opt("auto", "auto (cuda when available) | cpu | cuda | cuda:N (matrix methods)")
 
     def validate(self) -> EmbedConfig:
         if self.method not in METHODS:
@@ -37,9 +56,13 @@ class EmbedConfig:
         for name, low in (("dim", 1), ("vocab", 2), ("window", 1), ("neg", 1), ("epochs", 1), ("svd_iters", 0),
                           ("iters", 0)):  # fmt: skip
             if getattr(self, name) < low:
-                raise SteadyLMError(f"--{name.replace('_', '-')}: must be >= {low}, got {getattr(self, name)}")
+                raise SteadyLMError(
+                    f"--{name.replace('_', '-')}: must be >= {low}, got {getattr(self, name)}"
+                )
         if self.dim >= self.vocab:
-            raise SteadyLMError(f"--dim {self.dim} must be smaller than --vocab {self.vocab} (X has rank <= vocab)")
+            raise SteadyLMError(
+                f"--dim {self.dim} must be smaller than --vocab {self.vocab} (X has rank <= vocab)"
+            )
         if not 0.0 <= self.sample < 1.0:
             raise SteadyLMError(f"--sample: must be in [0, 1), got {self.sample}")
         if self.step != "auto":
@@ -50,22 +73,22 @@ class EmbedConfig:
             if not lam > 0:
                 raise SteadyLMError(f"--step {self.step!r}: give a positive number or 'auto'")
         elif not self.line_search:
-            raise SteadyLMError("--no-line-search needs a numeric --step (the fixed lambda), e.g. --step 5e-5")
+            raise SteadyLMError(
+                "--no-line-search needs a numeric --step (the fixed lambda), e.g. --step 5e-5"
+            )
         if not self.corpus or any(not p for p in self.corpus):
-            raise SteadyLMError("--corpus: give 'default' or files/folders (.txt, .jsonl, .parquet)")
+            raise SteadyLMError(
+                "--corpus: give 'default' or files/folders (.txt, .jsonl, .parquet)"
+            )
         return self
 
     def to_toml(self) -> str:
-        lines = ["[embed]"] + [f"{k} = {_toml_value(v)}" for k, v in dataclasses.asdict(self).items()]
+        lines = ["[embed]"] + [
+            f"{k} = {_toml_value(v)}" for k, v in dataclasses.asdict(self).items()
+        ]
         return "\n".join(lines) + "\n"
 
 
 def help_of(name: str) -> str:
-    """The comment after a field in the source above: the one place each option is described."""
-    import inspect
-
-    for line in inspect.getsource(EmbedConfig).splitlines():
-        stripped = line.strip()
-        if stripped.startswith(f"{name}:") and "#" in stripped:
-            return stripped.split("#", 1)[1].strip()
-    raise KeyError(name)
+    """The one-line description of option `name`, as `--help` shows it."""
+    return next(f.metadata["help"] for f in dataclasses.fields(EmbedConfig) if f.name == name)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -67,7 +67,9 @@ def build_vocab(docs_words: Iterable[list[str]], size: int) -> tuple[list[str], 
     if n_words == 0:
         raise DataError("the corpus holds no words (letters); give text")
     if len(freq) < size:
-        raise DataError(f"--vocab {size}: the corpus has only {len(freq)} distinct words; choose --vocab <= {len(freq)}")
+        raise DataError(
+            f"--vocab {size}: the corpus has only {len(freq)} distinct words; choose --vocab <= {len(freq)}"
+        )
     top = sorted(freq.items(), key=lambda kv: (-kv[1], kv[0]))[:size]
     return [w for w, _ in top], np.array([c for _, c in top], dtype=np.int64), n_words
 
@@ -75,7 +77,9 @@ def build_vocab(docs_words: Iterable[list[str]], size: int) -> tuple[list[str], 
 def count(docs: list[Document], vocab: int, window: int, device: torch.device | str = "cpu",
           progress: bool = True) -> Counts:  # fmt: skip
     """Tokenise `docs`, keep the top `vocab` words and count their co-occurrences within `window`."""
-    docs_words = [words_of(doc.text) for doc in tqdm(docs, desc="words", unit="doc", disable=not progress)]
+    docs_words = [
+        words_of(doc.text) for doc in tqdm(docs, desc="words", unit="doc", disable=not progress)
+    ]
     words, frequency, n_words = build_vocab(docs_words, vocab)
     index = {w: i for i, w in enumerate(words)}
     units = []
@@ -89,7 +93,10 @@ def count(docs: list[Document], vocab: int, window: int, device: torch.device | 
         for offset in range(1, window + 1):
             if len(ids) > offset:
                 left, right = ids[:-offset], ids[offset:]
-                keys += [left * n + right, right * n + left]  # both directions: the window is symmetric
+                keys += [
+                    left * n + right,
+                    right * n + left,
+                ]  # both directions: the window is symmetric
                 pending += 2 * len(left)
         if pending >= _PAIR_CHUNK:
             _add(D, keys)
@@ -97,7 +104,9 @@ def count(docs: list[Document], vocab: int, window: int, device: torch.device | 
     _add(D, keys)
     D = D.view(n, n)
     if not bool(D.any()):
-        raise DataError("no two vocabulary words are within the window of each other; give more text")
+        raise DataError(
+            "no two vocabulary words are within the window of each other; give more text"
+        )
     return Counts(words, frequency, D, units, n_words, window)
 
 

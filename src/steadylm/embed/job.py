@@ -23,8 +23,8 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -41,7 +41,15 @@ from steadylm.embed.svd_sppmi import svd_sppmi
 from steadylm.errors import SteadyLMError
 from steadylm.fsutil import atomic_dir, atomic_write
 
-SCORE_KEYS = ("ws353", "ws353_sim", "ws353_rel", "simlex999", "men", "google_analogy", "msr_analogy")
+SCORE_KEYS = (
+    "ws353",
+    "ws353_sim",
+    "ws353_rel",
+    "simlex999",
+    "men",
+    "google_analogy",
+    "msr_analogy",
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,7 +60,9 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise SteadyLMError(f"--device {name!r}: choose auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SteadyLMError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+        raise SteadyLMError(
+            f"--device {name}: CUDA is not available here; use --device cpu or auto"
+        )
     return device
 
 
@@ -63,7 +73,9 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
 
 
-def train(cfg: EmbedConfig, counts: Counts, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+def train(
+    cfg: EmbedConfig, counts: Counts, progress: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
     """W (N, d), C (N, d) and the objective history of `cfg.method` on `counts`."""
     history: list[dict] = []
     if cfg.method == "sgns":
@@ -86,7 +98,9 @@ def train(cfg: EmbedConfig, counts: Counts, progress: bool = True) -> tuple[torc
         bar.set_postfix(F=f"{row['F']:.4e}", lam=f"{row['lambda'] or 0:.2e}")
 
     step = None if cfg.step == "auto" else float(cfg.step)
-    x, history = ro_sgns(counts, Factors(U, torch.diag(s), V), cfg.neg, cfg.iters, step, cfg.line_search, on_iter)
+    x, history = ro_sgns(
+        counts, Factors(U, torch.diag(s), V), cfg.neg, cfg.iters, step, cfg.line_search, on_iter
+    )
     bar.close()
     W, C = embeddings(x)
     return W, C, history
@@ -108,7 +122,9 @@ def geometry(W: torch.Tensor) -> dict:
     }
 
 
-def run(cfg: EmbedConfig, out: Path | str, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+def run(
+    cfg: EmbedConfig, out: Path | str, progress: bool = True, log: Callable[[str], None] = print
+) -> dict:
     """Run the job into `out` (which must not exist or be empty) and return embed.json's content."""
     cfg.validate()
     out = Path(out)
@@ -121,7 +137,9 @@ def run(cfg: EmbedConfig, out: Path | str, progress: bool = True, log: Callable[
     docs = read_corpus(cfg.corpus, cfg.text_field, progress)
     counts = count(docs, cfg.vocab, cfg.window, device, progress)
     del docs
-    bench = benchmarks.load_benchmarks()  # before training: a missing archive should stop the run early
+    bench = (
+        benchmarks.load_benchmarks()
+    )  # before training: a missing archive should stop the run early
     t_counts = time.perf_counter() - t0
     log(f"corpus     {counts.n_words:,} words, vocabulary {len(counts.words):,}, {counts.total:,.0f} pairs "
         f"(window {cfg.window}) in {t_counts:.1f} s")  # fmt: skip
@@ -159,10 +177,15 @@ def run(cfg: EmbedConfig, out: Path | str, progress: bool = True, log: Callable[
         _write_text(tmp / "config.toml", cfg.to_toml())
         _write_json(tmp / "provenance.json", _provenance(device, counts))
         _write_json(tmp / "embed.json", summary)
-        _write_text(tmp / "objective.jsonl", "".join(json.dumps(_json_safe(row)) + "\n" for row in history))
+        _write_text(
+            tmp / "objective.jsonl", "".join(json.dumps(_json_safe(row)) + "\n" for row in history)
+        )
         _plot_objective(history, cfg.method, tmp / "objective.png")
         _write_vectors(tmp, counts.words, W, C)
-        _write_json(tmp / "status.json", {"status": "finished", "seconds": round(time.perf_counter() - t0, 2)})
+        _write_json(
+            tmp / "status.json",
+            {"status": "finished", "seconds": round(time.perf_counter() - t0, 2)},
+        )
     log(format_summary(summary, out))
     return summary
 
@@ -180,8 +203,8 @@ def format_summary(s: dict, out: Path) -> str:
         f"objective  F(X) = {s['objective']:.5e}",
         f"similarity {sim}",
         f"analogy    {ana}",
-        f"geometry   mu_TEV {g['mu_tev']:.4f}  sigma_TEV {g['sigma_tev']:.4f}  anisotropy {g['anisotropy']:.3f}  "
-        f"TwoNN ID {g['twonn_id']:.1f}",
+        (f"geometry   mu_TEV {g['mu_tev']:.4f}  sigma_TEV {g['sigma_tev']:.4f}  "
+         f"anisotropy {g['anisotropy']:.3f}  TwoNN ID {g['twonn_id']:.1f}"),
         f"time       counts {s['seconds']['counts']:.1f} s, {s['method']} {s['seconds']['train']:.1f} s",
         f"peak mem   {s['peak_mem_mb']:,.0f} MB (process RSS)",
         f"run        {out}",
@@ -197,7 +220,9 @@ def _provenance(device: torch.device, counts: Counts) -> dict:
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "corpus_words": counts.n_words,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -235,7 +260,9 @@ def _write_vectors(folder: Path, words: list[str], W: torch.Tensor, C: torch.Ten
     from safetensors.torch import save_file
 
     lines = [f"{len(words)} {W.shape[1]}\n"]
-    lines += [w + " " + " ".join(f"{v:.6g}" for v in row) + "\n" for w, row in zip(words, W.tolist())]
+    lines += [
+        w + " " + " ".join(f"{v:.6g}" for v in row) + "\n" for w, row in zip(words, W.tolist())
+    ]
     _write_text(folder / "vectors.txt", "".join(lines))
     _write_text(folder / "vocab.txt", "".join(w + "\n" for w in words))
     # The loader of `steadylm tev` finds "word_embeddings.weight" by name (BERT's name for it).

@@ -38,7 +38,7 @@ def sgns_objective(counts: Counts, L: torch.Tensor, R: torch.Tensor, neg: int, g
                    block: int = BLOCK) -> Evaluation:  # fmt: skip
     """F(L R^T) for L (N, d), R (N, d) on the counts' device; with `grad`, also G and G R."""
     D = counts.D
-    n, m = D.shape
+    n = D.shape[0]
     b_row, b_col = negative_weights(counts, neg)
     L, R = L.to(D), R.to(D)
     F = torch.zeros((), dtype=torch.float64, device=D.device)

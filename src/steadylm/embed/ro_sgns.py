@@ -16,8 +16,8 @@ else lambda is halved; after a step accepted at its first trial the next trial d
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -71,7 +71,9 @@ def ro_sgns(counts: Counts, start: Factors, neg: int, iters: int, step: float | 
     t0 = time.perf_counter()
     gnorm = tangent_norm_sq(x, ev.G, ev.GR) ** 0.5
     lam = step if step is not None else auto_step(x, gnorm)
-    history = [{"iter": 0, "F": ev.F, "lambda": None, "trials": 0, "grad_norm": gnorm, "seconds": 0.0}]
+    history = [
+        {"iter": 0, "F": ev.F, "lambda": None, "trials": 0, "grad_norm": gnorm, "seconds": 0.0}
+    ]
     if on_iter:
         on_iter(history[-1])
     for it in range(1, iters + 1):

@@ -10,7 +10,7 @@ that does not change between processes make a run repeatable for a given seed.
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -37,7 +37,9 @@ def truncated_svd(M: torch.Tensor, d: int, iters: int = 10, oversample: int | No
     n, m = M.shape
     q = min(d + (oversample if oversample is not None else max(10, d // 2)), n, m)
     gen = torch.Generator(device=M.device).manual_seed(seed)
-    Q = torch.linalg.qr(M @ torch.randn(m, q, generator=gen, device=M.device, dtype=M.dtype)).Q  # (n, q)
+    Q = torch.linalg.qr(
+        M @ torch.randn(m, q, generator=gen, device=M.device, dtype=M.dtype)
+    ).Q  # (n, q)
     for _ in range(iters):
         Q = torch.linalg.qr(M.T @ Q).Q  # (m, q)
         Q = torch.linalg.qr(M @ Q).Q  # (n, q)
