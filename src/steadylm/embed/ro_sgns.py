@@ -76,22 +76,23 @@ def ro_sgns(counts: Counts, start: Factors, neg: int, iters: int, step: float | 
     ]
     if on_iter:
         on_iter(history[-1])
+    spare = torch.empty_like(ev.G)  # the candidates' gradients go here; swapped with ev.G on accept
     for it in range(1, iters + 1):
         trials, accepted = 0, False
         while True:
             trials += 1
             cand = projector_splitting_step(x, ev.G, ev.GR, lam)
-            new = sgns_objective(counts, cand.left, cand.V, neg, grad=True)
+            new = sgns_objective(counts, cand.left, cand.V, neg, grad=True, out=spare)
             if not line_search or new.F >= ev.F + ARMIJO_C * lam * gnorm**2:
                 accepted = True
                 break
-            del new  # free the candidate's gradient before the next trial
             if trials > MAX_HALVINGS:
                 break
             lam /= 2
         if not accepted:  # converged to the precision F can tell: stop rather than spin
             history[-1]["stopped"] = "no ascent step found"
             break
+        spare = ev.G
         x, ev = cand, new
         gnorm = tangent_norm_sq(x, ev.G, ev.GR) ** 0.5
         history.append({"iter": it, "F": ev.F, "lambda": lam, "trials": trials, "grad_norm": gnorm,
