@@ -168,6 +168,7 @@ def run(
         "corpus_words": counts.n_words,
         "pairs": counts.total,
         "iterations": len(history) - 1,
+        "stopped_early": history[-1].get("stopped"),
         "seconds": {"counts": round(t_counts, 2), "train": round(t_train, 2)},
         "peak_mem_mb": round(peak, 1),
     }
@@ -200,7 +201,7 @@ def format_summary(s: dict, out: Path) -> str:
     g = s["geometry"]
     return "\n".join([
         f"method     {s['method']}  d={s['dim']}  vocabulary {s['vocab']:,}",
-        f"objective  F(X) = {s['objective']:.5e}",
+        f"objective  F(X) = {s['objective']:.5e}" + _after(s),
         f"similarity {sim}",
         f"analogy    {ana}",
         (f"geometry   mu_TEV {g['mu_tev']:.4f}  sigma_TEV {g['sigma_tev']:.4f}  "
@@ -209,6 +210,14 @@ def format_summary(s: dict, out: Path) -> str:
         f"peak mem   {s['peak_mem_mb']:,.0f} MB (process RSS)",
         f"run        {out}",
     ])  # fmt: skip
+
+
+def _after(s: dict) -> str:
+    unit = {"ro_sgns": "iterations", "sgns": "epochs"}.get(s["method"])
+    if unit is None:
+        return ""
+    stopped = f", stopped early: {s['stopped_early']}" if s["stopped_early"] else ""
+    return f" after {s['iterations']} {unit}{stopped}"
 
 
 def _provenance(device: torch.device, counts: Counts) -> dict:
