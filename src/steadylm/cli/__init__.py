@@ -16,7 +16,9 @@ from steadylm import __version__
 from steadylm.errors import SteadyLMError
 
 # Subcommand modules, in the order `--help` lists them.
-COMMANDS = ["prepare", "train", "sample", "tev", "analyze", "export_hf", "bench", "sweep", "report", "embed"]
+COMMANDS = [
+    "prepare", "train", "sample", "tev", "analyze", "export_hf", "bench", "sweep", "report", "embed",
+]  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
