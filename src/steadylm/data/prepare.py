@@ -29,8 +29,7 @@ from steadylm.data.corpus import (
     DEFAULT_CORPUS_VERSION,
     DEFAULT_SOURCES,
     Document,
-    default_corpus,
-    read_user_corpus,
+    read_corpus,
     split_documents,
     user_files,
 )
@@ -81,9 +80,7 @@ def prepare(data_cfg: DataConfig, progress: bool = True) -> PreparedData:
     if (folder / "meta.json").is_file():
         return load_prepared(folder)
 
-    docs = (default_corpus(progress) if use_default else []) + (
-        read_user_corpus(files, data_cfg.text_field) if files else []
-    )
+    docs = read_corpus(paths, data_cfg.text_field, progress)
     train_docs, val_docs = split_documents(docs, data_cfg.val_fraction)
     tok = build_tokenizer(data_cfg.tokenizer, (doc.text for doc in train_docs))
     train = encode_documents(tok, train_docs, progress, "train")

@@ -1,0 +1,94 @@
+"""The options of `steadylm embed`, in one dataclass whose field comments serve as `--help`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from steadylm.config import _toml_value
+from steadylm.errors import SteadyLMError
+
+METHODS = ("ro_sgns", "sgns", "svd_sppmi")
+
+
+def _opt(default, help: str):
+    """A field with its `--help` text: the one place each option is described."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class EmbedConfig:
+    """Word embeddings from one corpus by one method; every method is scored on the same counts."""
+
+    method: str = _opt(
+        "ro_sgns",
+        "ro_sgns (Riemannian SGNS from the SVD-SPPMI start) | sgns (gensim word2vec) | svd_sppmi",
+    )
+    dim: int = _opt(100, "embedding dimension d, the rank of X = W C^T")
+    vocab: int = _opt(10_000, "the N most frequent words; pairs with other words are dropped")
+    window: int = _opt(2, "context words on each side (the paper's word2vec 'window 5' is 2)")
+    neg: int = _opt(5, "negative samples k; also the shift log k of SPPMI")
+    corpus: list[str] = field(
+        default_factory=lambda: ["default"],
+        metadata={"help": "'default' and/or .txt/.jsonl/.parquet files and folders"},
+    )
+    text_field: str = _opt("text", "field holding the text in .jsonl/.parquet records")
+    iters: int = _opt(25, "ro_sgns: projector-splitting iterations")
+    step: str = _opt(
+        "auto", "ro_sgns: step lambda, or 'auto' (the first step moves X by a tenth of its norm)"
+    )
+    line_search: bool = _opt(
+        True, "ro_sgns: Armijo backtracking on F from `step`; off = the paper's fixed lambda"
+    )
+    epochs: int = _opt(5, "sgns: passes of gensim's SGD over the corpus")
+    sample: float = _opt(
+        0.0, "sgns: word2vec's down-sampling threshold; 0 trains on exactly the counted pairs"
+    )
+    svd_iters: int = _opt(
+        10, "svd_sppmi (and ro_sgns's start): power iterations of the randomised truncated SVD"
+    )
+    seed: int = _opt(0, "seeds gensim and the randomised SVD")
+    device: str = _opt("auto", "auto (cuda when available) | cpu | cuda | cuda:N (matrix methods)")
+
+    def validate(self) -> EmbedConfig:
+        if self.method not in METHODS:
+            raise SteadyLMError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
+        for name, low in (("dim", 1), ("vocab", 2), ("window", 1), ("neg", 1), ("epochs", 1), ("svd_iters", 0),
+                          ("iters", 0)):  # fmt: skip
+            if getattr(self, name) < low:
+                raise SteadyLMError(
+                    f"--{name.replace('_', '-')}: must be >= {low}, got {getattr(self, name)}"
+                )
+        if self.dim >= self.vocab:
+            raise SteadyLMError(
+                f"--dim {self.dim} must be smaller than --vocab {self.vocab} (X has rank <= vocab)"
+            )
+        if not 0.0 <= self.sample < 1.0:
+            raise SteadyLMError(f"--sample: must be in [0, 1), got {self.sample}")
+        if self.step != "auto":
+            try:
+                lam = float(self.step)
+            except ValueError:
+                lam = -1.0
+            if not lam > 0:
+                raise SteadyLMError(f"--step {self.step!r}: give a positive number or 'auto'")
+        elif not self.line_search:
+            raise SteadyLMError(
+                "--no-line-search needs a numeric --step (the fixed lambda), e.g. --step 5e-5"
+            )
+        if not self.corpus or any(not p for p in self.corpus):
+            raise SteadyLMError(
+                "--corpus: give 'default' or files/folders (.txt, .jsonl, .parquet)"
+            )
+        return self
+
+    def to_toml(self) -> str:
+        lines = ["[embed]"] + [
+            f"{k} = {_toml_value(v)}" for k, v in dataclasses.asdict(self).items()
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def help_of(name: str) -> str:
+    """The one-line description of option `name`, as `--help` shows it."""
+    return next(f.metadata["help"] for f in dataclasses.fields(EmbedConfig) if f.name == name)
