@@ -18,20 +18,34 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 # The reference configuration of the performance work: GPT-2 vocabulary, 6 layers of width 256,
 # 4 heads, 256-token blocks, batch 8, every default monitor on.
 REFERENCE = [
-    "model.n_layer=6", "model.n_embd=256", "model.n_head=4", "model.block_size=256", "model.vocab_size=50257",
-    'data.tokenizer="gpt2"', "train.batch_size=8", "train.micro_batch_size=8", "train.max_steps=100000",
-    "train.eval_every=0", "train.checkpoint_every=0",
+    "model.n_layer=6",
+    "model.n_embd=256",
+    "model.n_head=4",
+    "model.block_size=256",
+    "model.vocab_size=50257",
+    'data.tokenizer="gpt2"',
+    "train.batch_size=8",
+    "train.micro_batch_size=8",
+    "train.max_steps=100000",
+    "train.eval_every=0",
+    "train.checkpoint_every=0",
 ]
-MONITORS_OFF = ["monitor.tev_every=0", "monitor.stats_every=0", "monitor.gradvar_every=0", "monitor.act_every=0"]
+MONITORS_OFF = [
+    "monitor.tev_every=0",
+    "monitor.stats_every=0",
+    "monitor.gradvar_every=0",
+    "monitor.act_every=0",
+]
 PEAK_SHAPE = 2048  # square matmul for the peak: large enough to be compute-bound on CPUs and GPUs
 
 TARGETS = {
@@ -43,7 +57,9 @@ TARGETS = {
 }
 
 
-def median_time(fn: Callable[[], Any], reps: int, warmup: int, sync: Callable[[], None] = lambda: None) -> float:
+def median_time(
+    fn: Callable[[], Any], reps: int, warmup: int, sync: Callable[[], None] = lambda: None
+) -> float:
     for _ in range(warmup):
         fn()
     sync()
@@ -60,7 +76,9 @@ def _sync_for(device: torch.device) -> Callable[[], None]:
     return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = PEAK_SHAPE, reps: int = 7) -> float:
+def matmul_peak(
+    dtype: torch.dtype, device: torch.device, n: int = PEAK_SHAPE, reps: int = 7
+) -> float:
     """FLOP/s of an n x n x n matmul in `dtype` (the practical peak the training figures are held to)."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
@@ -87,7 +105,9 @@ class TrainMeasure:
     peak_rss_mb: float = 0.0
     n_params: int = 0
     gradvar_s: float | None = None  # the gradient-variance hooks' own time on a reference step
-    periodic: dict[str, float] = field(default_factory=dict)  # extra seconds of periodic monitor steps
+    periodic: dict[str, float] = field(
+        default_factory=dict
+    )  # extra seconds of periodic monitor steps
     compile_s: float | None = None  # first (compiling) steps, when compiled
 
 
@@ -116,7 +136,10 @@ def periodic_plan(cadence: dict[str, int], after: int) -> list[tuple[str, int, l
     for name in sorted(cadence, key=lambda k: cadence[k]):
         every = cadence[name]
         first = every * (after // every + 1)
-        at = min(range(first, first + span, every), key=lambda a: sum(a % e == 0 for e in cadence.values()))
+        at = min(
+            range(first, first + span, every),
+            key=lambda a: sum(a % e == 0 for e in cadence.values()),
+        )
         measured = [m for m, _, _ in plan]
         plan.append((name, at, [o for o in measured if at % cadence[o] == 0]))
     return plan
@@ -167,7 +190,9 @@ def _measure_training(label: str, overrides: list[str], steps: int, warmup: int)
     )
 
 
-def _periodic_costs(trainer, sync: Callable[[], None], step_s: float, after: int) -> tuple[dict[str, Any], float | None]:
+def _periodic_costs(
+    trainer, sync: Callable[[], None], step_s: float, after: int
+) -> tuple[dict[str, Any], float | None]:
     """The periodic monitors: each one's extra time over a typical step (`step_s`), amortised by
     its cadence, and the gradient-variance hooks' own seconds."""
     mon = trainer.cfg.monitor
@@ -245,6 +270,7 @@ def tt_cost(
         def run() -> None:
             module.zero_grad(set_to_none=True)
             make().backward(grad)
+
         return run
 
     return {
@@ -277,11 +303,17 @@ def tokenizer_throughput(n_chars: int = 2_000_000) -> dict[str, float]:
     return {"tokenizer_tokens_per_s": n_tokens / seconds, "tokenizer_chars": total}
 
 
-def run(steps: int = 6, warmup: int = 3, compile: bool = True, progress: Callable[[str], None] = print) -> dict[str, Any]:
+def run(
+    steps: int = 6, warmup: int = 3, compile: bool = True, progress: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Every measurement and ratio; the CLI prints it as a table or JSON."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    out: dict[str, Any] = {"device": str(device), "processor": processor_name(device), "threads": torch.get_num_threads(),
-                           "torch": torch.__version__}
+    out: dict[str, Any] = {
+        "device": str(device),
+        "processor": processor_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     progress("matmul peak (fp32, bf16)")
     out["peak_fp32_flops"] = matmul_peak(torch.float32, device)
     out["peak_bf16_flops"] = matmul_peak(torch.bfloat16, device)
@@ -296,7 +328,9 @@ def run(steps: int = 6, warmup: int = 3, compile: bool = True, progress: Callabl
     measures = {}
     for label, overrides in runs:
         progress(f"training step: {label}")
-        measures[label] = measure_training(label, overrides, steps, warmup + (2 if "compile" in label else 0))
+        measures[label] = measure_training(
+            label, overrides, steps, warmup + (2 if "compile" in label else 0)
+        )
     out["training"] = {k: vars(v) for k, v in measures.items()}
     progress("TEV on 50257 x 768")
     out.update(tev_cost())
@@ -307,13 +341,18 @@ def run(steps: int = 6, warmup: int = 3, compile: bool = True, progress: Callabl
 
     fp32, bf16, off = measures["fp32"], measures["bf16"], measures["fp32, monitors off"]
     tt = out["tt"]
-    best_bf16 = max((m for k, m in measures.items() if k.startswith("bf16")), key=lambda m: m.tokens_per_s)
+    best_bf16 = max(
+        (m for k, m in measures.items() if k.startswith("bf16")), key=lambda m: m.tokens_per_s
+    )
     ratios = {
         "fp32_fraction_of_peak": fp32.flops_per_s / out["peak_fp32_flops"],
         "bf16_fraction_of_peak": bf16.flops_per_s / out["peak_bf16_flops"],
         "bf16_speedup_over_fp32": best_bf16.tokens_per_s / fp32.tokens_per_s,
         "bf16_speedup_over_fp32_eager": bf16.tokens_per_s / fp32.tokens_per_s,
-        "monitor_share": (fp32.sections.get("monitors", 0.0) + fp32.periodic.get("amortised_s", 0.0)) / fp32.step_s,
+        "monitor_share": (
+            fp32.sections.get("monitors", 0.0) + fp32.periodic.get("amortised_s", 0.0)
+        )
+        / fp32.step_s,
         "monitor_share_every_step": fp32.sections.get("monitors", 0.0) / fp32.step_s,
         "monitor_share_ab": (fp32.step_s - off.step_s) / fp32.step_s,
         "data_share": fp32.sections.get("data", 0.0) / fp32.step_s,
@@ -325,12 +364,18 @@ def run(steps: int = 6, warmup: int = 3, compile: bool = True, progress: Callabl
         # on the rebuilt rows, less the dense lookup), as a share of the dense fp32 step.
         "tt_tied_extra_share_of_fp32_step": (
             tt["tt_gather_s"] + tt["tt_full_s"] + tt["tt_tev_s"] - tt["dense_lookup_s"]
-        ) / fp32.step_s,
+        )
+        / fp32.step_s,
     }
     out["best_bf16"] = best_bf16.label
     out["ratios"] = ratios
     out["targets"] = {
-        name: {"value": ratios[name], "op": op, "target": bound, "met": _met(ratios[name], op, bound)}
+        name: {
+            "value": ratios[name],
+            "op": op,
+            "target": bound,
+            "met": _met(ratios[name], op, bound),
+        }
         for name, (op, bound) in TARGETS.items()
     }
     return out
@@ -355,24 +400,32 @@ def format_table(r: dict[str, Any]) -> str:
     g = 1e9
     lines = [
         f"steadylm bench on {r['device']} ({r.get('processor', '?')}), {r['threads']} threads, torch {r['torch']}",
-        f"matmul peak ({PEAK_SHAPE}^3): fp32 {r['peak_fp32_flops'] / g:.0f} GFLOP/s, bf16 {r['peak_bf16_flops'] / g:.0f} GFLOP/s",
+        f"matmul peak ({PEAK_SHAPE}^3): fp32 {r['peak_fp32_flops'] / g:.0f} GFLOP/s, bf16 "
+        f"{r['peak_bf16_flops'] / g:.0f} GFLOP/s",
         "",
         "training step at the reference config (GPT-2 vocab, 6 x 256, 4 heads, block 256, batch 8):",
-        f"{'run':<20} {'step ms':>8} {'tok/s':>8} {'GFLOP/s':>8} {'peak RSS MB':>12}  data / fwd / bwd / optim / monitors (ms)",
+        f"{'run':<20} {'step ms':>8} {'tok/s':>8} {'GFLOP/s':>8} {'peak RSS MB':>12}  data / fwd "
+        "/ bwd / optim / monitors (ms)",
     ]
     for label, m in r["training"].items():
         s = m["sections"]
-        parts = " / ".join(f"{s.get(k, 0) * 1000:.0f}" for k in ("data", "forward", "backward", "optimizer", "monitors"))
+        parts = " / ".join(
+            f"{s.get(k, 0) * 1000:.0f}"
+            for k in ("data", "forward", "backward", "optimizer", "monitors")
+        )
         lines.append(
             f"{label:<20} {m['step_s'] * 1000:>8.0f} {m['tokens_per_s']:>8.0f} {m['flops_per_s'] / g:>8.0f} "
             f"{m['peak_rss_mb']:>12.0f}  {parts}"
         )
     comp = r["training"].get("bf16 + compile", {}).get("compile_s")
     if comp:
-        lines.append(f"(bf16 + compile: the warm-up steps, compilation included, took {comp:.0f} s)")
+        lines.append(
+            f"(bf16 + compile: the warm-up steps, compilation included, took {comp:.0f} s)"
+        )
     lines += [
         "",
-        f"TEV on 50257 x 768: {r['tev_step_s'] * 1000:.1f} ms per step (exact two-pass: {r['tev_exact_s'] * 1000:.0f} ms)",
+        f"TEV on 50257 x 768: {r['tev_step_s'] * 1000:.1f} ms per step (exact two-pass: "
+        f"{r['tev_exact_s'] * 1000:.0f} ms)",
         f"gradient-variance reference step: {r['training']['fp32']['gradvar_s'] or 0:.3f} s of hooks "
         f"= {r['ratios']['gradvar_over_tev']:.0f} x TEV's every-step cost",
         format_tt(r["tt"], r["ratios"]["tt_tied_extra_share_of_fp32_step"]),

@@ -94,7 +94,10 @@ class ModelConfig:
         self._validate_embedding()
 
     _TT_DEFAULTS = (
-        ("tt_rank", 16), ("tt_shape", "auto"), ("tt_cores", 3), ("tt_head", "tied_dense"),
+        ("tt_rank", 16),
+        ("tt_shape", "auto"),
+        ("tt_cores", 3),
+        ("tt_head", "tied_dense"),
     )
 
     def _validate_embedding(self) -> None:
@@ -114,7 +117,7 @@ class ModelConfig:
             if shape != "auto":
                 raise ConfigError(
                     f"model.tt_shape: {shape!r} is not valid; "
-                    "use \"auto\" or [[I_1, ..., I_N], [J_1, ..., J_N]]"
+                    'use "auto" or [[I_1, ..., I_N], [J_1, ..., J_N]]'
                 )
             return
         if len(shape) != 2 or any(len(f) != self.tt_cores or min(f, default=0) < 1 for f in shape):

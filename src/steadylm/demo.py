@@ -25,7 +25,9 @@ def comparison_table(groups: list[dict]) -> str:
     def cell(stat: dict, spec: str) -> str:
         return "n/a" if stat["mean"] is None else format(stat["mean"], spec)
 
-    lines = [f"{'variant':<10} {'val loss':>9} {'val ppl':>9} {'mu_TEV':>9} {'sigma_TEV':>10} {'spikes':>7}  diverged"]
+    lines = [
+        f"{'variant':<10} {'val loss':>9} {'val ppl':>9} {'mu_TEV':>9} {'sigma_TEV':>10} {'spikes':>7}  diverged"
+    ]
     for g in groups:
         lines.append(
             f"{g['variant']:<10} {cell(g['final_val_loss'], '.4f'):>9} {cell(g['final_val_ppl'], '.2f'):>9} "
@@ -57,7 +59,9 @@ def main() -> int:
             if not sweep.run(jobs=jobs):
                 print("steadylm demo: interrupted", file=sys.stderr)
                 return 130
-            html = write_report([out], out / "report", Options(title="steadylm demo: pre-LN baseline vs MLRA"))
+            html = write_report(
+                [out], out / "report", Options(title="steadylm demo: pre-LN baseline vs MLRA")
+            )
         except SteadyLMError as e:
             print(f"steadylm demo: error: {e}", file=sys.stderr)
             return 2
@@ -65,9 +69,14 @@ def main() -> int:
     print()
     print(comparison_table(summary["groups"]))
     d = plan.model.n_embd
-    print(f"(at GPT-2 init, mu_TEV = 0.0200 and sigma_TEV = 0.02/sqrt(2d) = {0.02 / (2 * d) ** 0.5:.5f})")
+    print(
+        f"(at GPT-2 init, mu_TEV = 0.0200 and sigma_TEV = 0.02/sqrt(2d) = {0.02 / (2 * d) ** 0.5:.5f})"
+    )
     print(f"report  {html}")
-    print(f"next    steadylm tev {out}/runs/*   |   steadylm sweep experiments/paper-cpu.toml --out runs/paper-cpu --jobs 2")
+    print(
+        f"next    steadylm tev {out}/runs/*   |   steadylm sweep experiments/paper-cpu.toml --out "
+        "runs/paper-cpu --jobs 2"
+    )
     return 0 if all(e.status == RunStatus.FINISHED for e in sweep.entries) else 1
 
 

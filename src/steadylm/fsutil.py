@@ -12,8 +12,9 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 # mkstemp creates files readable by their owner only; these files get the usual permissions instead.
 _UMASK = os.umask(0o022)
@@ -22,7 +23,9 @@ os.umask(_UMASK)
 
 def fsync_dir(path: Path) -> None:
     """Make a rename inside `path` durable: the directory entry itself must reach the disk."""
-    if os.name != "posix":  # Windows cannot open a directory; its renames are durable enough for a cache
+    if (
+        os.name != "posix"
+    ):  # Windows cannot open a directory; its renames are durable enough for a cache
         return
     fd = os.open(path, os.O_RDONLY)
     try:

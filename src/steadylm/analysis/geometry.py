@@ -82,15 +82,19 @@ def nearest_neighbours(X, k: int) -> tuple[np.ndarray, np.ndarray]:
     sq = np.einsum("ij,ij->i", X, X)  # (n,)
     dist, idx = np.empty((n, k)), np.empty((n, k), dtype=np.int64)
     for start in range(0, n, _DIST_CHUNK):
-        block = X[start:start + _DIST_CHUNK]  # (c, d)
+        block = X[start : start + _DIST_CHUNK]  # (c, d)
         rows = np.arange(len(block))
-        d2 = sq[start:start + len(block), None] + sq[None, :] - 2.0 * block @ X.T  # (c, n) squared distances
+        d2 = (
+            sq[start : start + len(block), None] + sq[None, :] - 2.0 * block @ X.T
+        )  # (c, n) squared distances
         d2[rows, rows + start] = np.inf  # not its own neighbour
         near = np.argpartition(d2, k - 1, axis=1)[:, :k]  # (c, k), unordered
         near_d2 = np.take_along_axis(d2, near, axis=1)
         order = np.argsort(near_d2, axis=1)
-        idx[start:start + len(block)] = np.take_along_axis(near, order, axis=1)
-        dist[start:start + len(block)] = np.sqrt(np.clip(np.take_along_axis(near_d2, order, axis=1), 0.0, None))
+        idx[start : start + len(block)] = np.take_along_axis(near, order, axis=1)
+        dist[start : start + len(block)] = np.sqrt(
+            np.clip(np.take_along_axis(near_d2, order, axis=1), 0.0, None)
+        )
     return dist, idx
 
 
@@ -162,7 +166,12 @@ def intrinsic_dimensions(X, ids, k: int = 20, discard_fraction: float = 0.1) -> 
     X = _f64(X)
     X, first = np.unique(X, axis=0, return_index=True)  # (N, d)
     ids = np.asarray(ids)[first]
-    nan = {"twonn": float("nan"), "mle": float("nan"), "nn_same_token": float("nan"), "unique": len(X)}
+    nan = {
+        "twonn": float("nan"),
+        "mle": float("nan"),
+        "nn_same_token": float("nan"),
+        "unique": len(X),
+    }
     if len(X) < 3:
         return nan
     dist, idx = nearest_neighbours(X, k)
@@ -193,8 +202,10 @@ def massive_activations(X, ratio: float = MASSIVE_RATIO, top: int = 3) -> dict:
     return {
         "max_ratio": float(col_max[order[0]] / med),
         "dims": [int(j) for j in order if col_max[j] > ratio * med],
-        "top": [{"dim": int(j), "ratio": float(col_max[j] / med), "row": int(A[:, j].argmax())}
-                for j in order[:top]],
+        "top": [
+            {"dim": int(j), "ratio": float(col_max[j] / med), "row": int(A[:, j].argmax())}
+            for j in order[:top]
+        ],
     }
 
 

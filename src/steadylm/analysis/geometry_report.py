@@ -10,10 +10,37 @@ from steadylm.analysis.profile import BLOCK_KEYS, LAYER_KEYS
 from steadylm.jsonsafe import json_safe
 
 # (header, key) of the per-hidden-state table and of the per-block table, in LAYER_KEYS/BLOCK_KEYS order.
-_STATE_COLUMNS = tuple(zip(("aniso", "aniso_nm", "mean_cos", "max/med", "ID", "ID_mle", "nn_same", "ID_all",
-                            "same_all"), LAYER_KEYS))
-_BLOCK_COLUMNS = tuple(zip(("lin", "lin_nores", "lin_ho", "nores_ho", "lin_nm", "nores_nm", "nores_ho_nm",
-                            "norm_ratio"), BLOCK_KEYS))
+_STATE_COLUMNS = tuple(
+    zip(
+        (
+            "aniso",
+            "aniso_nm",
+            "mean_cos",
+            "max/med",
+            "ID",
+            "ID_mle",
+            "nn_same",
+            "ID_all",
+            "same_all",
+        ),
+        LAYER_KEYS,
+    )
+)
+_BLOCK_COLUMNS = tuple(
+    zip(
+        (
+            "lin",
+            "lin_nores",
+            "lin_ho",
+            "nores_ho",
+            "lin_nm",
+            "nores_nm",
+            "nores_ho_nm",
+            "norm_ratio",
+        ),
+        BLOCK_KEYS,
+    )
+)
 _LEGEND = (
     "aniso = σ₁²/Σσᵢ² of the centred states; aniso_nm = the same without the massive dimensions; "
     "mean_cos = mean pairwise cosine; max/med = largest |activation| over the median |activation|; "
@@ -37,12 +64,17 @@ def header_lines(profile: dict) -> list[str]:
     step = f", step {profile['step']}" if profile.get("step") is not None else ""
     kind = "decoder (causal)" if profile["causal"] else "encoder (bidirectional)"
     lines = [
-        f"{profile['path']}  [{profile['format']}, {profile['architecture']}, {kind}, {profile['n_layer']} blocks{step}]",
-        (f"{profile['n_tokens']} token positions from {profile['sequences']} sequences ({profile['chunks']} "
-         f"chunks pooled), d = {profile['d_model']}, --drop-first {profile['drop_first']}; chance linearity "
-         f"d/n = {profile['chance_linearity']:.4f}"),
-        (f"ID sample: {profile['id_tokens']} positions, --id-sample {profile['id_sample']}; massive "
-         f"dimensions: largest |activation| > {profile['massive_ratio']:g} x the median"),
+        f"{profile['path']}  [{profile['format']}, {profile['architecture']}, {kind}, "
+        f"{profile['n_layer']} blocks{step}]",
+        (
+            f"{profile['n_tokens']} token positions from {profile['sequences']} sequences ({profile['chunks']} "
+            f"chunks pooled), d = {profile['d_model']}, --drop-first {profile['drop_first']}; chance linearity "
+            f"d/n = {profile['chance_linearity']:.4f}"
+        ),
+        (
+            f"ID sample: {profile['id_tokens']} positions, --id-sample {profile['id_sample']}; massive "
+            f"dimensions: largest |activation| > {profile['massive_ratio']:g} x the median"
+        ),
         f"hidden states: {profile['hidden_states']}",
     ]
     if profile.get("note"):
@@ -51,17 +83,22 @@ def header_lines(profile: dict) -> list[str]:
 
 
 def _rows(profile: dict, columns, first: int = 0) -> list[list[str]]:
-    return [[str(r["layer"])] + [_cell(r.get(k), k) for _, k in columns] for r in profile["layers"][first:]]
+    return [
+        [str(r["layer"])] + [_cell(r.get(k), k) for _, k in columns]
+        for r in profile["layers"][first:]
+    ]
 
 
 def _massive_lines(profile: dict) -> list[str]:
     """Per hidden state: how many dimensions are massive, and the three largest with their tokens."""
     lines = []
     for r in profile["layers"]:
-        tops = ", ".join(f"dim {t['dim']} {t['ratio']:.0f}x on {t['text']!r} (id {t['token']}, position {t['position']})"
-                         if t.get("text") is not None else
-                         f"dim {t['dim']} {t['ratio']:.0f}x on id {t['token']} (position {t['position']})"
-                         for t in r["massive_top"])
+        tops = ", ".join(
+            f"dim {t['dim']} {t['ratio']:.0f}x on {t['text']!r} (id {t['token']}, position {t['position']})"
+            if t.get("text") is not None
+            else f"dim {t['dim']} {t['ratio']:.0f}x on id {t['token']} (position {t['position']})"
+            for t in r["massive_top"]
+        )
         lines.append(f"{r['layer']}: {len(r['massive_dims'])} massive; largest: {tops}")
     return lines
 
@@ -74,22 +111,37 @@ def _aligned(rows: list[list[str]]) -> list[str]:
 def format_table(profile: dict) -> str:
     """Human output: a header, one row per hidden state, one per block (l−1 -> l), massive dims."""
     states = _aligned([["layer", *(h for h, _ in _STATE_COLUMNS)]] + _rows(profile, _STATE_COLUMNS))
-    blocks = _aligned([["block", *(h for h, _ in _BLOCK_COLUMNS)]] + _rows(profile, _BLOCK_COLUMNS, 1))
-    massive = ["", "massive activations (hidden state: dimensions, largest ones):", *_massive_lines(profile)]
+    blocks = _aligned(
+        [["block", *(h for h, _ in _BLOCK_COLUMNS)]] + _rows(profile, _BLOCK_COLUMNS, 1)
+    )
+    massive = [
+        "",
+        "massive activations (hidden state: dimensions, largest ones):",
+        *_massive_lines(profile),
+    ]
     return "\n".join(header_lines(profile) + ["", *states, "", *blocks, *massive]) + "\n"
 
 
 def _markdown(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+    return ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
 
 
 def markdown_table(profile: dict) -> str:
     notes = "\n".join(f"- {line}" for line in header_lines(profile))
     states = _markdown(["layer", *(h for h, _ in _STATE_COLUMNS)], _rows(profile, _STATE_COLUMNS))
-    blocks = _markdown(["block", *(h for h, _ in _BLOCK_COLUMNS)], _rows(profile, _BLOCK_COLUMNS, 1))
+    blocks = _markdown(
+        ["block", *(h for h, _ in _BLOCK_COLUMNS)], _rows(profile, _BLOCK_COLUMNS, 1)
+    )
     massive = "\n".join(f"- {line}" for line in _massive_lines(profile))
-    return (f"{notes}\n\n" + "\n".join(states) + "\n\n" + "\n".join(blocks)
-            + f"\n\n{_LEGEND}\n\nMassive activations:\n\n{massive}\n")
+    return (
+        f"{notes}\n\n"
+        + "\n".join(states)
+        + "\n\n"
+        + "\n".join(blocks)
+        + f"\n\n{_LEGEND}\n\nMassive activations:\n\n{massive}\n"
+    )
 
 
 def plot_profile(profile: dict, path: Path) -> None:
@@ -108,38 +160,87 @@ def plot_profile(profile: dict, path: Path) -> None:
                 a.plot(x, col(key, rows), style, label=label)
 
     fig, ax = plt.subplots(2, 3, figsize=(16, 8))
-    curves(ax[0, 0], (("anisotropy", "o-", "anisotropy σ₁²/Σσᵢ²"),
-                      ("anisotropy_no_massive", "o:", "anisotropy, massive dims removed"),
-                      ("mean_cosine", "s--", "mean pairwise cosine")))
-    ax[0, 0].set(title="Anisotropy", xlabel="hidden state", ylim=(min(0, *col("mean_cosine")) - 0.02, 1.02))
-    curves(ax[0, 1], (("intrinsic_dim", "o-", f"TwoNN, ID sample ({profile['id_sample']})"),
-                      ("intrinsic_dim_mle", "s-", "MLE (k = 20), ID sample"),
-                      ("intrinsic_dim_all", "o:", "TwoNN, position sample")))
+    curves(
+        ax[0, 0],
+        (
+            ("anisotropy", "o-", "anisotropy σ₁²/Σσᵢ²"),
+            ("anisotropy_no_massive", "o:", "anisotropy, massive dims removed"),
+            ("mean_cosine", "s--", "mean pairwise cosine"),
+        ),
+    )
+    ax[0, 0].set(
+        title="Anisotropy", xlabel="hidden state", ylim=(min(0, *col("mean_cosine")) - 0.02, 1.02)
+    )
+    curves(
+        ax[0, 1],
+        (
+            ("intrinsic_dim", "o-", f"TwoNN, ID sample ({profile['id_sample']})"),
+            ("intrinsic_dim_mle", "s-", "MLE (k = 20), ID sample"),
+            ("intrinsic_dim_all", "o:", "TwoNN, position sample"),
+        ),
+    )
     ax[0, 1].set(title="Intrinsic dimension", xlabel="hidden state")
-    curves(ax[0, 2], (("nn_same_token", "o-", "ID sample"), ("nn_same_token_all", "o:", "position sample")))
-    ax[0, 2].set(title="Share of points whose nearest neighbour is the same token", xlabel="hidden state",
-                 ylim=(-0.02, 1.02))
+    curves(
+        ax[0, 2],
+        (("nn_same_token", "o-", "ID sample"), ("nn_same_token_all", "o:", "position sample")),
+    )
+    ax[0, 2].set(
+        title="Share of points whose nearest neighbour is the same token",
+        xlabel="hidden state",
+        ylim=(-0.02, 1.02),
+    )
     rows = profile["layers"][1:]
-    curves(ax[1, 0], (("linearity", "o-", "linearity"), ("linearity_no_residual", "s-", "without residual"),
-                      ("linearity_heldout", "o:", "held out"),
-                      ("linearity_no_residual_heldout", "s:", "without residual, held out"),
-                      ("linearity_no_residual_no_massive", "^-", "without residual, massive dims removed"),
-                      ("linearity_no_residual_heldout_no_massive", "^:",
-                       "without residual, held out, massive dims removed")), rows, blocks)
-    ax[1, 0].axhline(profile["chance_linearity"], color="grey", lw=1, label=f"chance d/n = {profile['chance_linearity']:.3f}")
-    ax[1, 0].set(title="Linearity of block l−1 → l", xlabel="block output (hidden state l)",
-                 ylim=(max(-1.0, min(0.0, *col("linearity_no_residual_heldout", rows))) - 0.05, 1.05))
+    curves(
+        ax[1, 0],
+        (
+            ("linearity", "o-", "linearity"),
+            ("linearity_no_residual", "s-", "without residual"),
+            ("linearity_heldout", "o:", "held out"),
+            ("linearity_no_residual_heldout", "s:", "without residual, held out"),
+            ("linearity_no_residual_no_massive", "^-", "without residual, massive dims removed"),
+            (
+                "linearity_no_residual_heldout_no_massive",
+                "^:",
+                "without residual, held out, massive dims removed",
+            ),
+        ),
+        rows,
+        blocks,
+    )
+    ax[1, 0].axhline(
+        profile["chance_linearity"],
+        color="grey",
+        lw=1,
+        label=f"chance d/n = {profile['chance_linearity']:.3f}",
+    )
+    ax[1, 0].set(
+        title="Linearity of block l−1 → l",
+        xlabel="block output (hidden state l)",
+        ylim=(max(-1.0, min(0.0, *col("linearity_no_residual_heldout", rows))) - 0.05, 1.05),
+    )
     ax[1, 1].plot(blocks, col("norm_ratio", rows), "o-")
-    ax[1, 1].set(title="Norm ratio ‖h_l − h_{l−1}‖/‖h_{l−1}‖", xlabel="block output (hidden state l)", yscale="log")
+    ax[1, 1].set(
+        title="Norm ratio ‖h_l − h_{l−1}‖/‖h_{l−1}‖",
+        xlabel="block output (hidden state l)",
+        yscale="log",
+    )
     ax[1, 2].plot(layers, col("max_ratio"), "o-", label="largest / median |activation|")
-    ax[1, 2].axhline(profile["massive_ratio"], color="grey", lw=1, label=f"massive threshold {profile['massive_ratio']:g}")
+    ax[1, 2].axhline(
+        profile["massive_ratio"],
+        color="grey",
+        lw=1,
+        label=f"massive threshold {profile['massive_ratio']:g}",
+    )
     ax[1, 2].set(title="Massive activations", xlabel="hidden state", yscale="log")
     for a in (ax[0, 0], ax[0, 1], ax[0, 2], ax[1, 0], ax[1, 2]):
         a.legend(fontsize=7)
     for a in ax.flat:
         a.grid(alpha=0.3)
-    fig.suptitle(f"{Path(profile['path']).name}: {profile['n_tokens']} positions, ID sample {profile['id_tokens']}, "
-                 f"d = {profile['d_model']}", fontsize=11)
+    fig.suptitle(
+        f"{Path(profile['path']).name}: {profile['n_tokens']} positions, ID sample {profile['id_tokens']}, "
+        f"d = {profile['d_model']}",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -150,8 +251,16 @@ def plot_over_training(result: dict, path: Path) -> None:
     plt = _pyplot()
     ckpts = result["checkpoints"]
     steps = [c["step"] for c in ckpts]
-    keys = ("anisotropy", "anisotropy_no_massive", "intrinsic_dim", "intrinsic_dim_mle", "linearity",
-            "linearity_no_residual", "linearity_no_residual_heldout", "norm_ratio")
+    keys = (
+        "anisotropy",
+        "anisotropy_no_massive",
+        "intrinsic_dim",
+        "intrinsic_dim_mle",
+        "linearity",
+        "linearity_no_residual",
+        "linearity_no_residual_heldout",
+        "norm_ratio",
+    )
     n_states = len(ckpts[0]["layers"])
     cmap = plt.get_cmap("viridis")
     fig, axes = plt.subplots(2, 4, figsize=(19, 8))
@@ -171,7 +280,10 @@ def plot_over_training(result: dict, path: Path) -> None:
         )
         a.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7, ncol=2)
-    fig.suptitle(f"{result['run']}: per-layer geometry over training (ID sample: {ckpts[0]['id_sample']})", fontsize=11)
+    fig.suptitle(
+        f"{result['run']}: per-layer geometry over training (ID sample: {ckpts[0]['id_sample']})",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

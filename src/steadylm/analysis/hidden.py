@@ -45,9 +45,17 @@ class HiddenStates:
 
 
 @torch.no_grad()
-def collect(model: AnalysisModel, texts: list[str], n_tokens: int = 4096, drop_first: int = 0,
-            id_sample: str = "token", min_chunks: int = 128, chunk_chars: int = 512, seed: int = 0,
-            progress: bool = True) -> HiddenStates:
+def collect(
+    model: AnalysisModel,
+    texts: list[str],
+    n_tokens: int = 4096,
+    drop_first: int = 0,
+    id_sample: str = "token",
+    min_chunks: int = 128,
+    chunk_chars: int = 512,
+    seed: int = 0,
+    progress: bool = True,
+) -> HiddenStates:
     """Hidden states 0..L of the position and ID samples (module doc)."""
     from tqdm.auto import tqdm
 
@@ -65,7 +73,9 @@ def collect(model: AnalysisModel, texts: list[str], n_tokens: int = 4096, drop_f
     taps = BlockTaps(model.blocks)
     got: dict[tuple[int, int], list[np.ndarray]] = {}  # (sequence, position) -> L+1 states (d,)
     with taps:
-        for s in tqdm(sorted(wanted), desc="hidden states", unit="seq", disable=not progress, leave=False):
+        for s in tqdm(
+            sorted(wanted), desc="hidden states", unit="seq", disable=not progress, leave=False
+        ):
             model.run(torch.tensor([pool[s]], dtype=torch.long, device=model.device))
             ts = sorted(wanted[s])
             per_layer = [x[0, ts].float().cpu().numpy() for x in taps.states]  # L+1 x (len(ts), d)
@@ -86,4 +96,3 @@ def collect(model: AnalysisModel, texts: list[str], n_tokens: int = 4096, drop_f
         chunks=sel.chunks,
         sequences=len(wanted),
     )
-

@@ -23,9 +23,9 @@ this is the rule the trainer uses for its logged `tev_mean`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -43,7 +43,10 @@ EMBEDDING_NAMES = (
     "shared.weight",  # T5
 )
 GGUF_EMBEDDING = "token_embd.weight"
-FORMATS = "a steadylm run or checkpoint folder, a Hugging Face folder (config.json + weights), a .safetensors file or a .gguf file"
+FORMATS = (
+    "a steadylm run or checkpoint folder, a Hugging Face folder (config.json + weights), "
+    "a .safetensors file or a .gguf file"
+)
 
 
 @dataclass
@@ -83,12 +86,16 @@ def load_embedding(path: str | Path, tensor: str | None = None) -> Embedding:
             return _steadylm(p, tensor, p)
         if (p / "config.json").is_file():
             return _huggingface(p, tensor)
-        raise SteadyLMError(f"{path}: a folder with neither config.toml + model.safetensors nor config.json; give {FORMATS}")
+        raise SteadyLMError(
+            f"{path}: a folder with neither config.toml + model.safetensors nor config.json; give {FORMATS}"
+        )
     if p.suffix == ".safetensors":
         return _safetensors_file(p, tensor)
     if p.suffix == ".gguf" or _magic(p) == b"GGUF":
         return _gguf(p, tensor)
-    raise SteadyLMError(f"{path}: unsupported file type {p.suffix or '(no suffix)'!r}; give {FORMATS}")
+    raise SteadyLMError(
+        f"{path}: unsupported file type {p.suffix or '(no suffix)'!r}; give {FORMATS}"
+    )
 
 
 def _magic(p: Path) -> bytes:
@@ -112,7 +119,9 @@ def _steadylm(ckpt: Path, tensor: str | None, given: Path) -> Embedding:
         weight, dtype = _read_safetensors(index, name)
     cfg_vocab = model_cfg.get("vocab_size")
     decode, n_tok = _tokenizer_json(ckpt / "tokenizer.json")
-    vocab, note = _vocab_rows(weight.shape[0], n_tok, "tokenizer.json", cfg_vocab, "[model] vocab_size")
+    vocab, note = _vocab_rows(
+        weight.shape[0], n_tok, "tokenizer.json", cfg_vocab, "[model] vocab_size"
+    )
     manifest = ckpt / "manifest.json"
     step = json.loads(manifest.read_text()).get("step") if manifest.is_file() else None
     return Embedding(given, "steadylm", name, dtype, weight, vocab, note, decode, "gpt", step, ckpt)
@@ -158,7 +167,9 @@ def _huggingface(folder: Path, tensor: str | None) -> Embedding:
     elif (folder / "pytorch_model.bin").is_file():
         weight, dtype, name = _read_torch_bin(folder / "pytorch_model.bin", tensor)
     else:
-        raise SteadyLMError(f"{folder}: config.json but no *.safetensors or pytorch_model.bin weights")
+        raise SteadyLMError(
+            f"{folder}: config.json but no *.safetensors or pytorch_model.bin weights"
+        )
     decode, n_tok = _tokenizer_json(folder / "tokenizer.json")
     source = "tokenizer.json"
     if decode is None:
@@ -166,13 +177,19 @@ def _huggingface(folder: Path, tensor: str | None) -> Embedding:
         source = "vocab.txt"
     cfg_vocab = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
     vocab, note = _vocab_rows(weight.shape[0], n_tok, source, cfg_vocab, "config.vocab_size")
-    return Embedding(folder, "huggingface", name, dtype, weight, vocab, note, decode, config.get("model_type"))
+    return Embedding(
+        folder, "huggingface", name, dtype, weight, vocab, note, decode, config.get("model_type")
+    )
 
 
 def _read_torch_bin(path: Path, tensor: str | None) -> tuple[torch.Tensor, str, str]:
     # mmap: only the pages of the tensor we read come from disk.
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    index = {k: (None, tuple(v.shape), str(v.dtype)) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    index = {
+        k: (None, tuple(v.shape), str(v.dtype))
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor)
+    }
     name = _pick(index, tensor, path)
     return state[name].float().clone(), str(state[name].dtype), name
 
@@ -197,7 +214,7 @@ def _safetensors_index(files: list[Path]) -> dict[str, tuple[Path, tuple[int, ..
     for f in files:
         try:
             with safe_open(str(f), framework="pt") as st:
-                for k in st.keys():
+                for k in st.keys():  # noqa: SIM118 (safe_open is not a dict: keys() is its API)
                     sl = st.get_slice(k)
                     index[k] = (f, tuple(sl.get_shape()), sl.get_dtype())
         except Exception as e:  # safetensors raises its own error types for a bad header
@@ -225,18 +242,35 @@ def _gguf(path: Path, tensor: str | None) -> Embedding:
         raise SteadyLMError(f"{path}: not a readable GGUF file ({e})") from None
     tensors = {t.name: t for t in reader.tensors}
     # GGUF lists dimensions innermost first; report them in PyTorch order.
-    index = {n: (None, tuple(int(x) for x in reversed(t.shape)), t.tensor_type.name) for n, t in tensors.items()}
+    index = {
+        n: (None, tuple(int(x) for x in reversed(t.shape)), t.tensor_type.name)
+        for n, t in tensors.items()
+    }
     name = _pick(index, tensor, path, names=(GGUF_EMBEDDING,))
     t = tensors[name]
     # np.array copies: unquantised tensors come back as views of the read-only memory map.
-    weight = torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32))
+    weight = torch.from_numpy(
+        np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+    )
     weight = weight.reshape(index[name][1])
     tokens = _gguf_field(reader, "tokenizer.ggml.tokens")
     decode = None
     if tokens:
         decode = _gguf_decoder(tokens, _gguf_field(reader, "tokenizer.ggml.model"))
-    vocab, note = _vocab_rows(weight.shape[0], len(tokens) if tokens else None, "tokenizer.ggml.tokens", None, "")
-    return Embedding(path, "gguf", name, t.tensor_type.name, weight, vocab, note, decode, _gguf_field(reader, "general.architecture"))
+    vocab, note = _vocab_rows(
+        weight.shape[0], len(tokens) if tokens else None, "tokenizer.ggml.tokens", None, ""
+    )
+    return Embedding(
+        path,
+        "gguf",
+        name,
+        t.tensor_type.name,
+        weight,
+        vocab,
+        note,
+        decode,
+        _gguf_field(reader, "general.architecture"),
+    )
 
 
 def _gguf_field(reader, key: str):
@@ -258,7 +292,9 @@ def _byte_level_table() -> dict[str, int]:
     are shifted to code points 256, 257, ... in byte order."""
     printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
     table = {chr(b): b for b in printable}
-    table.update({chr(256 + i): b for i, b in enumerate(b for b in range(256) if b not in table.values())})
+    table.update(
+        {chr(256 + i): b for i, b in enumerate(b for b in range(256) if b not in table.values())}
+    )
     return table
 
 
@@ -271,12 +307,16 @@ def _bytes_text(token: str, table: dict[str, int]) -> str:
 # -------------------------------------------------------------------------- shared bits
 
 
-def _pick(index: dict, tensor: str | None, where: Path, names: tuple[str, ...] = EMBEDDING_NAMES) -> str:
+def _pick(
+    index: dict, tensor: str | None, where: Path, names: tuple[str, ...] = EMBEDDING_NAMES
+) -> str:
     """The embedding's name: `tensor` if given, else the first name pattern that matches."""
     matrices = [n for n, (_, shape, _) in index.items() if len(shape) == 2]
     if tensor is not None:
         if tensor not in index:
-            raise SteadyLMError(f"--tensor {tensor}: no such tensor in {where}; 2-D tensors: {_listing(matrices)}")
+            raise SteadyLMError(
+                f"--tensor {tensor}: no such tensor in {where}; 2-D tensors: {_listing(matrices)}"
+            )
         name = tensor
     else:
         name = next((n for pat in names for n in index if n == pat or n.endswith("." + pat)), None)
@@ -287,7 +327,9 @@ def _pick(index: dict, tensor: str | None, where: Path, names: tuple[str, ...] =
             )
     shape = index[name][1]
     if len(shape) != 2:
-        raise SteadyLMError(f"{where}: tensor {name} has shape {shape}; TEV needs a 2-D (vocabulary x d_model) matrix")
+        raise SteadyLMError(
+            f"{where}: tensor {name} has shape {shape}; TEV needs a 2-D (vocabulary x d_model) matrix"
+        )
     return name
 
 
@@ -323,7 +365,9 @@ def _vocab_txt(path: Path) -> tuple[Callable[[int], str] | None, int | None]:
     return (lambda i: tokens[i] if i < len(tokens) else ""), len(tokens)
 
 
-def _vocab_rows(rows: int, n_tok: int | None, tok_source: str, cfg_vocab: int | None, cfg_source: str) -> tuple[int, str]:
+def _vocab_rows(
+    rows: int, n_tok: int | None, tok_source: str, cfg_vocab: int | None, cfg_source: str
+) -> tuple[int, str]:
     if n_tok:
         used = min(rows, n_tok)
         note = f"{tok_source} has {n_tok} tokens"

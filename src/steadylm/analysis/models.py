@@ -264,7 +264,9 @@ def _hf_tokenizer(
         # without an attention mask would then attend to [PAD] tokens and count them as text.
         tok.no_truncation()
         tok.no_padding()
-        return (lambda text: tok.encode(text).ids), (lambda ids: tok.decode(ids, skip_special_tokens=False))
+        return (lambda text: tok.encode(text).ids), (
+            lambda ids: tok.decode(ids, skip_special_tokens=False)
+        )
     if not kw and not any((folder / name).is_file() for name in TOKENIZER_FILES):
         return implied_tokenizer(config, what)
     try:

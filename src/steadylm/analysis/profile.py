@@ -29,11 +29,27 @@ from steadylm.errors import SteadyLMError
 from steadylm.rundir import CHECKPOINTS, verified_checkpoints
 
 # Per-layer figures, then per-block (l-1 -> l) figures, in table and plot order.
-LAYER_KEYS = ("anisotropy", "anisotropy_no_massive", "mean_cosine", "max_ratio", "intrinsic_dim",
-              "intrinsic_dim_mle", "nn_same_token", "intrinsic_dim_all", "nn_same_token_all")
-BLOCK_KEYS = ("linearity", "linearity_no_residual", "linearity_heldout", "linearity_no_residual_heldout",
-              "linearity_no_massive", "linearity_no_residual_no_massive",
-              "linearity_no_residual_heldout_no_massive", "norm_ratio")
+LAYER_KEYS = (
+    "anisotropy",
+    "anisotropy_no_massive",
+    "mean_cosine",
+    "max_ratio",
+    "intrinsic_dim",
+    "intrinsic_dim_mle",
+    "nn_same_token",
+    "intrinsic_dim_all",
+    "nn_same_token_all",
+)
+BLOCK_KEYS = (
+    "linearity",
+    "linearity_no_residual",
+    "linearity_heldout",
+    "linearity_no_residual_heldout",
+    "linearity_no_massive",
+    "linearity_no_residual_no_massive",
+    "linearity_no_residual_heldout_no_massive",
+    "norm_ratio",
+)
 
 
 def _block(X: np.ndarray, Y: np.ndarray, suffix: str = "") -> dict:
@@ -44,27 +60,37 @@ def _block(X: np.ndarray, Y: np.ndarray, suffix: str = "") -> dict:
     }
 
 
-def layer_profile(hs: HiddenStates, massive_ratio: float = MASSIVE_RATIO, decode=None,
-                  progress: bool = True) -> dict:
+def layer_profile(
+    hs: HiddenStates, massive_ratio: float = MASSIVE_RATIO, decode=None, progress: bool = True
+) -> dict:
     """The profile of collected hidden states (module doc); `decode` (ids -> text) names tokens."""
     from tqdm.auto import tqdm
 
     n, d = hs.states[0].shape
     layers, massive = [], []
-    for l, X in enumerate(tqdm(hs.states, desc="geometry", unit="layer", disable=not progress, leave=False)):
+    for layer_index, X in enumerate(
+        tqdm(hs.states, desc="geometry", unit="layer", disable=not progress, leave=False)
+    ):
         m = geometry.massive_activations(X, massive_ratio)
         massive.append(m["dims"])
-        ids = geometry.intrinsic_dimensions(hs.id_states[l], hs.id_ids)
+        ids = geometry.intrinsic_dimensions(hs.id_states[layer_index], hs.id_ids)
         row = {
-            "layer": l,
+            "layer": layer_index,
             "anisotropy": geometry.anisotropy(X),
             "anisotropy_no_massive": geometry.anisotropy(geometry.without(X, m["dims"])),
             "mean_cosine": geometry.mean_cosine(X),
             "max_ratio": m["max_ratio"],
             "massive_dims": m["dims"],
-            "massive_top": [{"dim": t["dim"], "ratio": t["ratio"], "token": int(hs.ids[t["row"]]),
-                             "text": decode([int(hs.ids[t["row"]])]) if decode else None,
-                             "position": int(hs.positions[t["row"]])} for t in m["top"]],
+            "massive_top": [
+                {
+                    "dim": t["dim"],
+                    "ratio": t["ratio"],
+                    "token": int(hs.ids[t["row"]]),
+                    "text": decode([int(hs.ids[t["row"]])]) if decode else None,
+                    "position": int(hs.positions[t["row"]]),
+                }
+                for t in m["top"]
+            ],
             "intrinsic_dim": ids["twonn"],
             "intrinsic_dim_mle": ids["mle"],
             "nn_same_token": ids["nn_same_token"],
@@ -72,9 +98,11 @@ def layer_profile(hs: HiddenStates, massive_ratio: float = MASSIVE_RATIO, decode
         if hs.id_sample != "all":
             ref = geometry.intrinsic_dimensions(X, hs.ids, k=2)
             row.update(intrinsic_dim_all=ref["twonn"], nn_same_token_all=ref["nn_same_token"])
-        if l > 0:
-            prev = hs.states[l - 1]
-            drop = sorted(set(massive[l - 1]) | set(m["dims"]))  # one basis: the residual stream's
+        if layer_index > 0:
+            prev = hs.states[layer_index - 1]
+            drop = sorted(
+                set(massive[layer_index - 1]) | set(m["dims"])
+            )  # one basis: the residual stream's
             row.update(_block(prev, X))
             row.update(
                 linearity_heldout=geometry.heldout_linearity(prev, X),
@@ -95,9 +123,16 @@ def layer_profile(hs: HiddenStates, massive_ratio: float = MASSIVE_RATIO, decode
     }
 
 
-def analyze_model(model: AnalysisModel, texts: list[str], n_tokens: int, drop_first: int,
-                  id_sample: str = "token", min_chunks: int = 128, massive_ratio: float = MASSIVE_RATIO,
-                  progress: bool = True) -> dict:
+def analyze_model(
+    model: AnalysisModel,
+    texts: list[str],
+    n_tokens: int,
+    drop_first: int,
+    id_sample: str = "token",
+    min_chunks: int = 128,
+    massive_ratio: float = MASSIVE_RATIO,
+    progress: bool = True,
+) -> dict:
     """Collect the hidden states and profile them; with what the model is, for the report."""
     hs = collect(model, texts, n_tokens, drop_first, id_sample, min_chunks, progress=progress)
     return {
@@ -117,22 +152,42 @@ def analyze_model(model: AnalysisModel, texts: list[str], n_tokens: int, drop_fi
 def run_checkpoints(run: Path) -> list[Path]:
     """The run's checkpoints whose manifest verifies, oldest first (corrupt ones named and skipped)."""
     if not (run / CHECKPOINTS).is_dir():
-        raise SteadyLMError(f"{run}: --over-training needs a steadylm run folder (one holding checkpoints/)")
+        raise SteadyLMError(
+            f"{run}: --over-training needs a steadylm run folder (one holding checkpoints/)"
+        )
     good = verified_checkpoints(run)
     if not good:
         raise SteadyLMError(f"{run}: no checkpoint with a verified manifest in {run / CHECKPOINTS}")
     return good
 
 
-def over_training(run: Path, texts: list[str], n_tokens: int, drop_first: int, id_sample: str = "token",
-                  min_chunks: int = 128, massive_ratio: float = MASSIVE_RATIO, progress: bool = True,
-                  device: torch.device | str = "cpu") -> dict:
+def over_training(
+    run: Path,
+    texts: list[str],
+    n_tokens: int,
+    drop_first: int,
+    id_sample: str = "token",
+    min_chunks: int = 128,
+    massive_ratio: float = MASSIVE_RATIO,
+    progress: bool = True,
+    device: torch.device | str = "cpu",
+) -> dict:
     """The profile of every checkpoint of `run`, on the same text sample: {"run", "checkpoints": [...]}."""
     from tqdm.auto import tqdm
 
     profiles = []
     for ckpt in tqdm(run_checkpoints(run), desc="checkpoints", unit="ckpt", disable=not progress):
         model = load_for_analysis(ckpt, device)
-        profiles.append(analyze_model(model, texts, n_tokens, drop_first, id_sample, min_chunks, massive_ratio,
-                                      progress=False))
+        profiles.append(
+            analyze_model(
+                model,
+                texts,
+                n_tokens,
+                drop_first,
+                id_sample,
+                min_chunks,
+                massive_ratio,
+                progress=False,
+            )
+        )
     return {"run": str(run), "checkpoints": profiles}

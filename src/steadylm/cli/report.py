@@ -31,22 +31,57 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="a sweep folder, a run folder, or a folder of runs")
-    p.add_argument("--out", required=True, metavar="REPORT", help="report folder (replaced if it holds a report)")
+    p.add_argument(
+        "dirs", nargs="+", metavar="DIR", help="a sweep folder, a run folder, or a folder of runs"
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="REPORT",
+        help="report folder (replaced if it holds a report)",
+    )
     p.add_argument("--title", default="steadylm report", help="the report's title")
-    p.add_argument("--preface", metavar="FILE.md",
-                   help="Markdown (headings, paragraphs, - lists) placed under the title: your reading of the results")
-    p.add_argument("--baseline", metavar="VARIANT",
-                   help="the variant the others are compared with (default: the first variant)")
-    p.add_argument("--window", type=int, default=50, metavar="W",
-                   help="early warning: differences forming a signal's baseline (default 50)")
-    p.add_argument("--k", type=float, default=4.0, metavar="K",
-                   help="early warning: standard deviations from the baseline that count as out of range (default 4)")
-    p.add_argument("--horizon", type=int, default=50, metavar="H",
-                   help="early warning: steps before an event in which a flag counts as a warning (default 50)")
-    p.add_argument("--rise", type=float, default=1.0, metavar="NATS",
-                   help="early warning: an instability event is the loss this far above its running minimum (default 1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars while preparing the data")
+    p.add_argument(
+        "--preface",
+        metavar="FILE.md",
+        help="Markdown (headings, paragraphs, - lists) placed under the title: your reading of the results",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="VARIANT",
+        help="the variant the others are compared with (default: the first variant)",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=50,
+        metavar="W",
+        help="early warning: differences forming a signal's baseline (default 50)",
+    )
+    p.add_argument(
+        "--k",
+        type=float,
+        default=4.0,
+        metavar="K",
+        help="early warning: standard deviations from the baseline that count as out of range (default 4)",
+    )
+    p.add_argument(
+        "--horizon",
+        type=int,
+        default=50,
+        metavar="H",
+        help="early warning: steps before an event in which a flag counts as a warning (default 50)",
+    )
+    p.add_argument(
+        "--rise",
+        type=float,
+        default=1.0,
+        metavar="NATS",
+        help="early warning: an instability event is the loss this far above its running minimum (default 1)",
+    )
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars while preparing the data"
+    )
     p.set_defaults(func=run)
 
 
@@ -60,8 +95,19 @@ def run(args: argparse.Namespace) -> int:
             preface = Path(args.preface).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise SteadyLMError(f"--preface: cannot read {args.preface!r} ({e})") from None
-    html = write_report(args.dirs, args.out, Options(
-        window=args.window, k=args.k, horizon=args.horizon, rise=args.rise, baseline=args.baseline,
-        title=args.title, preface=preface, progress=not args.no_progress))
+    html = write_report(
+        args.dirs,
+        args.out,
+        Options(
+            window=args.window,
+            k=args.k,
+            horizon=args.horizon,
+            rise=args.rise,
+            baseline=args.baseline,
+            title=args.title,
+            preface=preface,
+            progress=not args.no_progress,
+        ),
+    )
     print(f"report  {html.parent / 'report.md'}\nhtml    {html}")
     return 0

@@ -19,8 +19,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     p.add_argument("--tokens", type=int, default=200, help="new tokens per sample (default 200)")
     p.add_argument("--samples", type=int, default=1, help="number of samples (default 1)")
-    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (default 0.8)")
-    p.add_argument("--top-k", type=int, default=200, help="keep the k most likely tokens; 0 keeps all (default 200)")
+    p.add_argument(
+        "--temperature", type=float, default=0.8, help="softmax temperature (default 0.8)"
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=200,
+        help="keep the k most likely tokens; 0 keeps all (default 200)",
+    )
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default auto)")
     p.set_defaults(func=run)
@@ -50,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     for i in range(args.samples):
         idx = torch.tensor([ids], device=device)
-        out = generate(model, idx, args.tokens, temperature=args.temperature, top_k=args.top_k or None)
+        out = generate(
+            model, idx, args.tokens, temperature=args.temperature, top_k=args.top_k or None
+        )
         if args.samples > 1:
             print(f"--- sample {i + 1}")
         print(tok.decode(out[0].tolist()))

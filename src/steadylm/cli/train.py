@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_config_args(p)
     p.add_argument("--out", required=True, metavar="RUN", help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
+    )
     p.add_argument(
         "--stop-at",
         type=int,
@@ -44,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     if args.stop_at is not None and args.stop_at < 1:
         raise SteadyLMError(f"--stop-at: must be >= 1, got {args.stop_at}")
     cfg = load_config(source, args.overrides)
-    result = Trainer(cfg, out, resume=args.resume, progress=not args.no_progress, stop_at=args.stop_at).fit()
+    result = Trainer(
+        cfg, out, resume=args.resume, progress=not args.no_progress, stop_at=args.stop_at
+    ).fit()
     print(summary(result))
     return 0 if result.status in (RunStatus.FINISHED, RunStatus.STOPPED) else 1
 

@@ -168,7 +168,9 @@ def user_files(paths: str | list[str]) -> list[Path]:
     return files
 
 
-def read_corpus(paths: str | list[str], text_field: str = "text", progress: bool = True) -> list[Document]:
+def read_corpus(
+    paths: str | list[str], text_field: str = "text", progress: bool = True
+) -> list[Document]:
     """The documents that `paths` name, as `data.path` takes them: "default" entries stand for the
     default corpus, the others are the user's files and folders (both may be mixed)."""
     paths = [paths] if isinstance(paths, str) else list(paths)

@@ -83,7 +83,7 @@ def ro_sgns(counts: Counts, start: Factors, neg: int, iters: int, step: float | 
             trials += 1
             cand = projector_splitting_step(x, ev.G, ev.GR, lam)
             new = sgns_objective(counts, cand.left, cand.V, neg, grad=True, out=spare)
-            if not line_search or new.F >= ev.F + ARMIJO_C * lam * gnorm**2:
+            if not line_search or ev.F + ARMIJO_C * lam * gnorm**2 <= new.F:
                 accepted = True
                 break
             if trials > MAX_HALVINGS:

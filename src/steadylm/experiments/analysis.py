@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -36,8 +36,9 @@ TAIL = 10  # the final training loss is the mean of the last TAIL logged losses
 
 
 def summarize(run: Run, ref: Reference | None = None, recipe: str | None = None) -> dict[str, Any]:
-    """A run's final figures; `recipe` names what comparisons pair it by (default: its variant). `diverged`: the trainer stopped it as diverged, or its final
-    training loss is not finite or above its first-step loss (training went backwards).
+    """A run's final figures; `recipe` names what comparisons pair it by (default: its variant).
+    `diverged`: the trainer stopped it as diverged, or its final training loss is not finite or
+    above its first-step loss (training went backwards).
     `collapsed`: its final validation loss is within the margin of the unigram cross-entropy
     `ref`, or above (None when either is unknown)."""
     _, loss = run.series("loss")
@@ -53,8 +54,15 @@ def summarize(run: Run, ref: Reference | None = None, recipe: str | None = None)
     skipped = {int(r["step"]) for r in run.rows if r.get("skipped")} | set(run.event_steps("skip"))
     ref = ref or Reference(None, error="not computed")
     return {
-        "name": run.name, "variant": run.variant, "recipe": recipe or run.variant, "depth": run.depth, "lr": run.lr, "seed": run.seed,
-        "status": run.status, "steps": len(run.rows), "error": run.error,
+        "name": run.name,
+        "variant": run.variant,
+        "recipe": recipe or run.variant,
+        "depth": run.depth,
+        "lr": run.lr,
+        "seed": run.seed,
+        "status": run.status,
+        "steps": len(run.rows),
+        "error": run.error,
         "initial_loss": initial,
         "final_train_loss": final_train,
         "final_val_loss": val,
@@ -80,16 +88,28 @@ def group_table(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             groups[(s["depth"], s["variant"], s["lr"])].append(s)
     out = []
     for (depth, variant, lr), members in groups.items():
-        out.append({
-            "depth": depth, "variant": variant, "lr": lr, "runs": len(members),
-            "seeds": sorted(m["seed"] for m in members if m["seed"] is not None),
-            **{key: mean_sd(m[key] for m in members)
-               for key in ("final_val_loss", "final_val_ppl", "final_tev_mean", "final_tev_std")},
-            "spikes": sum(m["spikes"] for m in members),
-            "skipped": sum(m["skipped"] for m in members),
-            "diverged": sum(m["diverged"] for m in members),
-            "collapsed": sum(bool(m["collapsed"]) for m in members),
-        })
+        out.append(
+            {
+                "depth": depth,
+                "variant": variant,
+                "lr": lr,
+                "runs": len(members),
+                "seeds": sorted(m["seed"] for m in members if m["seed"] is not None),
+                **{
+                    key: mean_sd(m[key] for m in members)
+                    for key in (
+                        "final_val_loss",
+                        "final_val_ppl",
+                        "final_tev_mean",
+                        "final_tev_std",
+                    )
+                },
+                "spikes": sum(m["spikes"] for m in members),
+                "skipped": sum(m["skipped"] for m in members),
+                "diverged": sum(m["diverged"] for m in members),
+                "collapsed": sum(bool(m["collapsed"]) for m in members),
+            }
+        )
     return out
 
 
@@ -113,25 +133,35 @@ def lr_sensitivity(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         lrs = sorted(per_lr)
         capped = []
         for lr in lrs:
-            vals = [s["initial_loss"] if s["diverged"] or not finite(s["final_loss"])
-                    else min(s["final_loss"], s["initial_loss"]) for s in per_lr[lr]]
+            vals = [
+                s["initial_loss"]
+                if s["diverged"] or not finite(s["final_loss"])
+                else min(s["final_loss"], s["initial_loss"])
+                for s in per_lr[lr]
+            ]
             capped.append(float(np.mean(vals)))
-        out.append({
-            "depth": depth, "variant": variant, "lrs": lrs,
-            "final_loss": [mean_sd(s["final_loss"] for s in per_lr[lr] if not s["diverged"]) for lr in lrs],
-            "diverged": [sum(s["diverged"] for s in per_lr[lr]) for lr in lrs],
-            "collapsed": [sum(bool(s["collapsed"]) for s in per_lr[lr]) for lr in lrs],
-            "runs": [len(per_lr[lr]) for lr in lrs],
-            "best_lr": lrs[int(np.argmin(capped))],
-            "sensitivity": float(np.mean(capped) - min(capped)),
-        })
+        out.append(
+            {
+                "depth": depth,
+                "variant": variant,
+                "lrs": lrs,
+                "final_loss": [
+                    mean_sd(s["final_loss"] for s in per_lr[lr] if not s["diverged"]) for lr in lrs
+                ],
+                "diverged": [sum(s["diverged"] for s in per_lr[lr]) for lr in lrs],
+                "collapsed": [sum(bool(s["collapsed"]) for s in per_lr[lr]) for lr in lrs],
+                "runs": [len(per_lr[lr]) for lr in lrs],
+                "best_lr": lrs[int(np.argmin(capped))],
+                "sensitivity": float(np.mean(capped) - min(capped)),
+            }
+        )
     return out
 
 
 # ----------------------------------------------------------------- recipe comparison
 
 
-class Exclusion(str, Enum):
+class Exclusion(StrEnum):
     """Why a cell is shown but kept out of the comparisons."""
 
     COLLAPSED = "collapsed"  # a seed ended at the unigram cross-entropy or above
@@ -139,7 +169,7 @@ class Exclusion(str, Enum):
     UNPAIRED = "no seed in common"  # the variant and the baseline share no finished seed
 
 
-class Trajectory(str, Enum):
+class Trajectory(StrEnum):
     """How the seed-paired difference evolved over the evaluations of a cell."""
 
     LASTING_GAIN = "lasting gain"  # below 0 (95% CI) at the last evaluation
@@ -189,7 +219,9 @@ def _by_seed(members: list[dict[str, Any]], key: str) -> dict[int, float]:
     return {m["seed"]: m[key] for m in members if m["seed"] is not None and finite(m[key])}
 
 
-def compare_recipes(summaries: list[dict[str, Any]], baseline: str, key: str = "final_loss") -> dict[str, Any]:
+def compare_recipes(
+    summaries: list[dict[str, Any]], baseline: str, key: str = "final_loss"
+) -> dict[str, Any]:
     """Each variant against `baseline` in every (depth, lr) cell both ran: the mean over seeds
     of (variant − baseline), paired by seed, its standard error pooled over the cells of the
     same learning rate, a t interval and p-value, and Holm's correction over every cell
@@ -202,8 +234,12 @@ def compare_recipes(summaries: list[dict[str, Any]], baseline: str, key: str = "
         if k.variant == baseline or base not in cells:
             continue
         mine, theirs = cells[k], cells[base]
-        row = Comparison(k, baseline, variant_mean=mean_sd(m[key] for m in mine)["mean"],
-                         baseline_mean=mean_sd(m[key] for m in theirs)["mean"])
+        row = Comparison(
+            k,
+            baseline,
+            variant_mean=mean_sd(m[key] for m in mine)["mean"],
+            baseline_mean=mean_sd(m[key] for m in theirs)["mean"],
+        )
         row.excluded = cell_exclusion(mine) or cell_exclusion(theirs)
         if row.excluded is None:
             d = paired_differences(_by_seed(mine, key), _by_seed(theirs, key))
@@ -219,7 +255,13 @@ def compare_recipes(summaries: list[dict[str, Any]], baseline: str, key: str = "
     for r, p in zip(compared, holm([r.estimate.p for r in compared])):
         r.holm_p = p
     pooled_df = {k.lr: e.df for k, e in est.items()}
-    return {"baseline": baseline, "metric": key, "rows": rows, "family": len(compared), "pooled_df": pooled_df}
+    return {
+        "baseline": baseline,
+        "metric": key,
+        "rows": rows,
+        "family": len(compared),
+        "pooled_df": pooled_df,
+    }
 
 
 def _order(x):
@@ -241,16 +283,28 @@ def depth_interaction(comparison: dict[str, Any]) -> list[dict[str, Any]]:
         shallow, deep = min(per_depth), max(per_depth)
         a, b = per_depth[deep], per_depth[shallow]
         se = math.sqrt(a.se**2 + b.se**2) if a.se is not None and b.se is not None else None
-        out.append({"variant": variant, "lr": lr, "deep": deep, "shallow": shallow,
-                    "delta_deep": a.mean, "delta_shallow": b.mean,
-                    "estimate": estimate(a.mean - b.mean, min(a.n, b.n), se, min(a.df, b.df))})
+        out.append(
+            {
+                "variant": variant,
+                "lr": lr,
+                "deep": deep,
+                "shallow": shallow,
+                "delta_deep": a.mean,
+                "delta_shallow": b.mean,
+                "estimate": estimate(a.mean - b.mean, min(a.n, b.n), se, min(a.df, b.df)),
+            }
+        )
     for e, p in zip(out, holm([e["estimate"].p for e in out])):
         e["holm_p"] = p
     return out
 
 
-def delta_over_steps(runs: list[Run], summaries: list[dict[str, Any]], comparison: dict[str, Any],
-                     key: str = "val_loss") -> list[dict[str, Any]]:
+def delta_over_steps(
+    runs: list[Run],
+    summaries: list[dict[str, Any]],
+    comparison: dict[str, Any],
+    key: str = "val_loss",
+) -> list[dict[str, Any]]:
     """For every compared cell: the seed-paired difference of `key` (variant − baseline) at each
     step both logged it, pooled per (learning rate, step) as in the final comparison, and how
     it evolved (a lasting gain, an early gain the baseline caught up with, ...)."""
@@ -275,8 +329,14 @@ def delta_over_steps(runs: list[Run], summaries: list[dict[str, Any]], compariso
         points = [(s, est_at[s][k]) for s in sorted(est_at) if k in est_at[s]]
         if not points:
             continue
-        out.append({"key": k, "steps": [s for s, _ in points], "estimates": [e for _, e in points],
-                    "trajectory": classify(points)})
+        out.append(
+            {
+                "key": k,
+                "steps": [s for s, _ in points],
+                "estimates": [e for _, e in points],
+                "trajectory": classify(points),
+            }
+        )
     return out
 
 
@@ -293,7 +353,9 @@ def classify(points: list[tuple[int, Estimate]]) -> Trajectory:
     return Trajectory.NO_DIFFERENCE
 
 
-def seed_variance(summaries: list[dict[str, Any]], key: str = "final_loss") -> dict[float | None, tuple[float, int]]:
+def seed_variance(
+    summaries: list[dict[str, Any]], key: str = "final_loss"
+) -> dict[float | None, tuple[float, int]]:
     """Per learning rate: the seed-to-seed variance of one recipe's final `key`, pooled over the
     cells (depth, variant) of that rate not collapsed or diverged, and its degrees of freedom."""
     ss: dict[float | None, float] = defaultdict(float)
@@ -306,8 +368,9 @@ def seed_variance(summaries: list[dict[str, Any]], key: str = "final_loss") -> d
     return {lr: (ss[lr] / dof[lr], dof[lr]) for lr in dof}
 
 
-def best_lr_comparison(summaries: list[dict[str, Any]], comparison: dict[str, Any],
-                       key: str = "final_loss") -> list[dict[str, Any]]:
+def best_lr_comparison(
+    summaries: list[dict[str, Any]], comparison: dict[str, Any], key: str = "final_loss"
+) -> list[dict[str, Any]]:
     """Per depth: each recipe at its own best learning rate (lowest mean final loss over the
     cells not collapsed or diverged) against the baseline at its own. Δ is the mean of the
     seed-paired differences. At the same rate, its interval is that of the cell comparison; at
@@ -323,12 +386,22 @@ def best_lr_comparison(summaries: list[dict[str, Any]], comparison: dict[str, An
     for k, members in cells.items():
         if cell_exclusion(members) is None and k.lr is not None:
             m = mean_sd(x[key] for x in members)["mean"]
-            if m is not None and ((k.variant, k.depth) not in best or m < best[(k.variant, k.depth)][0]):
+            if m is not None and (
+                (k.variant, k.depth) not in best or m < best[(k.variant, k.depth)][0]
+            ):
                 best[(k.variant, k.depth)] = (m, k)
     out = []
-    for (variant, depth), (m, k) in sorted(best.items(), key=lambda kv: (_order(kv[0][1]), kv[0][0])):
+    for (variant, depth), (m, k) in sorted(
+        best.items(), key=lambda kv: (_order(kv[0][1]), kv[0][0])
+    ):
         base = best.get((baseline, depth))
-        row: dict[str, Any] = {"variant": variant, "depth": depth, "lr": k.lr, "mean": m, "estimate": None}
+        row: dict[str, Any] = {
+            "variant": variant,
+            "depth": depth,
+            "lr": k.lr,
+            "mean": m,
+            "estimate": None,
+        }
         if base is not None and variant != baseline:
             row["baseline_lr"] = base[1].lr
             if base[1].lr == k.lr:

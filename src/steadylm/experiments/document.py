@@ -83,8 +83,10 @@ def to_markdown(blocks: list[Block]) -> str:
         elif isinstance(b, Bullets):
             out.append("\n".join(f"- {item}" for item in b.items))
         elif isinstance(b, Table):
-            lines = ["| " + " | ".join(map(_md_cell, b.header)) + " |",
-                     "|" + "---|" * len(b.header)]
+            lines = [
+                "| " + " | ".join(map(_md_cell, b.header)) + " |",
+                "|" + "---|" * len(b.header),
+            ]
             lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in b.rows]
             out.append("\n".join(lines))
         elif isinstance(b, Figure):
@@ -121,11 +123,17 @@ def to_html(blocks: list[Block], root: Path, title: str) -> str:
             body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b.items) + "</ul>")
         elif isinstance(b, Table):
             head = "".join(f"<th>{_inline(h)}</th>" for h in b.header)
-            rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in b.rows)
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in b.rows
+            )
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif isinstance(b, Figure):
             data = base64.b64encode((root / b.path).read_bytes()).decode("ascii")
-            body.append(f'<figure><img alt="{html.escape(b.caption)}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{_inline(b.caption)}</figcaption></figure>")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+            body.append(
+                f'<figure><img alt="{html.escape(b.caption)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{_inline(b.caption)}</figcaption></figure>"
+            )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )

@@ -8,10 +8,9 @@ eval.json; runs without one (unfinished or failed) are listed with their status.
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 import steadylm
 from steadylm.experiments.analysis import mean_sd

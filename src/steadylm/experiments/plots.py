@@ -42,7 +42,17 @@ def save(fig: Figure, path: Path) -> None:
 
 
 def _blank(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9, color="#666", transform=ax.transAxes)
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        ha="center",
+        va="center",
+        wrap=True,
+        fontsize=9,
+        color="#666",
+        transform=ax.transAxes,
+    )
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -72,7 +82,9 @@ def _smooth(v: np.ndarray) -> np.ndarray:
         return np.where(count > 0, total / count, np.nan)
 
 
-def _band(ax, runs: list[Run], key: str, color, label: str | None, smooth: bool = False, log: bool = False) -> bool:
+def _band(
+    ax, runs: list[Run], key: str, color, label: str | None, smooth: bool = False, log: bool = False
+) -> bool:
     steps, grid = _stack(runs, key)
     if not len(steps) or not np.isfinite(grid).any():
         return False
@@ -123,13 +135,23 @@ def curves(by_variant: dict[str, list[Run]], colors: dict[str, Any], title: str)
         for r in runs:
             s = r.event_steps("spike")
             if s:
-                loss_ax.scatter(s, [r.at("loss", x) or np.nan for x in s], marker="v", s=28,
-                                color=colors[v], edgecolor="k", lw=0.5, zorder=5)
+                loss_ax.scatter(
+                    s,
+                    [r.at("loss", x) or np.nan for x in s],
+                    marker="v",
+                    s=28,
+                    color=colors[v],
+                    edgecolor="k",
+                    lw=0.5,
+                    zorder=5,
+                )
     _rms_panel(axes[6], by_variant, colors)
     handles, labels = axes[0].get_legend_handles_labels()
     axes[7].axis("off")
     if handles:
-        axes[7].legend(handles, labels, loc="center", fontsize=9, title="variant (▼ spike)", frameon=False)
+        axes[7].legend(
+            handles, labels, loc="center", fontsize=9, title="variant (▼ spike)", frameon=False
+        )
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     return fig
@@ -168,10 +190,20 @@ def lr_sensitivity(entries: list[dict[str, Any]], colors: dict[str, Any]) -> Fig
     for ax, depth in zip(axes, depths):
         tops = []
         for e in (e for e in entries if e["depth"] == depth):
-            mean = np.array([fl["mean"] if fl["mean"] is not None else np.nan for fl in e["final_loss"]])
+            mean = np.array(
+                [fl["mean"] if fl["mean"] is not None else np.nan for fl in e["final_loss"]]
+            )
             sd = np.array([fl["sd"] or 0.0 for fl in e["final_loss"]])
-            ax.errorbar(e["lrs"], mean, yerr=sd, marker="o", ms=4, capsize=2, color=colors[e["variant"]],
-                        label=e["variant"])
+            ax.errorbar(
+                e["lrs"],
+                mean,
+                yerr=sd,
+                marker="o",
+                ms=4,
+                capsize=2,
+                color=colors[e["variant"]],
+                label=e["variant"],
+            )
             tops += list(mean[np.isfinite(mean)] + sd[np.isfinite(mean)])
         ax.set_xscale("log")
         ax.set_xlabel("learning rate", fontsize=9)
@@ -182,7 +214,9 @@ def lr_sensitivity(entries: list[dict[str, Any]], colors: dict[str, Any]) -> Fig
             ceiling = hi + 0.05 * (hi - lo)
             for e in (e for e in entries if e["depth"] == depth):
                 xs = [lr for lr, d in zip(e["lrs"], e["diverged"]) if d]
-                ax.scatter(xs, [ceiling] * len(xs), marker="x", s=40, color=colors[e["variant"]], zorder=5)
+                ax.scatter(
+                    xs, [ceiling] * len(xs), marker="x", s=40, color=colors[e["variant"]], zorder=5
+                )
             ax.set_ylim(lo, ceiling + 0.05 * (hi - lo))
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -197,7 +231,10 @@ def _log_axes(ax, xs, ys) -> None:
 
 
 def _depth_markers(depths) -> dict[Any, str]:
-    return {d: _MARKERS[i % len(_MARKERS)] for i, d in enumerate(sorted(set(depths), key=lambda d: (d is None, d)))}
+    return {
+        d: _MARKERS[i % len(_MARKERS)]
+        for i, d in enumerate(sorted(set(depths), key=lambda d: (d is None, d)))
+    }
 
 
 def delta_steps(entries: list[dict[str, Any]], colors: dict[str, Any]) -> Figure:
@@ -214,8 +251,14 @@ def delta_steps(entries: list[dict[str, Any]], colors: dict[str, Any]) -> Figure
             lo = np.array([np.nan if x.lo is None else x.lo for x in e["estimates"]])
             hi = np.array([np.nan if x.hi is None else x.hi for x in e["estimates"]])
             color = colors[e["key"].variant]
-            ax.plot(e["steps"], mean, color=color, ls=styles[e["key"].depth], marker=".",
-                    label=f"{e['key'].variant}, n_layer {e['key'].depth}")
+            ax.plot(
+                e["steps"],
+                mean,
+                color=color,
+                ls=styles[e["key"].depth],
+                marker=".",
+                label=f"{e['key'].variant}, n_layer {e['key'].depth}",
+            )
             ax.fill_between(e["steps"], lo, hi, color=color, alpha=0.12, lw=0)
         ax.axhline(0, color="k", lw=0.6)
         ax.set_title(f"lr = {'—' if lr is None else short_float(lr)}", fontsize=10)
@@ -234,19 +277,37 @@ def tev_gradvar(result: dict[str, Any], colors: dict[str, Any]) -> Figure:
     pts = [p for p in result["points"].values() if np.isfinite(p.get("tev_mean", np.nan))]
     marker = _depth_markers(p["depth"] for p in pts)
     for p in pts:
-        ax.scatter(p["grad_var"], p["tev_mean"], color=colors[p["variant"]], marker=marker[p["depth"]], s=30,
-                   edgecolor="k", lw=0.4)
+        ax.scatter(
+            p["grad_var"],
+            p["tev_mean"],
+            color=colors[p["variant"]],
+            marker=marker[p["depth"]],
+            s=30,
+            edgecolor="k",
+            lw=0.4,
+        )
     for lr in {p["lr"] for p in pts}:
         mine = [p for p in pts if p["lr"] == lr]
-        ax.annotate(f"lr {'—' if lr is None else short_float(lr)}",
-                    (float(np.median([p["grad_var"] for p in mine])), float(np.max([p["tev_mean"] for p in mine]))),
-                    fontsize=8, color="#444", ha="center", va="bottom")
+        ax.annotate(
+            f"lr {'—' if lr is None else short_float(lr)}",
+            (
+                float(np.median([p["grad_var"] for p in mine])),
+                float(np.max([p["tev_mean"] for p in mine])),
+            ),
+            fontsize=8,
+            color="#444",
+            ha="center",
+            va="bottom",
+        )
     _log_axes(ax, [p["grad_var"] for p in pts], [p["tev_mean"] for p in pts])
     ax.set(xlabel="gradient variance, embedding", ylabel="μ_TEV")
     s = result["signals"].get("tev_mean")
     if s:
-        ax.set_title(f"step {result['step']}: ρ within groups {_rho(s['within'].rho)}, "
-                     f"across all {_rho(s['across'].rho)}", fontsize=10)
+        ax.set_title(
+            f"step {result['step']}: ρ within groups {_rho(s['within'].rho)}, "
+            f"across all {_rho(s['across'].rho)}",
+            fontsize=10,
+        )
     for v in dict.fromkeys(p["variant"] for p in pts):
         ax.plot([], [], ls="", marker="o", color=colors[v], label=v)
     for d, m in marker.items():
@@ -274,8 +335,16 @@ def adam_references(result: dict[str, Any], meta: dict[str, Run], colors: dict[s
         x, y = t["drift"][ok] / t["noise"][ok], t["delta_tev2"][ok] / t["noise"][ok]
         r = meta[name]
         ax.plot(x, y, color=colors[r.variant], lw=0.8, alpha=0.7)
-        ax.scatter(x[-1:], y[-1:], color=colors[r.variant], marker=marker[r.depth], s=24, edgecolor="k", lw=0.4,
-                   zorder=5)
+        ax.scatter(
+            x[-1:],
+            y[-1:],
+            color=colors[r.variant],
+            marker=marker[r.depth],
+            s=24,
+            edgecolor="k",
+            lw=0.4,
+            zorder=5,
+        )
         xs_all += x.tolist()
     if xs_all:
         lo, hi = min(xs_all), max(xs_all)
@@ -300,13 +369,22 @@ def early_warning(cases: list[tuple[Run, int]], window: int, k: float, horizon: 
     fig = Figure(figsize=(15, 2.6 * len(cases)))
     axes = fig.subplots(len(cases), 3, squeeze=False)
     for row, (run, event) in zip(axes, cases):
-        for ax, key, label in zip(row, ("loss", "tev_mean", "grad_norm"), ("training loss", "μ_TEV", "gradient norm")):
+        for ax, key, label in zip(
+            row, ("loss", "tev_mean", "grad_norm"), ("training loss", "μ_TEV", "gradient norm")
+        ):
             steps, x = run.series(key)
             keep = (steps >= event - window - horizon) & (steps <= event + horizon // 2)
             ax.plot(steps[keep], x[keep], color="#333", lw=1)
             if key != "loss":
                 f = out_of_range(x, window, k)[keep]
-                ax.scatter(steps[keep][f], x[keep][f], color="tab:orange", s=18, zorder=5, label="out of range")
+                ax.scatter(
+                    steps[keep][f],
+                    x[keep][f],
+                    color="tab:orange",
+                    s=18,
+                    zorder=5,
+                    label="out of range",
+                )
             ax.axvline(event, color="tab:red", lw=1, ls="--", label="event")
             ax.axvspan(event - horizon, event, color="tab:red", alpha=0.06)
             ax.set_title(f"{run.name}: {label} around the event at step {event}", fontsize=9)

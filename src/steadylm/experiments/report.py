@@ -72,7 +72,9 @@ def fmt_ms(stat: dict[str, Any], spec: str, runs: int) -> str:
     """`mean ± sd` over seeds; `(n=k)` when only k of the runs had a finite value."""
     if stat["mean"] is None:
         return "—"
-    text = fmt(stat["mean"], spec) + (f" ± {fmt(stat['sd'], spec)}" if stat["sd"] is not None else "")
+    text = fmt(stat["mean"], spec) + (
+        f" ± {fmt(stat['sd'], spec)}" if stat["sd"] is not None else ""
+    )
     return text + (f" (n={stat['n']})" if stat["n"] < runs else "")
 
 
@@ -135,15 +137,19 @@ class Report:
         by_variant = {r.variant: self.recipe[r.name] for r in runs}
         names = list(dict.fromkeys([*self.variants, *self.recipe.values()]))
         if options.baseline is not None and options.baseline not in names:
-            raise SteadyLMError(f"--baseline: no variant {options.baseline!r} in these runs; "
-                                f"choose one of {', '.join(names)}")
+            raise SteadyLMError(
+                f"--baseline: no variant {options.baseline!r} in these runs; "
+                f"choose one of {', '.join(names)}"
+            )
         self.baseline = by_variant.get(options.baseline or self.variants[0], options.baseline)
         refs = References(options.progress)
         self.refs: dict[str, Reference] = {}
         for r in runs:  # only runs with a validation loss need the reference
             if r.last("val_loss") is not None:
                 self.refs[r.name] = refs(r.cfg())
-        self.summaries = [analysis.summarize(r, self.refs.get(r.name), self.recipe[r.name]) for r in runs]
+        self.summaries = [
+            analysis.summarize(r, self.refs.get(r.name), self.recipe[r.name]) for r in runs
+        ]
         self.by_name = {s["name"]: s for s in self.summaries}
         self.colors = plots.colors_for(names)
         self.with_data = [r for r in runs if r.rows]
@@ -160,96 +166,182 @@ class Report:
 
     def intro(self) -> None:
         counts = Counter(r.status for r in self.runs)
-        seen = lambda attr: sorted({getattr(r, attr) for r in self.with_data}, key=_sort_key)
+
+        def seen(attr: str) -> list[Any]:
+            return sorted({getattr(r, attr) for r in self.with_data}, key=_sort_key)
+
         self.blocks += [
             Heading(self.opt.title, 1),
-            Para(f"{len(self.runs)} runs from {', '.join(f'`{s}`' for s in self.sources)}: "
-                 + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ". "
-                 f"Depths (n_layer): {', '.join(map(str, seen('depth')))}; "
-                 f"learning rates: {', '.join(map(lr_text, seen('lr')))}; "
-                 f"seeds: {', '.join(map(str, seen('seed')))}; variants: {', '.join(self.variants)} "
-                 f"(baseline of the comparisons: {self.baseline}). "
-                 f"Generated {time.strftime('%Y-%m-%d %H:%M')} by steadylm {steadylm.__version__}."),
+            Para(
+                f"{len(self.runs)} runs from {', '.join(f'`{s}`' for s in self.sources)}: "
+                + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+                + ". "
+                f"Depths (n_layer): {', '.join(map(str, seen('depth')))}; "
+                f"learning rates: {', '.join(map(lr_text, seen('lr')))}; "
+                f"seeds: {', '.join(map(str, seen('seed')))}; variants: {', '.join(self.variants)} "
+                f"(baseline of the comparisons: {self.baseline}). "
+                f"Generated {time.strftime('%Y-%m-%d %H:%M')} by steadylm {steadylm.__version__}."
+            ),
         ]
         self.blocks += parse_markdown(self.opt.preface)
         empty = [r for r in self.runs if not r.rows]
         if empty:
-            self.blocks.append(Para("Runs without metrics (left out below): " + "; ".join(
-                f"`{r.name}` ({r.status}{': ' + r.error if r.error else ''})" for r in empty) + "."))
+            self.blocks.append(
+                Para(
+                    "Runs without metrics (left out below): "
+                    + "; ".join(
+                        f"`{r.name}` ({r.status}{': ' + r.error if r.error else ''})" for r in empty
+                    )
+                    + "."
+                )
+            )
 
     def collapse_section(self) -> list[dict[str, Any]]:
-        self.blocks += [Heading("Collapsed runs"), Para(
-            "A run is **collapsed** when its final validation loss is within "
-            f"{COLLAPSE_MARGIN:g} nats of the unigram cross-entropy or above it: it learned nothing a table "
-            "of token frequencies would not. The unigram cross-entropy is the entropy of the token "
-            "frequencies of exactly the validation tokens the run's evaluation scores (the targets of its "
-            "first eval_batches × micro_batch_size validation windows), counted on those validation tokens, "
-            "so it is the lowest loss any context-free predictor could reach on them; it is computed from "
-            "the run's config through the cached dataset preparation. A cell (depth, variant, learning "
-            "rate) with a collapsed or diverged seed is shown in the tables but kept out of every "
-            "comparison and correlation.")]
+        self.blocks += [
+            Heading("Collapsed runs"),
+            Para(
+                "A run is **collapsed** when its final validation loss is within "
+                f"{COLLAPSE_MARGIN:g} nats of the unigram cross-entropy or above it: it learned nothing a table "
+                "of token frequencies would not. The unigram cross-entropy is the entropy of the token "
+                "frequencies of exactly the validation tokens the run's evaluation scores (the targets of its "
+                "first eval_batches × micro_batch_size validation windows), counted on those validation tokens, "
+                "so it is the lowest loss any context-free predictor could reach on them; it is computed from "
+                "the run's config through the cached dataset preparation. A cell (depth, variant, learning "
+                "rate) with a collapsed or diverged seed is shown in the tables but kept out of every "
+                "comparison and correlation."
+            ),
+        ]
         table: dict[str, dict[str, Any]] = {}
         for s in self.summaries:
             ref = self.refs.get(s["name"])
             if ref is None:
                 continue
-            t = table.setdefault(ref.dataset or ref.error or "?", {"ref": ref, "runs": 0, "collapsed": []})
+            t = table.setdefault(
+                ref.dataset or ref.error or "?", {"ref": ref, "runs": 0, "collapsed": []}
+            )
             t["runs"] += 1
             if s["collapsed"]:
                 t["collapsed"].append(s["name"])
         if not table:
-            self.blocks.append(Para("No run logged a validation loss (train.eval_every = 0), so no run can "
-                                    "be judged collapsed."))
+            self.blocks.append(
+                Para(
+                    "No run logged a validation loss (train.eval_every = 0), so no run can "
+                    "be judged collapsed."
+                )
+            )
             return []
-        self.blocks.append(Table(
-            ["validation data", "tokens scored", "unigram cross-entropy (nats)", "runs", "collapsed"],
-            [[f"`{Path(where).name}`" if t["ref"].nats is not None else f"not computed: {t['ref'].error}",
-              str(t["ref"].tokens), fmt(t["ref"].nats, ".4f"), str(t["runs"]), str(len(t["collapsed"]))]
-             for where, t in table.items()]))
+        self.blocks.append(
+            Table(
+                [
+                    "validation data",
+                    "tokens scored",
+                    "unigram cross-entropy (nats)",
+                    "runs",
+                    "collapsed",
+                ],
+                [
+                    [
+                        f"`{Path(where).name}`"
+                        if t["ref"].nats is not None
+                        else f"not computed: {t['ref'].error}",
+                        str(t["ref"].tokens),
+                        fmt(t["ref"].nats, ".4f"),
+                        str(t["runs"]),
+                        str(len(t["collapsed"])),
+                    ]
+                    for where, t in table.items()
+                ],
+            )
+        )
         names = [n for t in table.values() for n in t["collapsed"]]
         if names:
             self.blocks.append(Para("Collapsed: " + ", ".join(f"`{n}`" for n in names) + "."))
-        return [{"dataset": k, "reference": t["ref"], "runs": t["runs"], "collapsed": t["collapsed"]}
-                for k, t in table.items()]
+        return [
+            {"dataset": k, "reference": t["ref"], "runs": t["runs"], "collapsed": t["collapsed"]}
+            for k, t in table.items()
+        ]
 
     def depth_sections(self, groups: list[dict[str, Any]]) -> None:
         for depth in sorted({r.depth for r in self.with_data}, key=_sort_key):
             at_depth = [r for r in self.with_data if r.depth == depth]
             self.blocks.append(Heading(f"n_layer = {depth}"))
-            rows = sorted((g for g in groups if g["depth"] == depth),
-                          key=lambda g: (self._order(g["variant"]), _sort_key(g["lr"])))
-            self.blocks.append(Table(
-                ["variant", "lr", "runs", "val loss", "val ppl", "μ_TEV", "σ_TEV", "spikes", "skipped", "diverged",
-                 "collapsed"],
-                [[g["variant"], lr_text(g["lr"]), str(g["runs"]),
-                  fmt_ms(g["final_val_loss"], ".4f", g["runs"]), fmt_ms(g["final_val_ppl"], ".2f", g["runs"]),
-                  fmt_ms(g["final_tev_mean"], ".4g", g["runs"]), fmt_ms(g["final_tev_std"], ".4g", g["runs"]),
-                  str(g["spikes"]), str(g["skipped"]), f"{g['diverged']}/{g['runs']}", f"{g['collapsed']}/{g['runs']}"]
-                 for g in rows],
-            ))
+            rows = sorted(
+                (g for g in groups if g["depth"] == depth),
+                key=lambda g: (self._order(g["variant"]), _sort_key(g["lr"])),
+            )
+            self.blocks.append(
+                Table(
+                    [
+                        "variant",
+                        "lr",
+                        "runs",
+                        "val loss",
+                        "val ppl",
+                        "μ_TEV",
+                        "σ_TEV",
+                        "spikes",
+                        "skipped",
+                        "diverged",
+                        "collapsed",
+                    ],
+                    [
+                        [
+                            g["variant"],
+                            lr_text(g["lr"]),
+                            str(g["runs"]),
+                            fmt_ms(g["final_val_loss"], ".4f", g["runs"]),
+                            fmt_ms(g["final_val_ppl"], ".2f", g["runs"]),
+                            fmt_ms(g["final_tev_mean"], ".4g", g["runs"]),
+                            fmt_ms(g["final_tev_std"], ".4g", g["runs"]),
+                            str(g["spikes"]),
+                            str(g["skipped"]),
+                            f"{g['diverged']}/{g['runs']}",
+                            f"{g['collapsed']}/{g['runs']}",
+                        ]
+                        for g in rows
+                    ],
+                )
+            )
             self.blocks.append(Para(self._missing(at_depth)))
             for lr in sorted({r.lr for r in at_depth}, key=_sort_key):
-                by_variant = {v: [r for r in at_depth if r.variant == v and r.lr == lr] for v in self.variants}
+                by_variant = {
+                    v: [r for r in at_depth if r.variant == v and r.lr == lr] for v in self.variants
+                }
                 by_variant = {v: rs for v, rs in by_variant.items() if rs}
-                self.figure(plots.curves(by_variant, self.colors, f"n_layer = {depth}, lr = {lr_text(lr)}"),
-                            f"curves-L{depth}-lr{lr_text(lr)}.png",
-                            f"n_layer = {depth}, lr = {lr_text(lr)}: mean over seeds, band from min to max; "
-                            "▼ marks a spike event of the trainer.")
+                self.figure(
+                    plots.curves(by_variant, self.colors, f"n_layer = {depth}, lr = {lr_text(lr)}"),
+                    f"curves-L{depth}-lr{lr_text(lr)}.png",
+                    f"n_layer = {depth}, lr = {lr_text(lr)}: mean over seeds, band from min to max; "
+                    "▼ marks a spike event of the trainer.",
+                )
 
     @staticmethod
     def _missing(runs: list[Run]) -> str:
         def logged(key: str) -> bool:
             return any(key in row for r in runs for row in r.rows)
 
-        missing = [what for key, what in (
-            ("val_loss", "validation loss (train.eval_every = 0)"),
-            ("grad_var_embed", "gradient variance (monitor.gradvar_every = 0, or runs shorter than it)"),
-            ("rms/h.0", "residual RMS per layer (monitor.act_every = 0, or runs shorter than it)"),
-        ) if not logged(key)]
+        missing = [
+            what
+            for key, what in (
+                ("val_loss", "validation loss (train.eval_every = 0)"),
+                (
+                    "grad_var_embed",
+                    "gradient variance (monitor.gradvar_every = 0, or runs shorter than it)",
+                ),
+                (
+                    "rms/h.0",
+                    "residual RMS per layer (monitor.act_every = 0, or runs shorter than it)",
+                ),
+            )
+            if not logged(key)
+        ]
         spikes = sum(len(r.event_steps("spike")) for r in runs)
         spiking = sum(1 for r in runs if r.event_steps("spike"))
-        text = (f"Trainer spike events: {spikes} in {spiking} of {len(runs)} runs." if spikes
-                else f"No trainer spike events in the {len(runs)} runs at this depth.")
+        text = (
+            f"Trainer spike events: {spikes} in {spiking} of {len(runs)} runs."
+            if spikes
+            else f"No trainer spike events in the {len(runs)} runs at this depth."
+        )
         if missing:
             text += " Not logged here, so their panels are empty: " + "; ".join(missing) + "."
         return text
@@ -258,28 +350,55 @@ class Report:
         self.blocks.append(Heading("Learning-rate sensitivity"))
         entries = analysis.lr_sensitivity(self.summaries)
         if not entries:
-            self.blocks.append(Para("Every recipe ran at a single learning rate at each depth, so there is "
-                                    "no sensitivity curve; add `train.lr` to the sweep's grid."))
+            self.blocks.append(
+                Para(
+                    "Every recipe ran at a single learning rate at each depth, so there is "
+                    "no sensitivity curve; add `train.lr` to the sweep's grid."
+                )
+            )
             return entries
-        self.blocks.append(Para(
-            "Final loss (validation if evaluated, else the mean of the last "
-            f"{analysis.TAIL} training losses) at each learning rate, mean ± sd over the seeds that did not "
-            "diverge. Sensitivity (Wortsman et al. 2023): the mean over learning rates of min(final loss, "
-            "first-step loss) minus its smallest value, a diverged run counting as its first-step loss; lower "
-            "is more robust. It compares recipes over the same learning rates only."))
+        self.blocks.append(
+            Para(
+                "Final loss (validation if evaluated, else the mean of the last "
+                f"{analysis.TAIL} training losses) at each learning rate, mean ± sd over the seeds that did not "
+                "diverge. Sensitivity (Wortsman et al. 2023): the mean over learning rates of min(final loss, "
+                "first-step loss) minus its smallest value, a diverged run counting as its first-step loss; lower "
+                "is more robust. It compares recipes over the same learning rates only."
+            )
+        )
         for depth in sorted({e["depth"] for e in entries}, key=_sort_key):
-            mine = sorted((e for e in entries if e["depth"] == depth), key=lambda e: self._order(e["variant"]))
+            mine = sorted(
+                (e for e in entries if e["depth"] == depth), key=lambda e: self._order(e["variant"])
+            )
             lrs = sorted({lr for e in mine for lr in e["lrs"]})
             rows = []
             for e in mine:
-                cells = {lr: self._lr_cell(fl, d, c, n)
-                         for lr, fl, d, c, n in zip(e["lrs"], e["final_loss"], e["diverged"], e["collapsed"], e["runs"])}
-                rows.append([e["variant"], *[cells.get(lr, "") for lr in lrs], lr_text(e["best_lr"]),
-                             fmt(e["sensitivity"], ".4f")])
-            self.blocks += [Heading(f"n_layer = {depth}", 3),
-                            Table(["variant", *[f"lr {lr_text(lr)}" for lr in lrs], "best lr", "sensitivity"], rows)]
-        self.figure(plots.lr_sensitivity(entries, self.colors), "lr-sensitivity.png",
-                    "Final loss against learning rate (mean ± sd over seeds); ✕ on the top edge: diverged runs.")
+                cells = {
+                    lr: self._lr_cell(fl, d, c, n)
+                    for lr, fl, d, c, n in zip(
+                        e["lrs"], e["final_loss"], e["diverged"], e["collapsed"], e["runs"]
+                    )
+                }
+                rows.append(
+                    [
+                        e["variant"],
+                        *[cells.get(lr, "") for lr in lrs],
+                        lr_text(e["best_lr"]),
+                        fmt(e["sensitivity"], ".4f"),
+                    ]
+                )
+            self.blocks += [
+                Heading(f"n_layer = {depth}", 3),
+                Table(
+                    ["variant", *[f"lr {lr_text(lr)}" for lr in lrs], "best lr", "sensitivity"],
+                    rows,
+                ),
+            ]
+        self.figure(
+            plots.lr_sensitivity(entries, self.colors),
+            "lr-sensitivity.png",
+            "Final loss against learning rate (mean ± sd over seeds); ✕ on the top edge: diverged runs.",
+        )
         return entries
 
     @staticmethod
@@ -296,101 +415,249 @@ class Report:
         cmp = analysis.compare_recipes(self.summaries, self.baseline)
         out: dict[str, Any] = {"cells": cmp}
         if not cmp["rows"]:
-            self.blocks.append(Para(f"No cell has both {self.baseline} and another variant at the same depth and "
-                                    "learning rate, so there is nothing to compare."))
+            self.blocks.append(
+                Para(
+                    f"No cell has both {self.baseline} and another variant at the same depth and "
+                    "learning rate, so there is nothing to compare."
+                )
+            )
             return out
-        dfs = ", ".join(f"{cmp['pooled_df'][lr]} at lr {lr_text(lr)}" for lr in sorted(cmp["pooled_df"], key=_sort_key))
-        self.blocks.append(Para(
-            f"Δ = variant − {self.baseline} in final loss (validation if evaluated), per (depth, learning rate) "
-            "cell, computed seed by seed (the same seed gives both recipes the same data order) and averaged. "
-            "Two or three seeds cannot estimate a cell's own spread, so the standard error uses the variance of "
-            "the paired differences pooled over all cells of the same learning rate (degrees of freedom: "
-            f"{dfs or 'none'}); the interval is Student's t at {conf}. p tests Δ = 0; Holm's correction is over "
-            f"the **{cmp['family']} cell{'s' if cmp['family'] != 1 else ''} compared** (every cell, not the most favourable). Negative Δ: the "
-            f"variant is better. 'Detectable' is the smallest true |Δ| the cell would find with {POWER:.0%} "
-            f"power at the {1 - CONFIDENCE:g} level: (t({(1 + CONFIDENCE) / 2:g}) + t({POWER:g})) × SE."))
-        self.blocks.append(Table(
-            ["n_layer", "lr", "variant", "seeds", "variant loss", f"{self.baseline} loss", "Δ", "SE",
-             f"{conf} CI", "p", "Holm p", "detectable"],
-            [[str(r.key.depth), lr_text(r.key.lr), r.key.variant, str(r.estimate.n) if r.estimate else "—",
-              fmt(r.variant_mean, ".4f"), fmt(r.baseline_mean, ".4f"),
-              *([fmt(r.estimate.mean, "+.4f"), fmt(r.estimate.se, ".4f"), fmt_ci(r.estimate).split(" ", 1)[1]
-                 if r.estimate.lo is not None else "—", fmt_p(r.estimate.p), fmt_p(r.holm_p),
-                 fmt(detectable(r.estimate), ".4f")]
-                if r.estimate else [f"not compared: {r.excluded.value}", "", "", "", "", ""])]
-             for r in cmp["rows"]]))
+        dfs = ", ".join(
+            f"{cmp['pooled_df'][lr]} at lr {lr_text(lr)}"
+            for lr in sorted(cmp["pooled_df"], key=_sort_key)
+        )
+        self.blocks.append(
+            Para(
+                f"Δ = variant − {self.baseline} in final loss (validation if evaluated), per (depth, learning rate) "
+                "cell, computed seed by seed (the same seed gives both recipes the same data order) and averaged. "
+                "Two or three seeds cannot estimate a cell's own spread, so the standard error uses the variance of "
+                "the paired differences pooled over all cells of the same learning rate (degrees of freedom: "
+                f"{dfs or 'none'}); the interval is Student's t at {conf}. p tests Δ = 0; Holm's correction is over "
+                f"the **{cmp['family']} cell{'s' if cmp['family'] != 1 else ''} compared** (every "
+                "cell, not the most favourable). Negative Δ: the "
+                f"variant is better. 'Detectable' is the smallest true |Δ| the cell would find with {POWER:.0%} "
+                f"power at the {1 - CONFIDENCE:g} level: (t({(1 + CONFIDENCE) / 2:g}) + t({POWER:g})) × SE."
+            )
+        )
+        self.blocks.append(
+            Table(
+                [
+                    "n_layer",
+                    "lr",
+                    "variant",
+                    "seeds",
+                    "variant loss",
+                    f"{self.baseline} loss",
+                    "Δ",
+                    "SE",
+                    f"{conf} CI",
+                    "p",
+                    "Holm p",
+                    "detectable",
+                ],
+                [
+                    [
+                        str(r.key.depth),
+                        lr_text(r.key.lr),
+                        r.key.variant,
+                        str(r.estimate.n) if r.estimate else "—",
+                        fmt(r.variant_mean, ".4f"),
+                        fmt(r.baseline_mean, ".4f"),
+                        *(
+                            [
+                                fmt(r.estimate.mean, "+.4f"),
+                                fmt(r.estimate.se, ".4f"),
+                                fmt_ci(r.estimate).split(" ", 1)[1]
+                                if r.estimate.lo is not None
+                                else "—",
+                                fmt_p(r.estimate.p),
+                                fmt_p(r.holm_p),
+                                fmt(detectable(r.estimate), ".4f"),
+                            ]
+                            if r.estimate
+                            else [f"not compared: {r.excluded.value}", "", "", "", "", ""]
+                        ),
+                    ]
+                    for r in cmp["rows"]
+                ],
+            )
+        )
         if cmp["family"] == 0:
-            self.blocks.append(Para("No compared cell has a seed-to-seed spread to estimate (one paired seed "
-                                    "per cell), so the differences above have no interval or p-value: run "
-                                    "two or more seeds."))
+            self.blocks.append(
+                Para(
+                    "No compared cell has a seed-to-seed spread to estimate (one paired seed "
+                    "per cell), so the differences above have no interval or p-value: run "
+                    "two or more seeds."
+                )
+            )
         inter = analysis.depth_interaction(cmp)
         out["depth_interaction"] = inter
         if inter:
-            self.blocks += [Heading("Does the difference grow with depth?", 3), Para(
-                "Δ at the deepest depth minus Δ at the shallowest, per variant and learning rate; negative: the "
-                "variant's advantage grows with depth. Standard errors combined as for independent seeds, "
-                f"t with the pooled degrees of freedom, Holm over the {len(inter)} differences.")]
-            self.blocks.append(Table(
-                ["variant", "lr", "Δ deep", "Δ shallow", "deep − shallow", f"{conf} CI", "p", "Holm p", "detectable"],
-                [[e["variant"], lr_text(e["lr"]), f"{fmt(e['delta_deep'], '+.4f')} (L{e['deep']})",
-                  f"{fmt(e['delta_shallow'], '+.4f')} (L{e['shallow']})", fmt(e["estimate"].mean, "+.4f"),
-                  fmt_ci(e["estimate"]).split(" ", 1)[1] if e["estimate"].lo is not None else "—",
-                  fmt_p(e["estimate"].p), fmt_p(e["holm_p"]), fmt(detectable(e["estimate"]), ".4f")]
-                 for e in inter]))
+            self.blocks += [
+                Heading("Does the difference grow with depth?", 3),
+                Para(
+                    "Δ at the deepest depth minus Δ at the shallowest, per variant and learning rate; negative: the "
+                    "variant's advantage grows with depth. Standard errors combined as for independent seeds, "
+                    f"t with the pooled degrees of freedom, Holm over the {len(inter)} differences."
+                ),
+            ]
+            self.blocks.append(
+                Table(
+                    [
+                        "variant",
+                        "lr",
+                        "Δ deep",
+                        "Δ shallow",
+                        "deep − shallow",
+                        f"{conf} CI",
+                        "p",
+                        "Holm p",
+                        "detectable",
+                    ],
+                    [
+                        [
+                            e["variant"],
+                            lr_text(e["lr"]),
+                            f"{fmt(e['delta_deep'], '+.4f')} (L{e['deep']})",
+                            f"{fmt(e['delta_shallow'], '+.4f')} (L{e['shallow']})",
+                            fmt(e["estimate"].mean, "+.4f"),
+                            fmt_ci(e["estimate"]).split(" ", 1)[1]
+                            if e["estimate"].lo is not None
+                            else "—",
+                            fmt_p(e["estimate"].p),
+                            fmt_p(e["holm_p"]),
+                            fmt(detectable(e["estimate"]), ".4f"),
+                        ]
+                        for e in inter
+                    ],
+                )
+            )
         steps = analysis.delta_over_steps(self.with_data, self.summaries, cmp)
         out["over_steps"] = steps
         if steps:
-            self.blocks += [Heading("The difference along training", 3), Para(
-                "The same seed-paired Δ of the validation loss at every evaluation both recipes logged, pooled "
-                f"per learning rate and step. A lasting gain is below 0 ({conf} CI) at the last evaluation; "
-                "an early gain the baseline caught up with was below 0 at some evaluation but not at the last.")]
-            self.blocks.append(Table(
-                ["n_layer", "lr", "variant", "evaluations", "Δ at the first", "Δ at the last", "reading"],
-                [[str(e["key"].depth), lr_text(e["key"].lr), e["key"].variant, str(len(e["steps"])),
-                  f"{fmt_ci(e['estimates'][0])} (step {e['steps'][0]})",
-                  f"{fmt_ci(e['estimates'][-1])} (step {e['steps'][-1]})", e["trajectory"].value] for e in steps]))
-            self.figure(plots.delta_steps(steps, self.colors), "delta-over-steps.png",
-                        f"Seed-paired Δ validation loss (variant − {self.baseline}) against step, {conf} band; "
-                        "one panel per learning rate, line style by depth.")
+            self.blocks += [
+                Heading("The difference along training", 3),
+                Para(
+                    "The same seed-paired Δ of the validation loss at every evaluation both recipes logged, pooled "
+                    f"per learning rate and step. A lasting gain is below 0 ({conf} CI) at the last evaluation; "
+                    "an early gain the baseline caught up with was below 0 at some evaluation but not at the last."
+                ),
+            ]
+            self.blocks.append(
+                Table(
+                    [
+                        "n_layer",
+                        "lr",
+                        "variant",
+                        "evaluations",
+                        "Δ at the first",
+                        "Δ at the last",
+                        "reading",
+                    ],
+                    [
+                        [
+                            str(e["key"].depth),
+                            lr_text(e["key"].lr),
+                            e["key"].variant,
+                            str(len(e["steps"])),
+                            f"{fmt_ci(e['estimates'][0])} (step {e['steps'][0]})",
+                            f"{fmt_ci(e['estimates'][-1])} (step {e['steps'][-1]})",
+                            e["trajectory"].value,
+                        ]
+                        for e in steps
+                    ],
+                )
+            )
+            self.figure(
+                plots.delta_steps(steps, self.colors),
+                "delta-over-steps.png",
+                f"Seed-paired Δ validation loss (variant − {self.baseline}) against step, {conf} band; "
+                "one panel per learning rate, line style by depth.",
+            )
         best = analysis.best_lr_comparison(self.summaries, cmp)
         out["best_lr"] = best
         if len({lr for lr in (s["lr"] for s in self.summaries)}) > 1 and best:
-            self.blocks += [Heading("Each recipe at its own best learning rate", 3), Para(
-                "Per depth, each recipe at the learning rate with its lowest mean final loss (cells not collapsed "
-                f"or diverged), against {self.baseline} at its own best: the mean of the seed-paired differences. At "
-                "the same rate the interval is the cell comparison's; at different rates the standard error is "
-                "√(v₁/n + v₂/n) from each rate's seed variance pooled over its cells (ignoring the pairing), "
-                "with Welch–Satterthwaite degrees of freedom. The best rate is picked on the same runs, which "
-                "flatters every recipe a little.")]
-            self.blocks.append(Table(
-                ["n_layer", "variant", "best lr", "final loss", f"Δ vs {self.baseline} at its best", "p"],
-                [[str(b["depth"]), b["variant"], lr_text(b["lr"]), fmt(b["mean"], ".4f"),
-                  fmt_ci(b["estimate"]) + (f", n={b['estimate'].n}" if b["estimate"] else ""),
-                  fmt_p(b["estimate"].p) if b["estimate"] else "—"] for b in best]))
+            self.blocks += [
+                Heading("Each recipe at its own best learning rate", 3),
+                Para(
+                    "Per depth, each recipe at the learning rate with its lowest mean final loss (cells not collapsed "
+                    f"or diverged), against {self.baseline} at its own best: the mean of the "
+                    "seed-paired differences. At "
+                    "the same rate the interval is the cell comparison's; at different rates the standard error is "
+                    "√(v₁/n + v₂/n) from each rate's seed variance pooled over its cells (ignoring the pairing), "
+                    "with Welch–Satterthwaite degrees of freedom. The best rate is picked on the same runs, which "
+                    "flatters every recipe a little."
+                ),
+            ]
+            self.blocks.append(
+                Table(
+                    [
+                        "n_layer",
+                        "variant",
+                        "best lr",
+                        "final loss",
+                        f"Δ vs {self.baseline} at its best",
+                        "p",
+                    ],
+                    [
+                        [
+                            str(b["depth"]),
+                            b["variant"],
+                            lr_text(b["lr"]),
+                            fmt(b["mean"], ".4f"),
+                            fmt_ci(b["estimate"])
+                            + (f", n={b['estimate'].n}" if b["estimate"] else ""),
+                            fmt_p(b["estimate"].p) if b["estimate"] else "—",
+                        ]
+                        for b in best
+                    ],
+                )
+            )
         return out
 
     def tev_section(self, cmp: dict[str, Any]) -> dict[str, Any]:
         floor = 1 / (PERMUTATIONS + 1)
-        self.blocks += [Heading("TEV"), Para(
-            "Candidate signals, judged by the same tests: μ_TEV and σ_TEV; TEV per token-frequency third where "
-            "the runs logged it; and ΔTEV/Σlr, the growth of μ_TEV since its first reading per unit of summed "
-            "learning rate. The learning rate moves TEV, the loss and the gradient variance all at once, so "
-            "correlations are taken **inside each (depth, learning rate) group** and pooled (the mean of the "
-            "groups' Spearman ρ weighted by their sizes); the p-value shuffles only inside groups "
-            f"({PERMUTATIONS:,} shuffles, so no p is below {floor:.1g}). The correlation across all runs is "
-            "shown for contrast only: it mixes learning rates. Collapsed and diverged runs are left out.")]
+        self.blocks += [
+            Heading("TEV"),
+            Para(
+                "Candidate signals, judged by the same tests: μ_TEV and σ_TEV; TEV per token-frequency third where "
+                "the runs logged it; and ΔTEV/Σlr, the growth of μ_TEV since its first reading per unit of summed "
+                "learning rate. The learning rate moves TEV, the loss and the gradient variance all at once, so "
+                "correlations are taken **inside each (depth, learning rate) group** and pooled (the mean of the "
+                "groups' Spearman ρ weighted by their sizes); the p-value shuffles only inside groups "
+                f"({PERMUTATIONS:,} shuffles, so no p is below {floor:.1g}). The correlation across all runs is "
+                "shown for contrast only: it mixes learning rates. Collapsed and diverged runs are left out."
+            ),
+        ]
         out: dict[str, Any] = {}
         names = tevstats.SIGNALS
         absent = [names[k] for k in names if k not in tevstats.signals_logged(self.with_data)]
         if absent:
-            self.blocks.append(Para("Not logged by these runs, so not judged: " + ", ".join(absent) + "."))
+            self.blocks.append(
+                Para("Not logged by these runs, so not judged: " + ", ".join(absent) + ".")
+            )
 
         def corr_rows(result: dict[str, Any]) -> list[list[str]]:
-            return [[names[k], str(v["within"].n), str(v["within"].groups), fmt(v["within"].rho, "+.3f"),
-                     fmt_p(v["within"].p, v["within"].floor), fmt(v["across"].rho, "+.3f")]
-                    for k, v in result["signals"].items()]
+            return [
+                [
+                    names[k],
+                    str(v["within"].n),
+                    str(v["within"].groups),
+                    fmt(v["within"].rho, "+.3f"),
+                    fmt_p(v["within"].p, v["within"].floor),
+                    fmt(v["across"].rho, "+.3f"),
+                ]
+                for k, v in result["signals"].items()
+            ]
 
-        header = ["signal", "runs", "groups", "ρ within groups", "p (within)", "ρ across all (confounded)"]
+        header = [
+            "signal",
+            "runs",
+            "groups",
+            "ρ within groups",
+            "p (within)",
+            "ρ across all (confounded)",
+        ]
         loss = tevstats.tev_vs_loss(self.with_data, self.by_name)
         out["vs_loss"] = loss
         self.blocks += [Heading("Does TEV order the final loss?", 3)]
@@ -404,123 +671,271 @@ class Report:
         if not gv["available"]:
             self.blocks.append(Para(f"Not computed: {gv['reason']}."))
         else:
-            self.blocks.append(Para(
-                f"g is the embedding's gradient variance as the trainer logs it (`grad_var_embed`: the mean over "
-                f"entries of the variance across a step's micro-batch gradients), read at step {gv['step']}, the "
-                f"latest step at which the most runs ({gv['runs']}) logged it."))
+            self.blocks.append(
+                Para(
+                    f"g is the embedding's gradient variance as the trainer logs it (`grad_var_embed`: the mean over "
+                    f"entries of the variance across a step's micro-batch gradients), read at step {gv['step']}, the "
+                    f"latest step at which the most runs ({gv['runs']}) logged it."
+                )
+            )
             self.blocks.append(Table(header, corr_rows(gv)))
-            self.figure(plots.tev_gradvar(gv, self.colors), "tev-gradvar.png",
-                        f"μ_TEV against g at step {gv['step']}, one point per run (colour: variant, marker: "
-                        "depth, label: learning rate). Clusters by learning rate are what an across-run "
-                        "correlation measures; the within-group ρ ignores them.")
+            self.figure(
+                plots.tev_gradvar(gv, self.colors),
+                "tev-gradvar.png",
+                f"μ_TEV against g at step {gv['step']}, one point per run (colour: variant, marker: "
+                "depth, label: learning rate). Clusters by learning rate are what an across-run "
+                "correlation measures; the within-group ρ ignores them.",
+            )
         adam = tevstats.adam_positions(self.with_data)
         out["adam"] = adam
-        self.blocks += [Heading("TEV growth against Adam's references", 3), Para(
-            "Under Adam each embedding entry moves by about lr per step whatever the size of its gradient, so the "
-            "random-walk budget Σ lr²·g of SGD does not apply. Two references bound the mean squared "
-            "displacement of an entry: pure noise (a random sign every step) gives Σ lr², pure drift (the same "
-            "sign every step) gives (Σ lr)², both summed over the updates after the first TEV reading. "
-            "ΔTEV² is the mean over rows of TEV_i² (μ_TEV² + σ_TEV²) minus its first value. The position "
-            "log(ΔTEV²/Σlr²) / log((Σlr)²/Σlr²) is 0 at the noise end and 1 at the drift end; below 0, TEV "
-            "grew less than independent steps would make it (Adam steps smaller than lr, or weight decay). "
-            "Final position, mean ± sd over seeds:")]
+        self.blocks += [
+            Heading("TEV growth against Adam's references", 3),
+            Para(
+                "Under Adam each embedding entry moves by about lr per step whatever the size of its gradient, so the "
+                "random-walk budget Σ lr²·g of SGD does not apply. Two references bound the mean squared "
+                "displacement of an entry: pure noise (a random sign every step) gives Σ lr², pure drift (the same "
+                "sign every step) gives (Σ lr)², both summed over the updates after the first TEV reading. "
+                "ΔTEV² is the mean over rows of TEV_i² (μ_TEV² + σ_TEV²) minus its first value. The position "
+                "log(ΔTEV²/Σlr²) / log((Σlr)²/Σlr²) is 0 at the noise end and 1 at the drift end; below 0, TEV "
+                "grew less than independent steps would make it (Adam steps smaller than lr, or weight decay). "
+                "Final position, mean ± sd over seeds:"
+            ),
+        ]
         if adam["groups"]:
-            self.blocks.append(Table(
-                ["n_layer", "variant", "lr", "runs", "position (0 noise, 1 drift)"],
-                [[str(g["depth"]), g["variant"], lr_text(g["lr"]), str(g["position"]["n"]),
-                  fmt_ms(g["position"], ".3f", g["position"]["n"])]
-                 for g in sorted(adam["groups"], key=lambda g: (_sort_key(g["depth"]), self._order(g["variant"]),
-                                                                _sort_key(g["lr"])))]))
-            self.figure(plots.adam_references(adam, {r.name: r for r in self.with_data}, self.colors),
-                        "adam-references.png",
-                        "Each run's ΔTEV² / Σlr² against (Σlr)² / Σlr² as it trains (log-log): the dashed line at 1 "
-                        "is pure noise, the dotted diagonal pure drift.")
+            self.blocks.append(
+                Table(
+                    ["n_layer", "variant", "lr", "runs", "position (0 noise, 1 drift)"],
+                    [
+                        [
+                            str(g["depth"]),
+                            g["variant"],
+                            lr_text(g["lr"]),
+                            str(g["position"]["n"]),
+                            fmt_ms(g["position"], ".3f", g["position"]["n"]),
+                        ]
+                        for g in sorted(
+                            adam["groups"],
+                            key=lambda g: (
+                                _sort_key(g["depth"]),
+                                self._order(g["variant"]),
+                                _sort_key(g["lr"]),
+                            ),
+                        )
+                    ],
+                )
+            )
+            self.figure(
+                plots.adam_references(adam, {r.name: r for r in self.with_data}, self.colors),
+                "adam-references.png",
+                "Each run's ΔTEV² / Σlr² against (Σlr)² / Σlr² as it trains (log-log): the dashed line at 1 "
+                "is pure noise, the dotted diagonal pure drift.",
+            )
         else:
             self.blocks.append(Para("No run logged both μ_TEV and σ_TEV with its learning rate."))
-        matched = tevstats.tev_matched(self.with_data, cmp["cells"], self.recipe) if cmp.get("cells") else []
+        matched = (
+            tevstats.tev_matched(self.with_data, cmp["cells"], self.recipe)
+            if cmp.get("cells")
+            else []
+        )
         out["matched"] = matched
         if matched:
-            self.blocks += [Heading("μ_TEV at a matched step and at a matched validation loss", 3), Para(
-                f"Seed-paired Δμ_TEV (variant − {self.baseline}) per compared cell at the final step, and where "
-                "each run first reached the same validation loss (the highest of the cell's runs' lowest "
-                "validation losses, interpolated between evaluations): a recipe that learns faster has travelled "
-                "further at a given step, so the matched loss separates TEV from progress. Standard errors pooled "
-                "per learning rate.")]
-            self.blocks.append(Table(
-                ["n_layer", "lr", "variant", "Δμ_TEV, final step", "matched val loss", "Δμ_TEV, matched loss"],
-                [[str(m["key"].depth), lr_text(m["key"].lr), m["key"].variant, fmt_ci(m["final"], "+.4g"),
-                  fmt(m["target"], ".4f"), fmt_ci(m["matched"], "+.4g")] for m in matched]))
+            self.blocks += [
+                Heading("μ_TEV at a matched step and at a matched validation loss", 3),
+                Para(
+                    f"Seed-paired Δμ_TEV (variant − {self.baseline}) per compared cell at the final step, and where "
+                    "each run first reached the same validation loss (the highest of the cell's runs' lowest "
+                    "validation losses, interpolated between evaluations): a recipe that learns faster has travelled "
+                    "further at a given step, so the matched loss separates TEV from progress. Standard errors pooled "
+                    "per learning rate."
+                ),
+            ]
+            self.blocks.append(
+                Table(
+                    [
+                        "n_layer",
+                        "lr",
+                        "variant",
+                        "Δμ_TEV, final step",
+                        "matched val loss",
+                        "Δμ_TEV, matched loss",
+                    ],
+                    [
+                        [
+                            str(m["key"].depth),
+                            lr_text(m["key"].lr),
+                            m["key"].variant,
+                            fmt_ci(m["final"], "+.4g"),
+                            fmt(m["target"], ".4f"),
+                            fmt_ci(m["matched"], "+.4g"),
+                        ]
+                        for m in matched
+                    ],
+                )
+            )
         return out
 
     def warning_section(self) -> dict[str, Any]:
         o = self.opt
-        self.blocks += [Heading("Early warning"), Para(
-            f"Instability events come from the training loss alone: an event starts at a step whose loss is not "
-            f"finite or at least {o.rise:g} nat above the lowest loss of the steps before it, and lasts while that "
-            f"holds. A signal is out of range at a step when its first difference lies more than k = {o.k:g} "
-            f"standard deviations from the mean of its previous W = {o.window} differences (a non-finite value is "
-            f"out of range; nothing after it is judged); only the past is used, as a monitor would. A signal "
-            f"warned of an event when it was out of range in the H = {o.horizon} steps before the event's first "
-            "step; out of range only at that step is 'at the event', not a warning. An event is unscorable for "
-            "a signal with no judged step before it. Chance: per run, the signal's number of out-of-range steps "
-            f"placed at random among its judged steps, {warning.DRAWS:,} times, scored the same way; p is the "
-            "share of those draws that warned of at least as many events.")]
+        self.blocks += [
+            Heading("Early warning"),
+            Para(
+                f"Instability events come from the training loss alone: an event starts at a step whose loss is not "
+                f"finite or at least {o.rise:g} nat above the lowest loss of the steps before it, and lasts while that "
+                f"holds. A signal is out of range at a step when its first difference lies more than k = {o.k:g} "
+                f"standard deviations from the mean of its previous W = {o.window} differences (a non-finite value is "
+                f"out of range; nothing after it is judged); only the past is used, as a monitor would. A signal "
+                f"warned of an event when it was out of range in the H = {o.horizon} steps before the event's first "
+                "step; out of range only at that step is 'at the event', not a warning. An event is unscorable for "
+                "a signal with no judged step before it. Chance: per run, the signal's number of out-of-range steps "
+                f"placed at random among its judged steps, {warning.DRAWS:,} times, scored the same way; p is the "
+                "share of those draws that warned of at least as many events."
+            ),
+        ]
         ew = warning.early_warning(self.with_data, o.window, o.k, o.horizon, o.rise)
         names = ew["names"]
         if not ew["events"]:
-            self.blocks.append(Para("No run had an instability event, so there is nothing to warn of here."))
+            self.blocks.append(
+                Para("No run had an instability event, so there is nothing to warn of here.")
+            )
             return ew
 
         def lead(v: warning.Lead) -> str:
-            return {warning.Outcome.WARNED: f"{v.steps} ahead", warning.Outcome.AT_EVENT: "at it",
-                    warning.Outcome.MISSED: "missed", warning.Outcome.UNSCORABLE: "—"}[v.outcome]
+            return {
+                warning.Outcome.WARNED: f"{v.steps} ahead",
+                warning.Outcome.AT_EVENT: "at it",
+                warning.Outcome.MISSED: "missed",
+                warning.Outcome.UNSCORABLE: "—",
+            }[v.outcome]
 
-        self.blocks.append(Table(
-            ["run", "event step", "peak loss", *names.values()],
-            [[e.run, str(e.step), fmt(e.peak, ".2f"), *[lead(e.leads[k]) for k in names]]
-             for e in ew["events"][:MAX_ROWS]]))
+        self.blocks.append(
+            Table(
+                ["run", "event step", "peak loss", *names.values()],
+                [
+                    [e.run, str(e.step), fmt(e.peak, ".2f"), *[lead(e.leads[k]) for k in names]]
+                    for e in ew["events"][:MAX_ROWS]
+                ],
+            )
+        )
         if len(ew["events"]) > MAX_ROWS:
-            self.blocks.append(Para(f"… and {len(ew['events']) - MAX_ROWS} more events (all in summary.json)."))
-        self.blocks.append(Table(
-            ["signal", "events scored", "warned", "at the event", "missed", "unscorable", "median lead",
-             "out-of-range steps", "warned by chance (mean)", "p"],
-            [[names[k], str(v.scored), str(v.warned), str(v.at_event), str(v.missed), str(v.unscorable),
-              fmt(v.median_lead, "g"), str(v.alarms), fmt(v.chance_mean, ".2f"), fmt_p(v.p, 1 / (ew["draws"] + 1))]
-             for k, v in ew["scores"].items()]))
-        cases = [e for e in ew["events"] if any(lead.outcome is not warning.Outcome.UNSCORABLE for lead in e.leads.values())]
+            self.blocks.append(
+                Para(f"… and {len(ew['events']) - MAX_ROWS} more events (all in summary.json).")
+            )
+        self.blocks.append(
+            Table(
+                [
+                    "signal",
+                    "events scored",
+                    "warned",
+                    "at the event",
+                    "missed",
+                    "unscorable",
+                    "median lead",
+                    "out-of-range steps",
+                    "warned by chance (mean)",
+                    "p",
+                ],
+                [
+                    [
+                        names[k],
+                        str(v.scored),
+                        str(v.warned),
+                        str(v.at_event),
+                        str(v.missed),
+                        str(v.unscorable),
+                        fmt(v.median_lead, "g"),
+                        str(v.alarms),
+                        fmt(v.chance_mean, ".2f"),
+                        fmt_p(v.p, 1 / (ew["draws"] + 1)),
+                    ]
+                    for k, v in ew["scores"].items()
+                ],
+            )
+        )
+        cases = [
+            e
+            for e in ew["events"]
+            if any(lead.outcome is not warning.Outcome.UNSCORABLE for lead in e.leads.values())
+        ]
         if cases:
             meta = {r.name: r for r in self.with_data}
-            self.figure(plots.early_warning([(meta[e.run], e.step) for e in cases[:MAX_CASES]], o.window, o.k, o.horizon),
-                        "early-warning.png",
-                        "Around an instability event: the training loss, μ_TEV and the gradient norm, their "
-                        "out-of-range steps (orange) and the H steps before the event (shaded).")
+            self.figure(
+                plots.early_warning(
+                    [(meta[e.run], e.step) for e in cases[:MAX_CASES]], o.window, o.k, o.horizon
+                ),
+                "early-warning.png",
+                "Around an instability event: the training loss, μ_TEV and the gradient norm, their "
+                "out-of-range steps (orange) and the H steps before the event (shaded).",
+            )
         return ew
 
     def definitions(self) -> None:
-        self.blocks += [Heading("Definitions"), Bullets([
-            "Final validation loss and perplexity: the run's last evaluation; μ_TEV, σ_TEV: its last reading.",
-            "Spread: sample standard deviation over seeds (runs with a finite value; `(n=k)` when fewer than all).",
-            f"Final training loss: the mean of the last {analysis.TAIL} logged training losses.",
-            ("Diverged: the trainer stopped the run as diverged (non-finite values past "
-             "monitor.nonfinite_patience, or spikes past monitor.max_rollbacks), or its final training loss is "
-             "not finite or above its first-step loss."),
-            (f"Collapsed: final validation loss within {COLLAPSE_MARGIN:g} nats of the unigram cross-entropy of "
-             "the validation tokens evaluated, or above."),
-            ("Spikes: the trainer's spike events (they are not the instability events of the early-warning "
-             "test). Skipped: steps whose update was skipped (spike or non-finite guard), counted once each."),
-            ("A sweep's variant comes from its index.jsonl (other grid keys than n_layer, lr and seed are "
-             "appended to it); a lone run is named by the recipe keys its config.toml sets away from the "
-             "defaults."),
-        ])]
+        self.blocks += [
+            Heading("Definitions"),
+            Bullets(
+                [
+                    "Final validation loss and perplexity: the run's last evaluation; μ_TEV, σ_TEV: its last reading.",
+                    "Spread: sample standard deviation over seeds (runs with a finite value; "
+                    "`(n=k)` when fewer than all).",
+                    f"Final training loss: the mean of the last {analysis.TAIL} logged training losses.",
+                    (
+                        "Diverged: the trainer stopped the run as diverged (non-finite values past "
+                        "monitor.nonfinite_patience, or spikes past monitor.max_rollbacks), or "
+                        "its final training loss is "
+                        "not finite or above its first-step loss."
+                    ),
+                    (
+                        f"Collapsed: final validation loss within {COLLAPSE_MARGIN:g} nats of the "
+                        "unigram cross-entropy of "
+                        "the validation tokens evaluated, or above."
+                    ),
+                    (
+                        "Spikes: the trainer's spike events (they are not the instability events of the early-warning "
+                        "test). Skipped: steps whose update was skipped (spike or non-finite guard), counted once each."
+                    ),
+                    (
+                        "A sweep's variant comes from its index.jsonl (other grid keys than n_layer, lr and seed are "
+                        "appended to it); a lone run is named by the recipe keys its config.toml sets away from the "
+                        "defaults."
+                    ),
+                ]
+            ),
+        ]
 
     def runs_table(self) -> None:
-        self.blocks += [Heading("Runs"), Table(
-            ["run", "variant", "n_layer", "lr", "seed", "status", "steps", "val loss", "collapsed", "μ_TEV", "spikes"],
-            [[s["name"], s["variant"], str(s["depth"]), lr_text(s["lr"]), str(s["seed"]), s["status"],
-              str(s["steps"]), fmt(s["final_val_loss"], ".4f"),
-              {True: "yes", False: "no", None: "—"}[s["collapsed"]], fmt(s["final_tev_mean"], ".4g"),
-              str(s["spikes"])]
-             for s in self.summaries])]
+        self.blocks += [
+            Heading("Runs"),
+            Table(
+                [
+                    "run",
+                    "variant",
+                    "n_layer",
+                    "lr",
+                    "seed",
+                    "status",
+                    "steps",
+                    "val loss",
+                    "collapsed",
+                    "μ_TEV",
+                    "spikes",
+                ],
+                [
+                    [
+                        s["name"],
+                        s["variant"],
+                        str(s["depth"]),
+                        lr_text(s["lr"]),
+                        str(s["seed"]),
+                        s["status"],
+                        str(s["steps"]),
+                        fmt(s["final_val_loss"], ".4f"),
+                        {True: "yes", False: "no", None: "—"}[s["collapsed"]],
+                        fmt(s["final_tev_mean"], ".4g"),
+                        str(s["spikes"]),
+                    ]
+                    for s in self.summaries
+                ],
+            ),
+        ]
 
     def build(self) -> dict[str, Any]:
         self.intro()
@@ -534,14 +949,29 @@ class Report:
         ew = self.warning_section()
         self.definitions()
         self.runs_table()
-        tev.get("adam", {}).pop("trajectories", None)  # per-step series: in the runs' metrics, not here
-        ew["scores"] = {k: {**{f.name: getattr(v, f.name) for f in fields(v) if f.name != "chance_hits"},
-                            "median_lead": v.median_lead, "chance_mean": v.chance_mean, "p": v.p}
-                        for k, v in ew.get("scores", {}).items()}
+        tev.get("adam", {}).pop(
+            "trajectories", None
+        )  # per-step series: in the runs' metrics, not here
+        ew["scores"] = {
+            k: {
+                **{f.name: getattr(v, f.name) for f in fields(v) if f.name != "chance_hits"},
+                "median_lead": v.median_lead,
+                "chance_mean": v.chance_mean,
+                "p": v.p,
+            }
+            for k, v in ew.get("scores", {}).items()
+        }
         return {
-            "steadylm_version": steadylm.__version__, "sources": self.sources, "options": asdict(self.opt),
-            "runs": self.summaries, "collapse": collapse, "groups": groups, "lr_sensitivity": lr,
-            "comparison": cmp, "tev": tev, "early_warning": ew,
+            "steadylm_version": steadylm.__version__,
+            "sources": self.sources,
+            "options": asdict(self.opt),
+            "runs": self.summaries,
+            "collapse": collapse,
+            "groups": groups,
+            "lr_sensitivity": lr,
+            "comparison": cmp,
+            "tev": tev,
+            "early_warning": ew,
         }
 
 
@@ -552,10 +982,14 @@ def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise SteadyLMError(f"--out: {out} is a file; give a folder for the report")
     if out.is_dir() and any(out.iterdir()) and not (out / "report.md").is_file():
-        raise SteadyLMError(f"--out: {out} already holds other files; choose an empty or new folder")
+        raise SteadyLMError(
+            f"--out: {out} already holds other files; choose an empty or new folder"
+        )
 
 
-def write_report(folders: list[str | Path], out: str | Path, options: Options | None = None) -> Path:
+def write_report(
+    folders: list[str | Path], out: str | Path, options: Options | None = None
+) -> Path:
     """Build the report of the runs in `folders` into `out`; returns the HTML file."""
     options = options or Options()
     for name in ("window", "horizon"):
@@ -587,8 +1021,9 @@ def write_documents(tmp: Path, blocks: list[Block], summary: dict[str, Any], tit
     """report.md, report.html and summary.json of `blocks` and `summary` into `tmp`."""
     (tmp / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
     (tmp / "report.html").write_text(to_html(blocks, tmp, title), encoding="utf-8")
-    (tmp / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1, allow_nan=False) + "\n",
-                                      encoding="utf-8")
+    (tmp / "summary.json").write_text(
+        json.dumps(_json_safe(summary), indent=1, allow_nan=False) + "\n", encoding="utf-8"
+    )
 
 
 def publish(out: Path, write_into) -> Path:

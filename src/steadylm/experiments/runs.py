@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
 
 from steadylm.config import Config, ModelConfig, TrainConfig, config_from_dict
 from steadylm.errors import SteadyLMError
@@ -42,8 +42,17 @@ AXES = ("model.n_layer", "train.lr", "train.seed")
 # floor, seed) and settings that do not change what is trained.
 NOT_RECIPE = {
     "model": {"n_layer"},
-    "train": {"lr", "min_lr", "seed", "device", "compile", "log_every", "checkpoint_every",
-              "checkpoint_schedule", "keep_checkpoints"},
+    "train": {
+        "lr",
+        "min_lr",
+        "seed",
+        "device",
+        "compile",
+        "log_every",
+        "checkpoint_every",
+        "checkpoint_schedule",
+        "keep_checkpoints",
+    },
     "monitor": {"tensorboard"},
 }
 
@@ -138,8 +147,11 @@ def recipes(runs: list[Run]) -> dict[str, str]:
     def fingerprint(run: Run) -> str:
         if not run.config:
             return "variant:" + run.variant
-        kept = {sec: {k: v for k, v in keys.items() if k not in NOT_RECIPE.get(sec, set())}
-                for sec, keys in run.config.items() if isinstance(keys, dict)}
+        kept = {
+            sec: {k: v for k, v in keys.items() if k not in NOT_RECIPE.get(sec, set())}
+            for sec, keys in run.config.items()
+            if isinstance(keys, dict)
+        }
         return json.dumps(kept, sort_keys=True, default=str)
 
     names: dict[str, list[str]] = {}

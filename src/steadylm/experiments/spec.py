@@ -128,6 +128,7 @@ class SweepSpec:
         the runs train (a re-run may ask for more time or another partition)."""
         sweep = {k: v for k, v in self.raw.get("sweep", {}).items() if k != "launcher"}
         return {**self.raw, "sweep": sweep}
+
     job: str = "train"  # a name in experiments.jobs.JOBS
 
     def runs(self) -> list[RunPlan]:
@@ -140,7 +141,9 @@ class SweepSpec:
         seeds: list[int | None] = list(self.seeds) if self.seeds is not None else [None]
         combos = list(itertools.product(variants, itertools.product(*self.grid.values()), seeds))
         if self.order == "seeds-first":
-            combos.sort(key=lambda c: seeds.index(c[2]))  # stable: recipes keep their order within a seed
+            combos.sort(
+                key=lambda c: seeds.index(c[2])
+            )  # stable: recipes keep their order within a seed
         plans = []
         for (variant, vset), values, seed in combos:
             point = dict(zip(self.grid, values, strict=True))
@@ -271,7 +274,9 @@ def _grid(path: Path, raw: Any, sections: dict[str, type] = SECTIONS) -> dict[st
     return grid
 
 
-def _variants(path: Path, raw: Any, sections: dict[str, type] = SECTIONS) -> dict[str, dict[str, Any]]:
+def _variants(
+    path: Path, raw: Any, sections: dict[str, type] = SECTIONS
+) -> dict[str, dict[str, Any]]:
     if not isinstance(raw, dict):
         raise SteadyLMError(f"{path}: [sweep.variants]: expected tables [sweep.variants.NAME]")
     out = {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -64,7 +64,7 @@ def loss_events(steps: np.ndarray, loss: np.ndarray, rise: float = RISE) -> list
     return onsets
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     WARNED = "warned"  # out of range in the horizon before the event
     AT_EVENT = "at the event"  # out of range only at the event's first step
     MISSED = "missed"

@@ -7,24 +7,23 @@ Names, types and choices are checked by the same helpers as the training config
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
-from steadylm.registry import suggest
 from steadylm.config import (
     ConfigError,
     _at_least,
     _positive,
-    choice,
     apply_section,
+    choice,
     parse_override,
     table_toml,
     validate_section,
 )
+from steadylm.registry import suggest
 
 SECTION = "finetune"
 METHODS = ("full", "lora", "sparsegrad")
@@ -69,7 +68,6 @@ class FinetuneConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept; 0 keeps all
     log_every: int = 10  # steps between writes of metrics.jsonl
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size", "max_length", "log_every"):

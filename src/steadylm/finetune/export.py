@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import tokenizers
-import tomllib
 import torch
 from safetensors.torch import load_file, save_file
 

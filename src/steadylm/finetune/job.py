@@ -26,13 +26,14 @@ import math
 import resource
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
-import tomllib
 import torch
 import torch.nn.functional as F
 
+from steadylm import rundir
 from steadylm.errors import CheckpointError, SteadyLMError
 from steadylm.finetune import methods
 from steadylm.finetune.config import (
@@ -47,12 +48,11 @@ from steadylm.finetune.sparsegrad import (
     load_sparsegrad_state,
     sparsegrad_state,
 )
-from steadylm.train.checkpoint import Component, load_checkpoint, prune_checkpoints, save_checkpoint
-from steadylm.train.state import OptimizerState, RNGState
-from steadylm import rundir
 from steadylm.provenance import provenance
+from steadylm.train.checkpoint import Component, load_checkpoint, prune_checkpoints, save_checkpoint
 from steadylm.train.distributed import resolve_device
 from steadylm.train.metrics import MetricsLog, truncate_metrics
+from steadylm.train.state import OptimizerState, RNGState
 
 
 @dataclasses.dataclass
@@ -231,14 +231,27 @@ class FinetuneJob:
         bases), the optimizers' state, the step and timing info, and the random streams."""
         return [
             Component("model", "model.safetensors", _Weights(self), "safetensors"),
-            Component("optimizer", "train_state/optim", OptimizerState(self.model, self.optimizers), "dcp"),
+            Component(
+                "optimizer", "train_state/optim", OptimizerState(self.model, self.optimizers), "dcp"
+            ),
             Component("progress", "train_state/trainer.json", progress, "json"),
-            Component("rng", "train_state/rng_rank{rank}.pt", RNGState(self.device), "per_rank", required=False),
+            Component(
+                "rng",
+                "train_state/rng_rank{rank}.pt",
+                RNGState(self.device),
+                "per_rank",
+                required=False,
+            ),
         ]
 
     def _save(self, step_done: int) -> Path:
-        files = {rundir.CONFIG: self.cfg.to_toml(), "tokenizer.json": self.run_dir / "tokenizer.json"}
-        path = save_checkpoint(self.run_dir, step_done, self._components(_Progress(self, step_done)), files)
+        files = {
+            rundir.CONFIG: self.cfg.to_toml(),
+            "tokenizer.json": self.run_dir / "tokenizer.json",
+        }
+        path = save_checkpoint(
+            self.run_dir, step_done, self._components(_Progress(self, step_done)), files
+        )
         prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
         return path
 

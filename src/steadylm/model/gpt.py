@@ -25,9 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from steadylm.config import ModelConfig
-from steadylm.model.lm_head_loss import lm_head_loss
 from steadylm.model import reparam
 from steadylm.model.attention import build_attention
+from steadylm.model.lm_head_loss import lm_head_loss
 from steadylm.model.norms import INIT_STD, NormLayout, embedding_recipe, layer_norm, norm_layout
 from steadylm.model.tt_embedding import TTEmbedding, resolve_shape
 
@@ -36,7 +36,9 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, layout: NormLayout):
         super().__init__()
         self.c_fc = reparam.linear(cfg, cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.ln_sub = layer_norm(cfg, 4 * cfg.n_embd) if layout.sub_ln else None  # Magneto's, before c_proj
+        self.ln_sub = (
+            layer_norm(cfg, 4 * cfg.n_embd) if layout.sub_ln else None
+        )  # Magneto's, before c_proj
         self.c_proj = reparam.linear(cfg, 4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -86,7 +88,9 @@ class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.vocab_size <= 0:
-            raise ValueError("model.vocab_size must be set (from the tokenizer) before building the model")
+            raise ValueError(
+                "model.vocab_size must be set (from the tokenizer) before building the model"
+            )
         self.config = cfg
         self.layout = norm_layout(cfg)
         embedding = embedding_recipe(cfg)
@@ -159,7 +163,7 @@ class GPT(nn.Module):
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         """The embedding output (B, T, C) that enters block 0 (before dropout)."""
         B, T = idx.shape
-        if T > self.config.block_size:
+        if self.config.block_size < T:
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
         pos = torch.arange(T, device=idx.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)

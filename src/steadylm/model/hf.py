@@ -28,7 +28,9 @@ _HF_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 
 def is_gpt2_compatible(cfg: ModelConfig) -> str | None:
     """None if the config is plain GPT-2, else the reason it cannot be expressed as GPT2LMHeadModel."""
-    plain = dict(attention="mha", norm_layout="pre_ln", embed_norm="none", reparam="none", qk_norm=False)
+    plain = dict(
+        attention="mha", norm_layout="pre_ln", embed_norm="none", reparam="none", qk_norm=False
+    )
     for key, value in plain.items():
         if getattr(cfg, key) != value:
             return f"model.{key}={getattr(cfg, key)!r} has no GPT2LMHeadModel equivalent (needs {value!r})"
@@ -65,7 +67,9 @@ def model_config_from_hf(hf: dict) -> ModelConfig:
         )
     act = hf.get("activation_function", "gelu_new")
     if act not in _HF_ACTIVATIONS:
-        raise CheckpointError(f"activation_function {act!r} is not supported; GPT-2 uses one of {_HF_ACTIVATIONS}")
+        raise CheckpointError(
+            f"activation_function {act!r} is not supported; GPT-2 uses one of {_HF_ACTIVATIONS}"
+        )
     if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
         raise CheckpointError(f"n_inner={hf['n_inner']} is not supported; GPT-2 uses 4 * n_embd")
     if hf.get("tie_word_embeddings", True) is False:
@@ -138,11 +142,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
         cfg = model_config_from_hf(json.loads((path / "config.json").read_text()))
         sd = from_hf_state_dict(_read_hf_weights(path))
     else:
-        raise CheckpointError(f"{path}: neither config.toml (steadylm) nor config.json (Hugging Face) found")
+        raise CheckpointError(
+            f"{path}: neither config.toml (steadylm) nor config.json (Hugging Face) found"
+        )
     model = GPT(cfg)
     missing, unexpected = model.load_state_dict(with_tied_head(sd), strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CheckpointError(
+            f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return model.to(device).eval()
 
 

@@ -36,8 +36,8 @@ class _LMHeadLoss(torch.autograd.Function):
         grad_w = None  # (V, d) fp32, made by the first chunk's matmul rather than zero-filled
         with torch.autocast(h.device.type, enabled=False):
             for start in range(0, N, chunk):
-                hc = h[start:start + chunk].to(compute_dtype)  # (c, d)
-                tc = targets[start:start + chunk]  # (c,)
+                hc = h[start : start + chunk].to(compute_dtype)  # (c, d)
+                tc = targets[start : start + chunk]  # (c,)
                 logits = (hc @ w.t()).float()  # (c, V)
                 target_logit = logits.gather(1, tc[:, None]).squeeze(1)  # (c,)
                 # log Z by hand rather than logsumexp: the exponentials made in place here are
@@ -56,9 +56,9 @@ class _LMHeadLoss(torch.autograd.Function):
                 g = g.to(compute_dtype)
                 if needs_h:
                     if grad_h.dtype == compute_dtype:
-                        torch.mm(g, w, out=grad_h[start:start + chunk])  # (c, d)
+                        torch.mm(g, w, out=grad_h[start : start + chunk])  # (c, d)
                     else:
-                        grad_h[start:start + chunk] = g @ w
+                        grad_h[start : start + chunk] = g @ w
                 if needs_w:
                     if grad_w is None:
                         grad_w = (g.t() @ hc).float()  # (V, d)
@@ -88,4 +88,6 @@ def lm_head_loss(
     on (bf16 on CPU and CUDA), the softmax and the sums in fp32.
     """
     d = h.shape[-1]
-    return _LMHeadLoss.apply(h.reshape(-1, d), weight, targets.reshape(-1), float(z_loss), _compute_dtype(h, weight))
+    return _LMHeadLoss.apply(
+        h.reshape(-1, d), weight, targets.reshape(-1), float(z_loss), _compute_dtype(h, weight)
+    )

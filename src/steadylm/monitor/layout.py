@@ -79,7 +79,9 @@ def _input_embedding(model: nn.Module) -> nn.Module:
     if emb is not None and is_factorised(emb):
         return emb
     if emb is None or getattr(emb, "weight", None) is None or emb.weight.dim() != 2:
-        raise ValueError(f"{type(model).__name__} has no input embedding (no get_input_embeddings(), no nn.Embedding)")
+        raise ValueError(
+            f"{type(model).__name__} has no input embedding (no get_input_embeddings(), no nn.Embedding)"
+        )
     return emb
 
 

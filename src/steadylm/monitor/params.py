@@ -40,7 +40,9 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 class ParamStatsMonitor:
     """Per-group norms for `model` (wrappers looked through; `blocks` overrides block discovery)."""
 
-    def __init__(self, model: nn.Module, blocks: nn.ModuleList | None = None, sharded: bool = False):
+    def __init__(
+        self, model: nn.Module, blocks: nn.ModuleList | None = None, sharded: bool = False
+    ):
         self.sharded = sharded
         groups = model_layout(model, blocks).groups()
         self.names = list(groups)

@@ -85,7 +85,9 @@ def frequency_groups(counts: torch.Tensor) -> dict[str, torch.Tensor]:
     """
     v = counts.numel()
     if v < len(FREQUENCY_GROUPS):
-        raise ValueError(f"need at least {len(FREQUENCY_GROUPS)} rows to form frequency groups, got {v}")
+        raise ValueError(
+            f"need at least {len(FREQUENCY_GROUPS)} rows to form frequency groups, got {v}"
+        )
     # Stable sort of -count keeps ascending token id within equal counts.
     order = torch.sort(-counts.to(torch.float64), stable=True).indices
     masks = {}
@@ -167,22 +169,31 @@ class TEVMonitor:
         else:
             w = _getter(embedding)()
             if w.dim() != 2:
-                raise ValueError(f"the embedding weight must be 2-D (vocab x d_model), got shape {tuple(w.shape)}")
+                raise ValueError(
+                    f"the embedding weight must be 2-D (vocab x d_model), got shape {tuple(w.shape)}"
+                )
             rows, device = w.shape[0], w.device
         self.vocab_size = rows if vocab_size is None else int(vocab_size)
         if not 0 < self.vocab_size <= rows:
-            raise ValueError(f"vocab_size={self.vocab_size} must be in 1..{rows} (the embedding's rows)")
+            raise ValueError(
+                f"vocab_size={self.vocab_size} must be in 1..{rows} (the embedding's rows)"
+            )
         self.seen = torch.zeros(self.vocab_size, dtype=torch.bool, device=device)
         self.row_groups = {}
         for name, mask in (row_groups or {}).items():
             if mask.shape != (self.vocab_size,) or mask.dtype != torch.bool or not mask.any():
-                raise ValueError(f"row group {name!r} must be a non-empty boolean mask of {self.vocab_size} rows")
+                raise ValueError(
+                    f"row group {name!r} must be a non-empty boolean mask of {self.vocab_size} rows"
+                )
             # Float weights so the group figures need no boolean indexing (which syncs the host).
             self.row_groups[name] = mask.to(device, torch.float32)
 
     @classmethod
     def for_model(
-        cls, model: nn.Module, vocab_size: int | None = None, row_groups: dict[str, torch.Tensor] | None = None
+        cls,
+        model: nn.Module,
+        vocab_size: int | None = None,
+        row_groups: dict[str, torch.Tensor] | None = None,
     ) -> TEVMonitor:
         """A monitor on `model`'s input embedding, and its output head when that is untied."""
         layout = model_layout(model)

@@ -78,10 +78,15 @@ def sharded_tev_summary(
     masks = [torch.ones_like(tev)]
     if seen is not None:
         masks.append(seen[first : first + real].to(tev.dtype))
-    moments = torch.stack([x for m in masks for x in ((tev * m).sum(), (tev * tev * m).sum(), m.sum())])
+    moments = torch.stack(
+        [x for m in masks for x in ((tev * m).sum(), (tev * tev * m).sum(), m.sum())]
+    )
     dist.all_reduce(moments)
     out = {}
     for prefix, (s1, s2, n) in zip(("tev", "tev_seen"), moments.view(-1, 3)):
         mean = s1 / n
-        out[f"{prefix}_mean"], out[f"{prefix}_std"] = mean, (s2 / n - mean * mean).clamp_min(0).sqrt()
+        out[f"{prefix}_mean"], out[f"{prefix}_std"] = (
+            mean,
+            (s2 / n - mean * mean).clamp_min(0).sqrt(),
+        )
     return out

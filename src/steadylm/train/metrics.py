@@ -19,7 +19,11 @@ from steadylm.fsutil import atomic_write
 from steadylm.rundir import read_metrics
 from steadylm.train import faults
 
-__all__ = ["MetricsLog", "read_metrics", "truncate_metrics"]  # read_metrics lives with the run folder
+__all__ = [
+    "MetricsLog",
+    "read_metrics",
+    "truncate_metrics",
+]  # read_metrics lives with the run folder
 
 
 def _plain(v: float) -> float | None | str:
@@ -49,9 +53,13 @@ class MetricsLog:
         rows, self._pending = self._pending, []
         if not rows:
             return []
-        slots = [(i, k) for i, r in enumerate(rows) for k, v in r.items() if isinstance(v, torch.Tensor)]
+        slots = [
+            (i, k) for i, r in enumerate(rows) for k, v in r.items() if isinstance(v, torch.Tensor)
+        ]
         if slots:
-            values = torch.stack([rows[i][k].detach().float().reshape(()) for i, k in slots]).tolist()
+            values = torch.stack(
+                [rows[i][k].detach().float().reshape(()) for i, k in slots]
+            ).tolist()
             for (i, k), v in zip(slots, values):
                 rows[i][k] = v
         if self.enabled:
@@ -73,6 +81,10 @@ def truncate_metrics(path: Path, last_step: int, keep_events: bool = False) -> N
     rollback does so the spike that caused it stays on record); drop a torn tail."""
     if not path.is_file():
         return
-    kept = [r for r in read_metrics(path) if r.get("step", -1) <= last_step or (keep_events and "event" in r)]
+    kept = [
+        r
+        for r in read_metrics(path)
+        if r.get("step", -1) <= last_step or (keep_events and "event" in r)
+    ]
     with atomic_write(path) as f:
         f.write("".join(json.dumps(r) + "\n" for r in kept).encode("utf-8"))

@@ -52,7 +52,11 @@ class TrainingMonitors:
     ):
         self.cfg, self.ctx, self.fsdp, self.model = cfg, ctx, fsdp, model
         self.vocab_rows = vocab_rows
-        groups = frequency_groups(token_counts) if cfg.tev_freq_groups and token_counts is not None else None
+        groups = (
+            frequency_groups(token_counts)
+            if cfg.tev_freq_groups and token_counts is not None
+            else None
+        )
         # Under FSDP2 the monitor keeps the seen mask; the figures come from sharded row moments.
         self.tev = TEVMonitor.for_model(model, vocab_size=vocab_rows, row_groups=groups)
         self.stats = ParamStatsMonitor(model, sharded=fsdp)
@@ -70,7 +74,9 @@ class TrainingMonitors:
 
     def begin_step(self, step: int, n_micro: int, grad_scale: float | torch.Tensor) -> None:
         if self.gradvar_due(step) and n_micro >= 2:
-            self.gradvar.begin(grad_scale=grad_scale)  # the gradient of each micro-batch's mean loss
+            self.gradvar.begin(
+                grad_scale=grad_scale
+            )  # the gradient of each micro-batch's mean loss
 
     def observe(self, x: torch.Tensor) -> None:
         self.tev.observe_tokens(x)
@@ -95,7 +101,11 @@ class TrainingMonitors:
         `grad_norm` None (fp16, where the grad scaler handles overflowing gradients) only the
         loss is judged."""
         spike = self.spikes.update(loss, grad_norm)
-        finite = torch.isfinite(loss) if grad_norm is None else torch.isfinite(loss) & torch.isfinite(grad_norm)
+        finite = (
+            torch.isfinite(loss)
+            if grad_norm is None
+            else torch.isfinite(loss) & torch.isfinite(grad_norm)
+        )
         nf, sp = torch.stack([~finite, spike]).tolist()
         verdict = Verdict(non_finite=bool(nf), spike=bool(sp) and not nf)
         if verdict.non_finite:
@@ -145,7 +155,11 @@ class TrainingMonitors:
     def state_dict(self) -> dict[str, Any]:
         if self.ctx.enabled:
             self.tev.all_reduce_seen()
-        return {"spikes": self.spikes.state_dict(), "rollbacks": self.rollbacks, "tev": self.tev.state_dict()}
+        return {
+            "spikes": self.spikes.state_dict(),
+            "rollbacks": self.rollbacks,
+            "tev": self.tev.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.spikes.load_state_dict(state["spikes"])

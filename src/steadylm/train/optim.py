@@ -23,7 +23,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig, device: torch.device
+) -> torch.optim.AdamW:
     # The fused kernel exists for CUDA and CPU; it is numerically deterministic on CPU.
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay),

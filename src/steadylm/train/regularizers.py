@@ -22,8 +22,12 @@ KINDS = ("cosine", "mse")
 def penalty_sum(states: list[torch.Tensor], kind: str) -> torch.Tensor:
     """Σ over tokens of the mean over blocks of the per-token penalty; states: L+1 of (B, T, C)."""
     if kind not in KINDS:
-        raise ValueError(f"unknown linearity regulariser {kind!r}; choose one of {', '.join(KINDS)}")
-    total = torch.zeros((), device=states[0].device, dtype=torch.promote_types(states[0].dtype, torch.float32))
+        raise ValueError(
+            f"unknown linearity regulariser {kind!r}; choose one of {', '.join(KINDS)}"
+        )
+    total = torch.zeros(
+        (), device=states[0].device, dtype=torch.promote_types(states[0].dtype, torch.float32)
+    )
     for prev, cur in zip(states[:-1], states[1:]):
         prev, cur = prev.to(total.dtype), cur.to(total.dtype)
         if kind == "cosine":

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from steadylm import rundir
-from steadylm.provenance import provenance
 from steadylm.config import Config, config_from_dict
 from steadylm.data.prepare import PreparedData, prepare
 from steadylm.data.reader import SequenceReader, eval_sequences
@@ -36,6 +35,7 @@ from steadylm.model.gpt import GPT
 from steadylm.model.taps import BlockTaps
 from steadylm.model.tt_embedding import describe as describe_tt
 from steadylm.monitor.tev import tev_histogram
+from steadylm.provenance import provenance
 from steadylm.train import faults
 from steadylm.train.checkpoint import Component, load_checkpoint, prune_checkpoints, save_checkpoint
 from steadylm.train.distributed import DistContext, init_distributed, shutdown
@@ -627,7 +627,10 @@ class Trainer:
             target = rundir.latest_checkpoint(self.run_dir, quiet=True)
             if target is None or self.monitors.rollbacks >= mon_cfg.max_rollbacks:
                 if target is not None:
-                    self._stop_reason = f"loss spike at step {step} after {mon_cfg.max_rollbacks} rollbacks (monitor.max_rollbacks)"
+                    self._stop_reason = (
+                        f"loss spike at step {step} after {mon_cfg.max_rollbacks} rollbacks "
+                        "(monitor.max_rollbacks)"
+                    )
                     action = "stop"
                 else:
                     action = "log (no checkpoint to roll back to yet)"
