@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from steadylm.config import _toml_value
+from steadylm.config import table_toml
 from steadylm.errors import SteadyLMError
 
 METHODS = ("ro_sgns", "sgns", "svd_sppmi")
@@ -83,10 +83,7 @@ class EmbedConfig:
         return self
 
     def to_toml(self) -> str:
-        lines = ["[embed]"] + [
-            f"{k} = {_toml_value(v)}" for k, v in dataclasses.asdict(self).items()
-        ]
-        return "\n".join(lines) + "\n"
+        return table_toml("embed", dataclasses.asdict(self))
 
 
 def help_of(name: str) -> str:

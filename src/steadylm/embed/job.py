@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import resource
 import sys
 import time
@@ -29,7 +28,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-import steadylm
 from steadylm.data.corpus import read_corpus
 from steadylm.embed import benchmarks
 from steadylm.embed.config import EmbedConfig
@@ -40,6 +38,7 @@ from steadylm.embed.sgns import sgns
 from steadylm.embed.svd_sppmi import svd_sppmi
 from steadylm.errors import SteadyLMError
 from steadylm.fsutil import atomic_dir, atomic_write
+from steadylm.provenance import provenance
 
 SCORE_KEYS = (
     "ws353",
@@ -221,21 +220,7 @@ def _after(s: dict) -> str:
 
 
 def _provenance(device: torch.device, counts: Counts) -> dict:
-    from steadylm.train.trainer import _git_hash
-
-    info = {
-        "steadylm_version": steadylm.__version__,
-        "git_hash": _git_hash(),
-        "torch_version": torch.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "corpus_words": counts.n_words,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    info = provenance(device, corpus_words=counts.n_words)
     try:
         import gensim
 

@@ -46,7 +46,7 @@ def _train_load(base: str | None, overrides: Sequence[str]) -> Any:
 
 
 def _train_run(cfg: Any, run_dir: Path, resume: bool) -> RunOutcome:
-    from steadylm.experiments.sweep import read_status
+    from steadylm.rundir import read_status
     from steadylm.train.trainer import Trainer
 
     result = Trainer(cfg, run_dir, resume=resume, progress=False).fit()
@@ -67,7 +67,7 @@ def _finetune_load(base: str | None, overrides: Sequence[str]) -> Any:
 
 
 def _finetune_run(cfg: Any, run_dir: Path, resume: bool) -> RunOutcome:
-    from steadylm.experiments.sweep import read_status
+    from steadylm.rundir import read_status
     from steadylm.finetune.job import FinetuneJob
 
     FinetuneJob(cfg, run_dir, resume=resume, progress=False).run()
