@@ -20,6 +20,9 @@ weights: σReparam's power iteration, a no-op for the other variants.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import cast
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -82,6 +85,27 @@ class Block(nn.Module):
         return x
 
 
+class Blocks(nn.ModuleList):
+    """`transformer.h`: an `nn.ModuleList` that holds only `Block`s, so iterating it is typed."""
+
+    def __iter__(self) -> Iterator[Block]:
+        return cast(Iterator[Block], super().__iter__())  # the stubs' Iterator[Module]
+
+
+class Transformer(nn.ModuleDict):
+    """`GPT.transformer`: an `nn.ModuleDict` (the parameter names stay `transformer.wte.weight`,
+    ...) with its entries' types declared; `nn.Module.__getattr__` alone types them all as
+    `Tensor | Module`. The annotations create no class attributes: lookups still reach the
+    modules through `__getattr__`."""
+
+    wte: nn.Embedding | TTEmbedding
+    wpe: nn.Embedding
+    ln_emb: nn.LayerNorm  # only with the embedding recipe's layer norm (`"ln_emb" in ...`)
+    drop: nn.Dropout
+    h: Blocks
+    ln_f: nn.LayerNorm | nn.Identity
+
+
 class GPT(nn.Module):
     """GPT-2 language model mapping token ids (B, T) to logits (B, T, V), with a tied head."""
 
@@ -95,7 +119,7 @@ class GPT(nn.Module):
         self.layout = norm_layout(cfg)
         embedding = embedding_recipe(cfg)
         self.embed_scale = embedding.scale
-        modules = dict(
+        modules: dict[str, nn.Module] = dict(
             wte=token_embedding(cfg),
             wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
         )
@@ -103,17 +127,18 @@ class GPT(nn.Module):
             modules["ln_emb"] = layer_norm(cfg, cfg.n_embd)
         modules.update(
             drop=nn.Dropout(cfg.dropout),
-            h=nn.ModuleList([Block(cfg, self.layout) for _ in range(cfg.n_layer)]),
+            h=Blocks([Block(cfg, self.layout) for _ in range(cfg.n_layer)]),
             # Post-norm layouts end every block in a LayerNorm already.
             ln_f=layer_norm(cfg, cfg.n_embd) if self.layout.final_norm else nn.Identity(),
         )
-        self.transformer = nn.ModuleDict(modules)
+        self.transformer = Transformer(modules)
         # Built directly, never through reparam.linear: σReparam excludes the tied embedding.
         # A TT embedding with the tied head has no lm_head: `head_weight()` reconstructs it.
-        self.lm_head = None
+        self.lm_head: nn.Linear | None = None
         if cfg.embedding == "dense" or cfg.tt_head == "separate":
             self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.embedding == "dense":
+            assert self.lm_head is not None and isinstance(self.transformer.wte, nn.Embedding)
             self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         self.reset_parameters()
 
@@ -152,7 +177,9 @@ class GPT(nn.Module):
         """The output layer's (V, C) weight: the tied wte, a separate head's, or (TT, tied) the
         matrix reconstructed from the cores, once per call."""
         if self.lm_head is None:
-            return self.transformer.wte.full()
+            wte = self.transformer.wte
+            assert isinstance(wte, TTEmbedding)  # only a TT embedding goes without a head
+            return wte.full()
         return self.lm_head.weight
 
     def num_parameters(self, exclude_position: bool = False) -> int:

@@ -55,6 +55,7 @@ class _LMHeadLoss(torch.autograd.Function):
                 g[torch.arange(len(tc), device=g.device), tc] -= 1.0
                 g = g.to(compute_dtype)
                 if needs_h:
+                    assert grad_h is not None  # made above whenever needs_h
                     if grad_h.dtype == compute_dtype:
                         torch.mm(g, w, out=grad_h[start : start + chunk])  # (c, d)
                     else:

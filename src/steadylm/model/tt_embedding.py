@@ -267,9 +267,12 @@ class TTEmbedding(nn.Module):
 def resolve_shape(cfg: ModelConfig) -> TTShape:
     """The TT shape of `model.tt_shape` ("auto": `auto_shape`) for the config's vocabulary and
     width."""
-    if cfg.tt_shape == "auto":
+    spec = cfg.tt_shape
+    if spec == "auto":
         return auto_shape(cfg.vocab_size, cfg.n_embd, cfg.tt_cores)
-    shape = TTShape(vocab=tuple(cfg.tt_shape[0]), dim=tuple(cfg.tt_shape[1]))
+    if isinstance(spec, str):  # the config's validation rejects any other string
+        raise ConfigError(f"model.tt_shape: {spec!r} is not valid")
+    shape = TTShape(vocab=tuple(spec[0]), dim=tuple(spec[1]))
     problem = check_shape(shape, cfg.vocab_size, cfg.n_embd)
     if problem:
         raise ConfigError(f"model.tt_shape: {problem}")

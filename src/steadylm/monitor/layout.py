@@ -11,7 +11,9 @@ the model calls them, so metric keys (`grad_norm/h.3`) read the same across mode
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -31,6 +33,23 @@ class ModelLayout:
         return out
 
 
+@runtime_checkable
+class Factorised(Protocol):
+    """What a factorised embedding offers in place of a (V, d) `.weight` (see `is_factorised`)."""
+
+    num_embeddings: int
+    embedding_dim: int
+
+    def row_blocks(self, n_rows: int) -> Iterator[torch.Tensor]: ...
+
+
+@runtime_checkable
+class HasInputEmbeddings(Protocol):
+    """A model that names its input embedding: steadylm's GPT, Hugging Face models."""
+
+    def get_input_embeddings(self) -> nn.Module: ...
+
+
 def is_factorised(embedding: nn.Module) -> bool:
     """An embedding without a stored (V, d) table, whose rows come from `row_blocks(n_rows)`."""
     has_rows = callable(getattr(embedding, "row_blocks", None))
@@ -40,8 +59,12 @@ def is_factorised(embedding: nn.Module) -> bool:
 def embedding_shape(embedding: nn.Module) -> tuple[int, int]:
     """(V, d) of a table or a factorised embedding."""
     if is_factorised(embedding):
+        assert isinstance(embedding, Factorised)
         return embedding.num_embeddings, embedding.embedding_dim
-    return tuple(embedding.weight.shape)
+    weight = embedding.weight
+    assert isinstance(weight, torch.Tensor)
+    V, d = weight.shape
+    return V, d
 
 
 def block_name(i: int) -> str:

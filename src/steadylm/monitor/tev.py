@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from steadylm import metric_names as M
-from steadylm.monitor.layout import embedding_shape, is_factorised, model_layout
+from steadylm.monitor.layout import Factorised, embedding_shape, is_factorised, model_layout
 
 
 def tev_per_row(weight: torch.Tensor, n_rows: int | None = None) -> torch.Tensor:
@@ -126,6 +126,7 @@ def _tev_rows(source: WeightSource, n_rows: int, exact: bool = False) -> torch.T
     rows at a time, so at most one block of the matrix exists at once; a table is read directly."""
     per_row = tev_per_row if exact else tev_per_row_fast
     if isinstance(source, nn.Module) and is_factorised(source):
+        assert isinstance(source, Factorised)
         return torch.cat([per_row(block) for block in source.row_blocks(n_rows)])
     return per_row(_getter(source)(), n_rows)
 

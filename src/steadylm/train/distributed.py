@@ -70,6 +70,9 @@ def sharded_tev_summary(
     """`tev_mean tev_std` (and, given the all-rank `seen` mask, `tev_seen_mean tev_seen_std`) of
     an embedding sharded by rows (FSDP2's Shard(0) DTensor), from per-rank moments, so the full
     matrix is never gathered: one all-reduce of three (or six) numbers."""
+    from torch.distributed.tensor import DTensor
+
+    assert isinstance(weight, DTensor)  # FSDP2 shards the embedding as a DTensor
     local = weight.to_local().detach().float()  # this rank's rows, in torch.chunk order
     rows_per_rank = -(-weight.shape[0] // dist.get_world_size())
     first = dist.get_rank() * rows_per_rank

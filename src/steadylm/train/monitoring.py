@@ -15,6 +15,7 @@ import torch
 from steadylm.config import MonitorConfig
 from steadylm.monitor.activations import ActivationMonitor
 from steadylm.monitor.gradvar import GradVarianceMonitor
+from steadylm.monitor.layout import HasInputEmbeddings
 from steadylm.monitor.nonfinite import first_nonfinite_grad
 from steadylm.monitor.params import ParamStatsMonitor
 from steadylm.monitor.spikes import SpikeDetector
@@ -73,7 +74,7 @@ class TrainingMonitors:
         return self.gradvar is not None and _due(self.cfg.gradvar_every, step)
 
     def begin_step(self, step: int, n_micro: int, grad_scale: float | torch.Tensor) -> None:
-        if self.gradvar_due(step) and n_micro >= 2:
+        if self.gradvar is not None and self.gradvar_due(step) and n_micro >= 2:
             self.gradvar.begin(
                 grad_scale=grad_scale
             )  # the gradient of each micro-batch's mean loss
@@ -91,7 +92,7 @@ class TrainingMonitors:
             # Clipping the sharded gradients takes the total as a DTensor; the groups' norms come
             # from each rank's shards.
             row.update(self.stats.grad_norms())
-            return torch.nn.utils.get_total_norm([p.grad for p in params])
+            return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         groups, total = self.stats.grad_norms_with_total(params)
         row.update(groups)
         return total
@@ -137,7 +138,7 @@ class TrainingMonitors:
         if self.ctx.enabled:
             self.tev.all_reduce_seen()  # each rank saw its own tokens
         if self.fsdp:
-            weight = self.model.get_input_embeddings().weight
+            weight = self._embedding_weight()
             return sharded_tev_summary(weight, self.vocab_rows, self.tev.seen)
         return self.tev.compute()
 
@@ -145,10 +146,17 @@ class TrainingMonitors:
         """TEV_i over the real rows, for histograms at evaluation steps (a collective under FSDP2)."""
         if not self.fsdp:
             return self.tev.values()
-        weight = self.model.get_input_embeddings().weight
+        weight = self._embedding_weight()
         if hasattr(weight, "full_tensor"):  # sharded by FSDP2 (not right after a forward pass)
             weight = weight.full_tensor()  # gathered on every rank, at evaluation steps only
         return tev_per_row(weight, self.vocab_rows)
+
+    def _embedding_weight(self) -> torch.Tensor:
+        """The input embedding's (V, d) weight (a DTensor when FSDP2 has sharded it)."""
+        assert isinstance(self.model, HasInputEmbeddings)  # steadylm's GPT
+        weight = self.model.get_input_embeddings().weight
+        assert isinstance(weight, torch.Tensor)
+        return weight
 
     # Checkpointed state.
 

@@ -12,7 +12,8 @@ from steadylm.config import TrainConfig
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Decay every parameter with two or more dimensions (linear weights and embeddings, as in
     GPT-2 and nanoGPT); never biases, norm gains or scalars such as σReparam's γ."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for _, p in model.named_parameters():  # the tied head appears once
         if not p.requires_grad:
             continue

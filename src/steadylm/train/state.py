@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
+    ValueType,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -38,12 +39,18 @@ class ModelWeights:
         full = get_model_state_dict(self.model, options=options)
         if not self.ctx.is_main:
             return None
-        return drop_tied_head({k: v.float().contiguous() for k, v in full.items()})
+        weights: dict[str, torch.Tensor] = {}
+        for k, v in full.items():
+            assert isinstance(v, torch.Tensor)  # a model's state dict holds tensors only
+            weights[k] = v.float().contiguous()
+        return drop_tied_head(weights)
 
     def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         sd = with_tied_head(sd)
         if self.fsdp:
-            set_model_state_dict(self.model, sd, options=StateDictOptions(full_state_dict=True))
+            # A copy typed for the stubs' invariant dict[str, ValueType]; the same tensors.
+            state: dict[str, ValueType] = dict(sd)
+            set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True))
             return
         missing, unexpected = self.model.load_state_dict(sd, strict=False)
         if missing or unexpected:

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from steadylm.data.reader import SequenceReader, eval_sequences
 from steadylm.errors import DataError, SteadyLMError
 from steadylm.model.gpt import GPT
 from steadylm.model.taps import BlockTaps
+from steadylm.model.tt_embedding import TTEmbedding
 from steadylm.model.tt_embedding import describe as describe_tt
 from steadylm.monitor.tev import tev_histogram
 from steadylm.provenance import provenance
@@ -46,6 +47,11 @@ from steadylm.train.regularizers import penalty_sum
 from steadylm.train.schedule import checkpoint_due
 from steadylm.train.state import ModelWeights, OptimizerState, Progress, RNGState
 from steadylm.train.timing import StepTimer
+
+if TYPE_CHECKING:
+    from torch.nn.parallel import DistributedDataParallel
+
+    from steadylm.monitor.sinks import TensorBoardSink
 
 TEV_HISTOGRAM_BINS = 50
 
@@ -140,19 +146,22 @@ class Trainer:
             # Model and optimisation.
             torch.manual_seed(cfg.train.seed)  # the same init on every rank
             self.model = GPT(cfg.model).to(self.ctx.device)
-            if cfg.model.embedding == "tt" and self.ctx.is_main:
-                print(f"steadylm: {describe_tt(self.model.transformer.wte)}", file=sys.stderr)
+            wte = self.model.transformer.wte
+            if isinstance(wte, TTEmbedding) and self.ctx.is_main:  # model.embedding = "tt"
+                print(f"steadylm: {describe_tt(wte)}", file=sys.stderr)
             self.fsdp = self.ctx.enabled and cfg.train.parallel == "fsdp"
             if self.fsdp and cfg.model.embedding == "tt":
                 raise SteadyLMError(
                     "train.parallel='fsdp' does not support model.embedding='tt'; use "
                     "train.parallel='ddp' (the TT cores are small enough to replicate on every rank)"
                 )
+            self.ddp: DistributedDataParallel | None = None  # the DDP wrapper, under torchrun
             self.forward_model = self._parallelize()
             # Built after sharding: under FSDP2 the optimizer must hold the sharded parameters.
             self.optimizer = build_optimizer(self.model, cfg.train, self.ctx.device)
             if cfg.train.compile:
-                self.forward_model = torch.compile(self.forward_model)
+                # An OptimizedModule, an nn.Module; the stubs type compile's result as a callable.
+                self.forward_model = cast(torch.nn.Module, torch.compile(self.forward_model))
             self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
             self.monitors = TrainingMonitors(
                 self.model, cfg.monitor, self.vocab_rows, self.ctx, self.fsdp, self._token_counts()
@@ -179,7 +188,7 @@ class Trainer:
 
     def _reset_loop_state(self) -> None:
         """The loop's own state, set at the start of every fit()."""
-        self.tensorboard = None
+        self.tensorboard: TensorBoardSink | None = None
         self._last: dict[str, Any] = {}  # the latest value of every metric, for the result
         self._t_flush, self._steps_since = time.perf_counter(), 0  # throughput since the last flush
         self._last_ckpt: Path | None = None
@@ -299,7 +308,8 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
-            return DDP(self.model, device_ids=device_ids)
+            self.ddp = DDP(self.model, device_ids=device_ids)
+            return self.ddp
         return self.model
 
     def _write_run_files(self) -> None:
@@ -392,6 +402,7 @@ class Trainer:
             self._gradvar_probe(row, x_all, y_all)
         params, total_norm = self._reduce(row, sums, tokens_global)
         verdict, skip = self._update(step, row, params, total_norm)
+        assert sums.last_x is not None  # set by _accumulate's last micro-batch
         with self.timer.section("monitors"):
             self.monitors.activations(row, step, sums.last_x)
         if skip:
@@ -434,9 +445,13 @@ class Trainer:
     def _grad_sync(self, last_micro: bool):
         """Reduce gradients across ranks only in the last micro-batch's backward."""
         if self.fsdp:
+            from torch.distributed.fsdp import FSDPModule
+
+            assert isinstance(self.model, FSDPModule)  # made one by fully_shard
             self.model.set_requires_gradient_sync(last_micro)  # reduce-scatter once per step
         elif self.ctx.enabled and not last_micro:
-            return self.forward_model.no_sync()
+            assert self.ddp is not None  # torchrun without FSDP: _parallelize wrapped it
+            return self.ddp.no_sync()
         return contextlib.nullcontext()
 
     def _backward(
@@ -467,7 +482,9 @@ class Trainer:
             return *module(x, targets=y, z_loss=z_loss), None
         with self.taps:
             objective, log_z_sq = module(x, targets=y, z_loss=z_loss)
-        penalty = penalty_sum(self.taps.states, self.cfg.train.linearity_reg_kind)
+        states = [s for s in self.taps.states if s is not None]
+        assert len(states) == len(self.taps.states)  # the forward pass filled every tap
+        penalty = penalty_sum(states, self.cfg.train.linearity_reg_kind)
         self.taps.states = []  # the graph lives on in `penalty` until the backward, not here
         return objective, log_z_sq, penalty
 
@@ -586,7 +603,7 @@ class Trainer:
     def _save(self, step_done: int) -> Path:
         """Checkpoint after `step_done` optimizer steps."""
         self.position.step = step_done
-        files = {
+        files: dict[str, str | Path] = {
             rundir.CONFIG: self.cfg.to_toml(),
             "tokenizer.json": self.data.dir / "tokenizer.json",
         }
@@ -645,6 +662,7 @@ class Trainer:
         )
         if action != "rollback":
             return None
+        assert target is not None  # the action stays "rollback" only with a checkpoint
         return self._rollback(step, target, metrics)
 
     def _rollback(self, step: int, ckpt: Path, metrics: MetricsLog) -> int:

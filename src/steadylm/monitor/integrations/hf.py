@@ -31,12 +31,13 @@ mean-loss definition (0.2% low at T = 1024). See steadylm.monitor.gradvar for th
 from __future__ import annotations
 
 import torch
+from torch.utils.hooks import RemovableHandle
 from transformers import TrainerCallback
 
 from steadylm.monitor.activations import ActivationMonitor
 from steadylm.monitor.cadence import due
 from steadylm.monitor.gradvar import GradVarianceMonitor
-from steadylm.monitor.layout import unwrap
+from steadylm.monitor.layout import HasInputEmbeddings, unwrap
 from steadylm.monitor.params import ParamStatsMonitor
 from steadylm.monitor.tev import TEVMonitor
 
@@ -63,7 +64,7 @@ class SteadyLMCallback(TrainerCallback):
         self.gradvar_every, self.act_every, self.act_probe = gradvar_every, act_every, act_probe
         self.vocab_size = vocab_size
         self._pending: dict[str, torch.Tensor | float | int] = {}
-        self._hook = None
+        self._hook: RemovableHandle | None = None
         self._last_ids: torch.Tensor | None = None
 
     def attach(self, trainer) -> SteadyLMCallback:
@@ -78,6 +79,7 @@ class SteadyLMCallback(TrainerCallback):
                 f"(got {args.gradient_accumulation_steps}); set it or use gradvar_every=0"
             )
         self.model = unwrap(model)
+        assert isinstance(self.model, HasInputEmbeddings)  # a Hugging Face PreTrainedModel
         self.tev = TEVMonitor.for_model(self.model, self.vocab_size)
         self.stats = ParamStatsMonitor(self.model)
         self.gradvar = GradVarianceMonitor(self.model) if self.gradvar_every else None
