@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from steadylm.config import _toml_value
+from steadylm.config import toml_value
 from steadylm.errors import SteadyLMError
 
 METHODS = ("ro_sgns", "sgns", "svd_sppmi")
@@ -84,7 +84,7 @@ class EmbedConfig:
 
     def to_toml(self) -> str:
         lines = ["[embed]"] + [
-            f"{k} = {_toml_value(v)}" for k, v in dataclasses.asdict(self).items()
+            f"{k} = {toml_value(v)}" for k, v in dataclasses.asdict(self).items()
         ]
         return "\n".join(lines) + "\n"
 

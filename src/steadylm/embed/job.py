@@ -40,6 +40,7 @@ from steadylm.embed.sgns import sgns
 from steadylm.embed.svd_sppmi import svd_sppmi
 from steadylm.errors import SteadyLMError
 from steadylm.fsutil import atomic_dir, atomic_write
+from steadylm.provenance import git_hash
 
 SCORE_KEYS = (
     "ws353",
@@ -221,11 +222,9 @@ def _after(s: dict) -> str:
 
 
 def _provenance(device: torch.device, counts: Counts) -> dict:
-    from steadylm.train.trainer import _git_hash
-
     info = {
         "steadylm_version": steadylm.__version__,
-        "git_hash": _git_hash(),
+        "git_hash": git_hash(),
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
@@ -237,7 +236,7 @@ def _provenance(device: torch.device, counts: Counts) -> dict:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     try:
-        import gensim
+        import gensim  # type: ignore[import-untyped]  # gensim ships no type stubs
 
         info["gensim_version"] = gensim.__version__
     except ImportError:
