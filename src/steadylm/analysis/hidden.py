@@ -78,7 +78,10 @@ def collect(
         ):
             model.run(torch.tensor([pool[s]], dtype=torch.long, device=model.device))
             ts = sorted(wanted[s])
-            per_layer = [x[0, ts].float().cpu().numpy() for x in taps.states]  # L+1 x (len(ts), d)
+            per_layer = []  # L+1 x (len(ts), d)
+            for x in taps.states:
+                assert x is not None  # the forward pass ran every tapped block
+                per_layer.append(x[0, ts].float().cpu().numpy())
             for i, t in enumerate(ts):
                 got[(s, t)] = [x[i] for x in per_layer]
 

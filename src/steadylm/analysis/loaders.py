@@ -312,6 +312,7 @@ def _pick(
 ) -> str:
     """The embedding's name: `tensor` if given, else the first name pattern that matches."""
     matrices = [n for n, (_, shape, _) in index.items() if len(shape) == 2]
+    name: str | None
     if tensor is not None:
         if tensor not in index:
             raise SteadyLMError(

@@ -90,6 +90,9 @@ class AnalysisModel:
     def run(self, ids: torch.Tensor) -> None:
         """One forward pass over ids (1, T); the hidden states are taken by hooks on `blocks`."""
         if self.format == "steadylm":
+            from steadylm.model.gpt import GPT
+
+            assert isinstance(self.module, GPT)  # what load_steadylm builds
             self.module.hidden_states(ids)  # (1, T, C): skips the (T, V) logits
         elif self.causal:
             self.module(input_ids=ids, use_cache=False)  # no key/value cache to build
@@ -149,10 +152,12 @@ def load_steadylm(path: Path) -> AnalysisModel:
     tok = Tokenizer.load(ckpt / "tokenizer.json")
     manifest = ckpt / "manifest.json"
     step = json.loads(manifest.read_text()).get("step") if manifest.is_file() else None
+    blocks = model.transformer.h
+    assert isinstance(blocks, nn.ModuleList)  # GPT builds its blocks as one
     # No special token: training windows start anywhere in the packed stream, mostly mid-document.
     return AnalysisModel(
         model,
-        model.transformer.h,
+        blocks,
         tok.encode,
         model.config.block_size,
         str(path),

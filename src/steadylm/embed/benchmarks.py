@@ -19,6 +19,7 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,7 +79,7 @@ def parse_pairs(text: str, where: str = "") -> list[tuple[str, str, float]]:
 
 def parse_analogies(text: str, where: str = "") -> list[tuple[str, str, str, str]]:
     """`a b c d` lines; `: section` headers (Google's format) and blank lines skipped."""
-    questions = []
+    questions: list[tuple[str, str, str, str]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.startswith(":"):
             continue
@@ -87,7 +88,8 @@ def parse_analogies(text: str, where: str = "") -> list[tuple[str, str, str, str
             raise DataError(
                 f"{where}:{number}: expected four words 'a b c d', got {line.strip()!r}"
             )
-        questions.append(tuple(fields))
+        a, b, c, d = fields
+        questions.append((a, b, c, d))
     return questions
 
 
@@ -111,10 +113,13 @@ def _members(path: Path, member: str) -> list[tuple[str, str]]:
     with tarfile.open(path) as tar:
         found = [m for m in tar.getmembers() if m.isfile() and (m.name == member or (
             member.endswith("/") and m.name.startswith(member)))]  # fmt: skip
-        return [
-            (m.name, tar.extractfile(m).read().decode("utf-8"))
-            for m in sorted(found, key=lambda m: m.name)
-        ]
+        return [(m.name, _read_member(tar, m)) for m in sorted(found, key=lambda m: m.name)]
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:
+    f = tar.extractfile(member)
+    assert f is not None, f"{member.name} is not a regular file"  # only files are asked for
+    return f.read().decode("utf-8")
 
 
 def _read(artifact: Artifact, member: str) -> list[tuple[str, str]]:
@@ -175,7 +180,12 @@ def similarity(
 ) -> dict:
     """Spearman's rho on the covered pairs, its 95% bootstrap interval, and the pair counts."""
     covered = [(index[a], index[b], s) for a, b, s in pairs if a in index and b in index]
-    out = {"spearman": None, "ci95": None, "n": len(covered), "oov": len(pairs) - len(covered)}
+    out: dict[str, Any] = {
+        "spearman": None,
+        "ci95": None,
+        "n": len(covered),
+        "oov": len(pairs) - len(covered),
+    }
     if len(covered) < 3:
         return out
     E = _unit_rows(W)
@@ -197,7 +207,11 @@ def analogy(W: torch.Tensor, index: dict[str, int], questions: list[tuple[str, s
             chunk: int = 512) -> dict:  # fmt: skip
     """3CosAdd accuracy on the questions whose four words are in the vocabulary."""
     covered = [[index[w] for w in q] for q in questions if all(w in index for w in q)]
-    out = {"accuracy": None, "n": len(covered), "oov": len(questions) - len(covered)}
+    out: dict[str, Any] = {
+        "accuracy": None,
+        "n": len(covered),
+        "oov": len(questions) - len(covered),
+    }
     if not covered:
         return out
     E = _unit_rows(W)

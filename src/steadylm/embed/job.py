@@ -222,7 +222,7 @@ def _after(s: dict) -> str:
 def _provenance(device: torch.device, counts: Counts) -> dict:
     info = provenance(device, corpus_words=counts.n_words)
     try:
-        import gensim
+        import gensim  # type: ignore[import-untyped]  # gensim ships no type stubs
 
         info["gensim_version"] = gensim.__version__
     except ImportError:

@@ -31,6 +31,11 @@ class Evaluation:
     G: torch.Tensor | None = None
     GR: torch.Tensor | None = None
 
+    def gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G, G R) of an evaluation made with grad=True."""
+        assert self.G is not None and self.GR is not None, "evaluated without grad=True"
+        return self.G, self.GR
+
 
 def negative_weights(counts: Counts, neg: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column factors of B = k #(w) #(c) / |D| (a rank-one matrix): (N,), (N,)."""
@@ -56,7 +61,7 @@ def sgns_objective(counts: Counts, L: torch.Tensor, R: torch.Tensor, neg: int, g
         # log sigma(-x) = log sigma(x) - x, so one logsigmoid serves both terms.
         ls = nnf.logsigmoid(X)
         F += (P * ls).sum(dtype=torch.float64) + (B * (ls - X)).sum(dtype=torch.float64)
-        if grad:
+        if G is not None:  # i.e. grad
             s = torch.sigmoid(X)
             G[rows] = P * (1 - s) - B * s  # #(w,c) sigma(-x) - B sigma(x)
-    return Evaluation(float(F), G, G @ R if grad else None)
+    return Evaluation(float(F), G, G @ R if G is not None else None)

@@ -69,19 +69,21 @@ def ro_sgns(counts: Counts, start: Factors, neg: int, iters: int, step: float | 
     x = start
     ev: Evaluation = sgns_objective(counts, x.left, x.V, neg, grad=True)
     t0 = time.perf_counter()
-    gnorm = tangent_norm_sq(x, ev.G, ev.GR) ** 0.5
+    gnorm = tangent_norm_sq(x, *ev.gradients()) ** 0.5
     lam = step if step is not None else auto_step(x, gnorm)
     history = [
         {"iter": 0, "F": ev.F, "lambda": None, "trials": 0, "grad_norm": gnorm, "seconds": 0.0}
     ]
     if on_iter:
         on_iter(history[-1])
-    spare = torch.empty_like(ev.G)  # the candidates' gradients go here; swapped with ev.G on accept
+    spare = torch.empty_like(
+        ev.gradients()[0]
+    )  # the candidates' gradients go here; swapped with ev.G on accept
     for it in range(1, iters + 1):
         trials, accepted = 0, False
         while True:
             trials += 1
-            cand = projector_splitting_step(x, ev.G, ev.GR, lam)
+            cand = projector_splitting_step(x, *ev.gradients(), lam)
             new = sgns_objective(counts, cand.left, cand.V, neg, grad=True, out=spare)
             if not line_search or ev.F + ARMIJO_C * lam * gnorm**2 <= new.F:
                 accepted = True
@@ -92,9 +94,9 @@ def ro_sgns(counts: Counts, start: Factors, neg: int, iters: int, step: float | 
         if not accepted:  # converged to the precision F can tell: stop rather than spin
             history[-1]["stopped"] = "no ascent step found"
             break
-        spare = ev.G
+        spare = ev.gradients()[0]
         x, ev = cand, new
-        gnorm = tangent_norm_sq(x, ev.G, ev.GR) ** 0.5
+        gnorm = tangent_norm_sq(x, *ev.gradients()) ** 0.5
         history.append({"iter": it, "F": ev.F, "lambda": lam, "trials": trials, "grad_norm": gnorm,
                         "seconds": time.perf_counter() - t0})  # fmt: skip
         if on_iter:

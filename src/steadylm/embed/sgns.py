@@ -33,8 +33,8 @@ def sgns(counts: Counts, dim: int, neg: int, epochs: int, sample: float, seed: i
 
     `on_epoch(epoch, W, C)` is called before training (epoch 0) and after every epoch."""
     try:
-        from gensim.models import Word2Vec
-        from gensim.models.callbacks import CallbackAny2Vec
+        from gensim.models import Word2Vec  # type: ignore[import-untyped]  # gensim ships no type stubs
+        from gensim.models.callbacks import CallbackAny2Vec  # type: ignore[import-untyped]  # no stubs
     except ImportError:
         raise SteadyLMError(
             "--method sgns needs gensim: pip install 'steadylm[embed]' (or gensim==4.4.0)"

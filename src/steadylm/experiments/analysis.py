@@ -251,8 +251,10 @@ def compare_recipes(
     est = pooled_estimates(diffs, {k: k.lr for k in diffs})
     for row in rows:
         row.estimate = est.get(row.key)
-    compared = [r for r in rows if r.estimate is not None and r.estimate.p is not None]
-    for r, p in zip(compared, holm([r.estimate.p for r in compared])):
+    compared = [
+        (r, r.estimate.p) for r in rows if r.estimate is not None and r.estimate.p is not None
+    ]
+    for (r, _), p in zip(compared, holm([p for _, p in compared])):
         r.holm_p = p
     pooled_df = {k.lr: e.df for k, e in est.items()}
     return {
@@ -312,6 +314,8 @@ def delta_over_steps(
     series: dict[tuple, dict[int, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     for run in runs:
         steps, values = run.series(key)
+        if run.seed is None:  # nothing to pair it with by seed, as in `_by_seed`
+            continue
         for s, v in zip(steps.tolist(), values.tolist()):
             series[(recipe[run.name], run.depth, run.lr)][s][run.seed] = v
     cells = [r.key for r in comparison["rows"] if r.estimate is not None]
@@ -342,7 +346,7 @@ def delta_over_steps(
 
 def classify(points: list[tuple[int, Estimate]]) -> Trajectory:
     last = points[-1][1]
-    if last.lo is None:
+    if last.lo is None or last.hi is None:  # both None together: no degrees of freedom
         return Trajectory.UNKNOWN
     if last.hi < 0:
         return Trajectory.LASTING_GAIN

@@ -67,8 +67,8 @@ def _finetune_load(base: str | None, overrides: Sequence[str]) -> Any:
 
 
 def _finetune_run(cfg: Any, run_dir: Path, resume: bool) -> RunOutcome:
-    from steadylm.rundir import read_status
     from steadylm.finetune.job import FinetuneJob
+    from steadylm.rundir import read_status
 
     FinetuneJob(cfg, run_dir, resume=resume, progress=False).run()
     st = read_status(run_dir)

@@ -141,7 +141,8 @@ class Report:
                 f"--baseline: no variant {options.baseline!r} in these runs; "
                 f"choose one of {', '.join(names)}"
             )
-        self.baseline = by_variant.get(options.baseline or self.variants[0], options.baseline)
+        chosen = options.baseline or self.variants[0]
+        self.baseline: str = by_variant.get(chosen, chosen)
         refs = References(options.progress)
         self.refs: dict[str, Reference] = {}
         for r in runs:  # only runs with a validation loss need the reference

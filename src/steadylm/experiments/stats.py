@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeGuard, TypeVar
 
 import numpy as np
 
 PERMUTATIONS = 10_000  # shuffles behind a permutation p-value; its floor is 1 / (PERMUTATIONS + 1)
 CONFIDENCE = 0.95
+K = TypeVar("K", bound=Hashable)  # a cell key
 
 
-def finite(x: float | None) -> bool:
+def finite(x: float | None) -> TypeGuard[float]:
     return x is not None and math.isfinite(x)
 
 
@@ -214,16 +216,21 @@ def estimate(
     return Estimate(mean, n, se, df, mean - half, mean + half, p)
 
 
-def paired_differences(a: dict[int, float], b: dict[int, float]) -> list[float]:
+def paired_differences(a: Mapping[int, float | None], b: Mapping[int, float | None]) -> list[float]:
     """a − b for each seed both have a finite value for, in seed order."""
-    return [a[s] - b[s] for s in sorted(set(a) & set(b)) if finite(a[s]) and finite(b[s])]
+    out = []
+    for s in sorted(set(a) & set(b)):
+        x, y = a[s], b[s]
+        if finite(x) and finite(y):
+            out.append(x - y)
+    return out
 
 
 def pooled_estimates(
-    cells: dict[Hashable, list[float]],
-    pool: dict[Hashable, Hashable] | None = None,
+    cells: dict[K, list[float]],
+    pool: Mapping[K, Hashable] | None = None,
     confidence: float = CONFIDENCE,
-) -> dict[Hashable, Estimate]:
+) -> dict[K, Estimate]:
     """Mean of each cell's paired differences with a pooled standard error.
 
     Cells with the same `pool` key share one variance, the within-cell variance of the
@@ -239,7 +246,7 @@ def pooled_estimates(
             v = np.asarray(d, dtype=float)
             ss[pool[c]] += float(((v - v.mean()) ** 2).sum())
             dof[pool[c]] += len(d) - 1
-    out = {}
+    out: dict[K, Estimate] = {}
     for c, d in cells.items():
         if not d:
             continue

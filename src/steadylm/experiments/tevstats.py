@@ -95,8 +95,8 @@ def tev_vs_loss(runs: list[Run], summaries: dict[str, dict[str, Any]]) -> dict[s
     loss = [summaries[r.name]["final_loss"] for r in mine]
     out = {}
     for key in signals_logged(mine):
-        x = [_last_finite(*signal(r, key)) for r in mine]
-        x = [math.nan if v is None else v for v in x]
+        last = [_last_finite(*signal(r, key)) for r in mine]
+        x = [math.nan if v is None else v for v in last]
         out[key] = {
             "within": grouped_spearman(x, loss, groups),
             "across": grouped_spearman(x, loss, None),
@@ -117,13 +117,14 @@ def tev_vs_gradvar(runs: list[Run], summaries: dict[str, dict[str, Any]]) -> dic
         }
     count: dict[int, int] = defaultdict(int)
     for r in mine:
-        steps, g = r.series("grad_var_embed")
-        for s in steps[np.isfinite(g)].tolist():
+        steps, gv = r.series("grad_var_embed")
+        for s in steps[np.isfinite(gv)].tolist():
             count[s] += 1
     most = max(count.values())
     step = max(s for s, c in count.items() if c == most)
-    at = [r for r in mine if r.at("grad_var_embed", step) is not None]
-    g = [r.at("grad_var_embed", step) for r in at]
+    at_step = [(r, r.at("grad_var_embed", step)) for r in mine]
+    at = [r for r, v in at_step if v is not None]
+    g = [v for _, v in at_step if v is not None]
     groups = [(r.depth, r.lr) for r in at]
     out = {}
     points = {
@@ -215,7 +216,7 @@ def crossing_step(steps: np.ndarray, values: np.ndarray, target: float) -> float
 
 
 def _at_final(runs: list[Run], key: str) -> dict[int, float | None]:
-    return {r.seed: _last_finite(*signal(r, key)) for r in runs}
+    return {r.seed: _last_finite(*signal(r, key)) for r in runs if r.seed is not None}
 
 
 def _at_loss(runs: list[Run], key: str, target: float) -> dict[int, float]:
@@ -225,7 +226,7 @@ def _at_loss(runs: list[Run], key: str, target: float) -> dict[int, float]:
         s = crossing_step(*r.series("val_loss"), target)
         steps, x = signal(r, key)
         ok = np.isfinite(x)
-        if s is not None and ok.any():
+        if s is not None and ok.any() and r.seed is not None:
             out[r.seed] = float(np.interp(s, steps[ok], x[ok]))
     return out
 

@@ -210,6 +210,7 @@ def early_warning(
             sc.at_event += lead.outcome is Outcome.AT_EVENT
             sc.missed += lead.outcome is Outcome.MISSED
             if lead.outcome is Outcome.WARNED:
+                assert lead.steps is not None  # a WARNED lead always has its steps
                 sc.leads.append(lead.steps)
         sc.scored = len(events) - sc.unscorable
         if not sc.scored:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from steadylm.data.corpus import _read_text
@@ -86,7 +87,7 @@ def _read_csv(path: Path) -> list[tuple[str, str | int, str]]:
     return records
 
 
-def _record(record: dict, fields: list, where: str) -> tuple[str, str | int, str]:
+def _record(record: dict, fields: Sequence[str], where: str) -> tuple[str, str | int, str]:
     for field in (TEXT_FIELD, LABEL_FIELD):
         if field in record and record[field] is None:
             raise DataError(f"{where}: no value for {field!r}")
@@ -107,7 +108,7 @@ def _record(record: dict, fields: list, where: str) -> tuple[str, str | int, str
     return text.strip(), label.strip() if isinstance(label, str) else label, where
 
 
-def _int_or_str(value: str) -> str | int:
+def _int_or_str(value: str | int) -> str | int:
     try:
         return int(value)
     except ValueError:
