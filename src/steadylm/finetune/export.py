@@ -56,11 +56,12 @@ def export_classifier(
         shutil.rmtree(out)
     with atomic_dir(out) as tmp:
         if base.kind == "huggingface":
-            model.body.save_pretrained(tmp)
+            model.body.save_pretrained(tmp)  # type: ignore[operator]  # Module.__getattr__ stub
             for f in tmp.iterdir():  # transformers writes the weights owner-readable only
                 f.chmod(0o644)
         else:
-            body: GPTClassifier = model.body
+            body = model.body
+            assert isinstance(body, GPTClassifier)  # the steadylm kind's body
             sd = {
                 k: v.detach().to("cpu", torch.float32).contiguous()
                 for k, v in body.state_dict().items()

@@ -27,11 +27,13 @@ import resource
 import sys
 import time
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from steadylm import rundir
 from steadylm.errors import CheckpointError, SteadyLMError
@@ -42,7 +44,7 @@ from steadylm.finetune.config import (
     finetune_config_from_dict,
 )
 from steadylm.finetune.export import export_classifier
-from steadylm.finetune.models import LoadedBase, build_classifier, mlp_linears, pad
+from steadylm.finetune.models import Classifier, LoadedBase, build_classifier, mlp_linears, pad
 from steadylm.finetune.sparsegrad import (
     SparseGradLinear,
     load_sparsegrad_state,
@@ -66,7 +68,7 @@ class Encoded:
         return len(self.ids)
 
     def batch(
-        self, index: torch.Tensor | range, pad_id: int
+        self, index: torch.Tensor | Sequence[int], pad_id: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = [self.ids[i] for i in index]
         ids, mask = pad(rows, pad_id)
@@ -160,7 +162,7 @@ class FinetuneJob:
         self.pad_id = self.base.encoder.pad_id
         self.steps_per_epoch = math.ceil(len(self.train_data) / cfg.batch_size)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-        self.model = model.to(self.device)
+        self.model: nn.Module = model.to(self.device)  # a peft model once LoRA is applied
         self.info: dict[str, Any] = {}
 
     def _encode(self, examples) -> Encoded:
@@ -170,8 +172,10 @@ class FinetuneJob:
     def _apply_method(self, fresh: bool) -> None:
         cfg, model = self.cfg, self.model
         mlp_ids = {id(m.module.weight) for m in self.mlps}
+        budget = self.budget  # resolved in _build for every method but "full"
         if cfg.method == "lora":
-            model = methods.apply_lora(model, self.mlps, self.budget, cfg)
+            assert budget is not None
+            model = methods.apply_lora(model, self.mlps, budget, cfg)
         elif cfg.method == "sparsegrad":
             bases = None
             if fresh:
@@ -179,7 +183,8 @@ class FinetuneJob:
                     model, self.mlps, self._warmup_batches(), lambda b: self._loss(b)[0]
                 )
                 self.info.update(hosvd_seconds=t_hosvd, warmup_grad_seconds=t_grad)
-            methods.apply_sparsegrad(model, self.mlps, self.budget, bases)
+            assert budget is not None
+            methods.apply_sparsegrad(model, self.mlps, budget, bases)
         methods.set_trainable(model, cfg, mlp_ids)
         self.model = model.to(self.device)
         self.optimizers = methods.build_optimizers(self.model, cfg)
@@ -245,7 +250,7 @@ class FinetuneJob:
         ]
 
     def _save(self, step_done: int) -> Path:
-        files = {
+        files: dict[str, str | Path] = {
             rundir.CONFIG: self.cfg.to_toml(),
             "tokenizer.json": self.run_dir / "tokenizer.json",
         }
@@ -373,7 +378,11 @@ class FinetuneJob:
                 "step_time": dt,
             }
             if sg_layers:
-                row["kept_energy"] = torch.stack([m.kept_energy for m in sg_layers]).mean()
+                kept: list[torch.Tensor] = []
+                for m in sg_layers:
+                    assert m.kept_energy is not None  # set by the backward just done
+                    kept.append(m.kept_energy)
+                row["kept_energy"] = torch.stack(kept).mean()
             done = step + 1
             if self.val_data is not None and (
                 (cfg.eval_every and done % cfg.eval_every == 0) or done == self.total_steps
@@ -441,9 +450,9 @@ class FinetuneJob:
                     ),
                 )
             result["mlp_matrices"] = n_mlp
-        export_classifier(
-            methods.fold(self.model), self.base, self.task.labels, cfg, self.run_dir / "classifier"
-        )
+        folded = methods.fold(self.model)
+        assert isinstance(folded, Classifier)  # LoRA's merge_and_unload returns the wrapped model
+        export_classifier(folded, self.base, self.task.labels, cfg, self.run_dir / "classifier")
         from steadylm.fsutil import atomic_write
 
         with atomic_write(self.run_dir / "eval.json") as f:

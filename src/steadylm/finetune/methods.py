@@ -62,7 +62,8 @@ def resolve_budget(cfg: FinetuneConfig, mlps: list[MLPLinear], base: str) -> Bud
                 f"{m.name} is a {type(m.module).__name__}, not an nn.Linear: LoRA and SparseGrad here need "
                 "nn.Linear MLP layers (a GPT-2 Hugging Face folder uses Conv1D); use --method full"
             )
-        shapes.setdefault(m.layer_type, tuple(m.module.weight.shape))
+        out_f, in_f = m.module.weight.shape
+        shapes.setdefault(m.layer_type, (out_f, in_f))
     k: dict[str, int] = {}
     for t, (o, i) in shapes.items():
         k[t] = cfg.sparsegrad_k or max(1, round(0.01 * o * i))
@@ -88,13 +89,9 @@ def is_head(name: str) -> bool:
 def set_trainable(model: nn.Module, cfg: FinetuneConfig, mlp_weight_ids: set[int]) -> None:
     """requires_grad per the method: everything (full); else the method's own parameters, the
     head, and (others = "train") every parameter but the MLP weight matrices."""
+    sparse = {id(p) for p in sparse_params(model)}  # SparseGrad's W̃, trained by SparseAdam
     for name, p in model.named_parameters():
-        if (
-            cfg.method == "full"
-            or "lora_" in name
-            or isinstance(getattr(p, "_sparsegrad", None), bool)
-            or is_head(name)
-        ):
+        if cfg.method == "full" or "lora_" in name or id(p) in sparse or is_head(name):
             p.requires_grad_(True)
         else:
             p.requires_grad_(cfg.others == "train" and id(p) not in mlp_weight_ids)
@@ -116,7 +113,7 @@ def apply_lora(
     alpha = cfg.lora_alpha or 2.0 * budget.lora_rank
     config = LoraConfig(
         r=budget.lora_rank,
-        lora_alpha=alpha,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates int; alpha / r takes floats
         lora_dropout=0.0,
         bias="none",
         target_modules=[m.name for m in mlps],
@@ -138,7 +135,7 @@ def collect_bases(
     for p in model.parameters():
         p.requires_grad_(False)
     for m in mlps:
-        m.module.weight.requires_grad_(True)
+        m.linear.weight.requires_grad_(True)
     acc = {t: HOSVD() for t in {m.layer_type for m in mlps}}
     t_grad = t_hosvd = 0.0
     for batch in batches:
@@ -146,12 +143,14 @@ def collect_bases(
         loss_of(batch).backward()
         t1 = time.perf_counter()
         for m in mlps:
-            acc[m.layer_type].add(m.module.weight.grad)
-            m.module.weight.grad = None
+            grad = m.linear.weight.grad
+            assert grad is not None  # the loss depends on every MLP weight
+            acc[m.layer_type].add(grad)
+            m.linear.weight.grad = None
         t_grad += t1 - t0
         t_hosvd += time.perf_counter() - t1
     t0 = time.perf_counter()
-    bases = {t: h.bases(mlps[0].module.weight.dtype) for t, h in acc.items()}
+    bases = {t: h.bases(mlps[0].linear.weight.dtype) for t, h in acc.items()}
     t_hosvd += time.perf_counter() - t0
     for p in model.parameters():
         p.requires_grad_(saved[id(p)])
@@ -168,7 +167,7 @@ def apply_sparsegrad(
     bases come from the checkpoint), identity placeholders of the right shape are used."""
     shared: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for m in mlps:
-        w = m.module.weight
+        w = m.linear.weight
         if m.layer_type not in shared:
             o, i = w.shape
             shared[m.layer_type] = (
@@ -177,8 +176,7 @@ def apply_sparsegrad(
                 else (torch.eye(o, dtype=w.dtype), torch.eye(i, dtype=w.dtype))
             )
         u_out, u_in = (u.to(w.device) for u in shared[m.layer_type])
-        layer = SparseGradLinear(m.module, u_out, u_in, budget.k[m.layer_type], m.layer_type)
-        layer.weight._sparsegrad = True  # marks the parameter for SparseAdam and set_trainable
+        layer = SparseGradLinear(m.linear, u_out, u_in, budget.k[m.layer_type], m.layer_type)
         parent_name, _, child = m.name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, layer)
 
@@ -191,7 +189,10 @@ def build_optimizers(model: nn.Module, cfg: FinetuneConfig) -> list[torch.optim.
     """AdamW for dense parameters (decay on matrices only), plus, for the method's own
     parameters, AdamW at peft_lr (LoRA factors) or SparseAdam at peft_lr (SparseGrad's W̃)."""
     sparse = {id(p) for p in sparse_params(model)}
-    decay, no_decay, lora, sg = [], [], [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    lora: list[nn.Parameter] = []
+    sg: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -222,8 +223,9 @@ def build_optimizers(model: nn.Module, cfg: FinetuneConfig) -> list[torch.optim.
 
 def fold(model: nn.Module) -> nn.Module:
     """The plain model: LoRA merged into its base weights, SparseGradLinear back to nn.Linear."""
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    merge_and_unload = getattr(model, "merge_and_unload", None)  # a peft model's
+    if merge_and_unload is not None:
+        model = merge_and_unload()
     for name, m in list(model.named_modules()):
         if isinstance(m, SparseGradLinear):
             parent_name, _, child = name.rpartition(".")

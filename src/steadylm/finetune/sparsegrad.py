@@ -44,6 +44,7 @@ class HOSVD:
         if self.gram_out is None:
             self.gram_out, self.gram_in = g @ g.t(), g.t() @ g
         else:
+            assert self.gram_in is not None  # set together with gram_out
             self.gram_out += g @ g.t()
             self.gram_in += g.t() @ g
         self.count += 1
@@ -124,6 +125,9 @@ class SparseGradLinear(nn.Module):
     The bases are buffers shared by every layer of the same type and saved once per type by
     `sparsegrad_state` (not with each layer).
     """
+
+    u_out: torch.Tensor  # buffers (registered in __init__), declared for the type checker
+    u_in: torch.Tensor
 
     def __init__(
         self, linear: nn.Linear, u_out: torch.Tensor, u_in: torch.Tensor, k: int, layer_type: str
