@@ -6,6 +6,7 @@ Each class adapts one piece of training state to the checkpoint loop of
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -60,9 +61,14 @@ class ModelWeights:
 
 
 class OptimizerState:
-    """The optimizer's state as torch.distributed.checkpoint reshards it (this rank's part)."""
+    """The optimizer's state as torch.distributed.checkpoint reshards it (this rank's part); one
+    optimizer, or several over disjoint parameters (fine-tuning steps sparse weights apart)."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer],
+    ):
         self.model, self.optimizer = model, optimizer
 
     def state_dict(self) -> dict[str, Any]:
