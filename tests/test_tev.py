@@ -44,7 +44,7 @@ def test_tev_is_fp32_for_bf16_and_excludes_padding_rows():
 
 
 def test_gpt2_init_reference_values():
-    # DESIGN §2: N(0, 0.02^2) gives mu ~ 0.02 and sigma ~ 0.02 / sqrt(2 d).
+    # GPT-2 init N(0, 0.02^2) gives mu ~ 0.02 and sigma ~ 0.02 / sqrt(2 d).
     d = 256
     m, s = tev_summary(torch.randn(20000, d, generator=torch.Generator().manual_seed(0)) * 0.02)
     assert m.item() == pytest.approx(0.02, rel=0.01)
