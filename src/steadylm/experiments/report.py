@@ -411,7 +411,9 @@ class Report:
         return text + (f", {collapsed}/{runs} collapsed" if collapsed else "")
 
     def comparison_section(self) -> dict[str, Any]:
-        conf = f"{CONFIDENCE:.0%}"
+        """Every variant against the baseline, seed by seed: the per-cell table, whether the
+        difference grows with depth, how it evolves along training, and each recipe at its own
+        best learning rate. Returns those numbers for summary.json."""
         self.blocks.append(Heading("Recipes compared, seed by seed"))
         cmp = analysis.compare_recipes(self.summaries, self.baseline)
         out: dict[str, Any] = {"cells": cmp}
@@ -423,6 +425,16 @@ class Report:
                 )
             )
             return out
+        self._comparison_cells(cmp)
+        out["depth_interaction"] = self._depth_interaction(cmp)
+        out["over_steps"] = self._delta_over_steps(cmp)
+        out["best_lr"] = self._best_lr_comparison(cmp)
+        return out
+
+    def _comparison_cells(self, cmp: dict[str, Any]) -> None:
+        """How the cell comparison is computed, and its table: Δ, SE, interval, p, Holm p and the
+        detectable difference of every (depth, learning rate, variant) cell."""
+        conf = f"{CONFIDENCE:.0%}"
         dfs = ", ".join(
             f"{cmp['pooled_df'][lr]} at lr {lr_text(lr)}"
             for lr in sorted(cmp["pooled_df"], key=_sort_key)
@@ -491,8 +503,12 @@ class Report:
                     "two or more seeds."
                 )
             )
+
+    def _depth_interaction(self, cmp: dict[str, Any]) -> list[dict[str, Any]]:
+        """Δ at the deepest depth minus Δ at the shallowest, per variant and learning rate;
+        returns the differences (empty: fewer than two depths to contrast)."""
+        conf = f"{CONFIDENCE:.0%}"
         inter = analysis.depth_interaction(cmp)
-        out["depth_interaction"] = inter
         if inter:
             self.blocks += [
                 Heading("Does the difference grow with depth?", 3),
@@ -533,8 +549,13 @@ class Report:
                     ],
                 )
             )
+        return inter
+
+    def _delta_over_steps(self, cmp: dict[str, Any]) -> list[dict[str, Any]]:
+        """The seed-paired Δ at every evaluation both recipes logged: a table of its first and
+        last value with a reading (lasting or early gain), and a figure against step."""
+        conf = f"{CONFIDENCE:.0%}"
         steps = analysis.delta_over_steps(self.with_data, self.summaries, cmp)
-        out["over_steps"] = steps
         if steps:
             self.blocks += [
                 Heading("The difference along training", 3),
@@ -575,8 +596,12 @@ class Report:
                 f"Seed-paired Δ validation loss (variant − {self.baseline}) against step, {conf} band; "
                 "one panel per learning rate, line style by depth.",
             )
+        return steps
+
+    def _best_lr_comparison(self, cmp: dict[str, Any]) -> list[dict[str, Any]]:
+        """Per depth, each recipe at its own best learning rate against the baseline at its
+        best; shown only when the runs span more than one learning rate."""
         best = analysis.best_lr_comparison(self.summaries, cmp)
-        out["best_lr"] = best
         if len({lr for lr in (s["lr"] for s in self.summaries)}) > 1 and best:
             self.blocks += [
                 Heading("Each recipe at its own best learning rate", 3),
@@ -614,7 +639,7 @@ class Report:
                     ],
                 )
             )
-        return out
+        return best
 
     def tev_section(self, cmp: dict[str, Any]) -> dict[str, Any]:
         floor = 1 / (PERMUTATIONS + 1)
