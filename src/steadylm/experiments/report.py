@@ -468,31 +468,7 @@ class Report:
                     "Holm p",
                     "detectable",
                 ],
-                [
-                    [
-                        str(r.key.depth),
-                        lr_text(r.key.lr),
-                        r.key.variant,
-                        str(r.estimate.n) if r.estimate else "—",
-                        fmt(r.variant_mean, ".4f"),
-                        fmt(r.baseline_mean, ".4f"),
-                        *(
-                            [
-                                fmt(r.estimate.mean, "+.4f"),
-                                fmt(r.estimate.se, ".4f"),
-                                fmt_ci(r.estimate).split(" ", 1)[1]
-                                if r.estimate.lo is not None
-                                else "—",
-                                fmt_p(r.estimate.p),
-                                fmt_p(r.holm_p),
-                                fmt(detectable(r.estimate), ".4f"),
-                            ]
-                            if r.estimate
-                            else [f"not compared: {r.excluded.value}", "", "", "", "", ""]
-                        ),
-                    ]
-                    for r in cmp["rows"]
-                ],
+                [self._cell_row(r) for r in cmp["rows"]],
             )
         )
         if cmp["family"] == 0:
@@ -503,6 +479,31 @@ class Report:
                     "two or more seeds."
                 )
             )
+
+    @staticmethod
+    def _cell_row(r: analysis.Comparison) -> list[str]:
+        """One row of the cell table: the cell, its seeds and mean losses, then Δ with its
+        uncertainty, or why the cell was not compared."""
+        head = [
+            str(r.key.depth),
+            lr_text(r.key.lr),
+            r.key.variant,
+            str(r.estimate.n) if r.estimate else "—",
+            fmt(r.variant_mean, ".4f"),
+            fmt(r.baseline_mean, ".4f"),
+        ]
+        if not r.estimate:
+            assert r.excluded is not None  # a cell without an estimate says why
+            return [*head, f"not compared: {r.excluded.value}", "", "", "", "", ""]
+        return [
+            *head,
+            fmt(r.estimate.mean, "+.4f"),
+            fmt(r.estimate.se, ".4f"),
+            fmt_ci(r.estimate).split(" ", 1)[1] if r.estimate.lo is not None else "—",
+            fmt_p(r.estimate.p),
+            fmt_p(r.holm_p),
+            fmt(detectable(r.estimate), ".4f"),
+        ]
 
     def _depth_interaction(self, cmp: dict[str, Any]) -> list[dict[str, Any]]:
         """Δ at the deepest depth minus Δ at the shallowest, per variant and learning rate;
