@@ -643,6 +643,45 @@ class Report:
         return best
 
     def tev_section(self, cmp: dict[str, Any]) -> dict[str, Any]:
+        """Is TEV a useful signal: how the candidates are judged, then whether they order the
+        final loss, track the embedding's gradient variance, where their growth sits between
+        Adam's noise and drift references, and Δμ_TEV at a matched step and loss. Returns the
+        numbers for summary.json."""
+        self._tev_intro()
+        out: dict[str, Any] = {}
+        out["vs_loss"] = self._tev_vs_loss()
+        out["vs_gradvar"] = self._tev_vs_gradvar()
+        out["adam"] = self._tev_adam()
+        out["matched"] = self._tev_matched(cmp)
+        return out
+
+    _CORR_HEADER = [
+        "signal",
+        "runs",
+        "groups",
+        "ρ within groups",
+        "p (within)",
+        "ρ across all (confounded)",
+    ]
+
+    @staticmethod
+    def _corr_rows(result: dict[str, Any]) -> list[list[str]]:
+        """One row per signal of a correlation result: within-group ρ and p, across-run ρ."""
+        names = tevstats.SIGNALS
+        return [
+            [
+                names[k],
+                str(v["within"].n),
+                str(v["within"].groups),
+                fmt(v["within"].rho, "+.3f"),
+                fmt_p(v["within"].p, v["within"].floor),
+                fmt(v["across"].rho, "+.3f"),
+            ]
+            for k, v in result["signals"].items()
+        ]
+
+    def _tev_intro(self) -> None:
+        """The TEV heading, how its candidate signals are judged, and which were not logged."""
         floor = 1 / (PERMUTATIONS + 1)
         self.blocks += [
             Heading("TEV"),
@@ -656,7 +695,6 @@ class Report:
                 "shown for contrast only: it mixes learning rates. Collapsed and diverged runs are left out."
             ),
         ]
-        out: dict[str, Any] = {}
         names = tevstats.SIGNALS
         absent = [names[k] for k in names if k not in tevstats.signals_logged(self.with_data)]
         if absent:
@@ -664,36 +702,20 @@ class Report:
                 Para("Not logged by these runs, so not judged: " + ", ".join(absent) + ".")
             )
 
-        def corr_rows(result: dict[str, Any]) -> list[list[str]]:
-            return [
-                [
-                    names[k],
-                    str(v["within"].n),
-                    str(v["within"].groups),
-                    fmt(v["within"].rho, "+.3f"),
-                    fmt_p(v["within"].p, v["within"].floor),
-                    fmt(v["across"].rho, "+.3f"),
-                ]
-                for k, v in result["signals"].items()
-            ]
-
-        header = [
-            "signal",
-            "runs",
-            "groups",
-            "ρ within groups",
-            "p (within)",
-            "ρ across all (confounded)",
-        ]
+    def _tev_vs_loss(self) -> dict[str, Any]:
+        """Within-group rank correlation of each TEV signal with the final loss."""
         loss = tevstats.tev_vs_loss(self.with_data, self.by_name)
-        out["vs_loss"] = loss
         self.blocks += [Heading("Does TEV order the final loss?", 3)]
         if loss["signals"]:
-            self.blocks.append(Table(header, corr_rows(loss)))
+            self.blocks.append(Table(self._CORR_HEADER, self._corr_rows(loss)))
         else:
             self.blocks.append(Para("No TEV readings in the runs that learned."))
+        return loss
+
+    def _tev_vs_gradvar(self) -> dict[str, Any]:
+        """Correlation of each TEV signal with the embedding's gradient variance at one step,
+        with a scatter figure."""
         gv = tevstats.tev_vs_gradvar(self.with_data, self.by_name)
-        out["vs_gradvar"] = gv
         self.blocks += [Heading("Does TEV track the embedding's gradient variance?", 3)]
         if not gv["available"]:
             self.blocks.append(Para(f"Not computed: {gv['reason']}."))
@@ -705,7 +727,7 @@ class Report:
                     f"latest step at which the most runs ({gv['runs']}) logged it."
                 )
             )
-            self.blocks.append(Table(header, corr_rows(gv)))
+            self.blocks.append(Table(self._CORR_HEADER, self._corr_rows(gv)))
             self.figure(
                 plots.tev_gradvar(gv, self.colors),
                 "tev-gradvar.png",
@@ -713,8 +735,12 @@ class Report:
                 "depth, label: learning rate). Clusters by learning rate are what an across-run "
                 "correlation measures; the within-group ρ ignores them.",
             )
+        return gv
+
+    def _tev_adam(self) -> dict[str, Any]:
+        """Where each group's TEV growth sits between Adam's pure-noise and pure-drift
+        references: a table of final positions and a figure along training."""
         adam = tevstats.adam_positions(self.with_data)
-        out["adam"] = adam
         self.blocks += [
             Heading("TEV growth against Adam's references", 3),
             Para(
@@ -759,12 +785,16 @@ class Report:
             )
         else:
             self.blocks.append(Para("No run logged both μ_TEV and σ_TEV with its learning rate."))
+        return adam
+
+    def _tev_matched(self, cmp: dict[str, Any]) -> list[dict[str, Any]]:
+        """Seed-paired Δμ_TEV per compared cell at the final step and at a matched validation
+        loss (empty when no cell was compared)."""
         matched = (
             tevstats.tev_matched(self.with_data, cmp["cells"], self.recipe)
             if cmp.get("cells")
             else []
         )
-        out["matched"] = matched
         if matched:
             self.blocks += [
                 Heading("μ_TEV at a matched step and at a matched validation loss", 3),
@@ -799,7 +829,7 @@ class Report:
                     ],
                 )
             )
-        return out
+        return matched
 
     def warning_section(self) -> dict[str, Any]:
         o = self.opt
