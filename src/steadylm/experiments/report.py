@@ -832,6 +832,24 @@ class Report:
         return matched
 
     def warning_section(self) -> dict[str, Any]:
+        """Does a signal warn of an instability event before it happens: how events and
+        warnings are defined, the events with each signal's lead, each signal's score against
+        chance, and a figure of a few events. Returns the early-warning result."""
+        o = self.opt
+        self._warning_intro()
+        ew = warning.early_warning(self.with_data, o.window, o.k, o.horizon, o.rise)
+        if not ew["events"]:
+            self.blocks.append(
+                Para("No run had an instability event, so there is nothing to warn of here.")
+            )
+            return ew
+        self._warning_events(ew)
+        self._warning_scores(ew)
+        self._warning_figure(ew)
+        return ew
+
+    def _warning_intro(self) -> None:
+        """The early-warning heading and the definitions of an event, a warning and chance."""
         o = self.opt
         self.blocks += [
             Heading("Early warning"),
@@ -848,22 +866,21 @@ class Report:
                 "share of those draws that warned of at least as many events."
             ),
         ]
-        ew = warning.early_warning(self.with_data, o.window, o.k, o.horizon, o.rise)
+
+    @staticmethod
+    def _lead_text(v: warning.Lead) -> str:
+        """How one signal did before one event: steps ahead, at it, missed or unscorable."""
+        return {
+            warning.Outcome.WARNED: f"{v.steps} ahead",
+            warning.Outcome.AT_EVENT: "at it",
+            warning.Outcome.MISSED: "missed",
+            warning.Outcome.UNSCORABLE: "—",
+        }[v.outcome]
+
+    def _warning_events(self, ew: dict[str, Any]) -> None:
+        """The first MAX_ROWS instability events, each with every signal's lead."""
         names = ew["names"]
-        if not ew["events"]:
-            self.blocks.append(
-                Para("No run had an instability event, so there is nothing to warn of here.")
-            )
-            return ew
-
-        def lead(v: warning.Lead) -> str:
-            return {
-                warning.Outcome.WARNED: f"{v.steps} ahead",
-                warning.Outcome.AT_EVENT: "at it",
-                warning.Outcome.MISSED: "missed",
-                warning.Outcome.UNSCORABLE: "—",
-            }[v.outcome]
-
+        lead = self._lead_text
         self.blocks.append(
             Table(
                 ["run", "event step", "peak loss", *names.values()],
@@ -877,6 +894,11 @@ class Report:
             self.blocks.append(
                 Para(f"… and {len(ew['events']) - MAX_ROWS} more events (all in summary.json).")
             )
+
+    def _warning_scores(self, ew: dict[str, Any]) -> None:
+        """Per signal: events warned of, at, missed and unscorable, median lead, and p against
+        the same number of out-of-range steps placed at random."""
+        names = ew["names"]
         self.blocks.append(
             Table(
                 [
@@ -908,6 +930,10 @@ class Report:
                 ],
             )
         )
+
+    def _warning_figure(self, ew: dict[str, Any]) -> None:
+        """A figure of the first MAX_CASES events some signal could be scored on."""
+        o = self.opt
         cases = [
             e
             for e in ew["events"]
@@ -923,7 +949,6 @@ class Report:
                 "Around an instability event: the training loss, μ_TEV and the gradient norm, their "
                 "out-of-range steps (orange) and the H steps before the event (shaded).",
             )
-        return ew
 
     def definitions(self) -> None:
         self.blocks += [
