@@ -198,6 +198,9 @@ class Report:
             )
 
     def collapse_section(self) -> list[dict[str, Any]]:
+        """Which runs learned nothing beyond token frequencies: the definition, then per
+        validation set its unigram cross-entropy and the collapsed runs. Returns one entry per
+        validation set for summary.json."""
         self.blocks += [
             Heading("Collapsed runs"),
             Para(
@@ -212,6 +215,24 @@ class Report:
                 "comparison and correlation."
             ),
         ]
+        table = self._collapse_by_dataset()
+        if not table:
+            self.blocks.append(
+                Para(
+                    "No run logged a validation loss (train.eval_every = 0), so no run can "
+                    "be judged collapsed."
+                )
+            )
+            return []
+        self._collapse_table(table)
+        return [
+            {"dataset": k, "reference": t["ref"], "runs": t["runs"], "collapsed": t["collapsed"]}
+            for k, t in table.items()
+        ]
+
+    def _collapse_by_dataset(self) -> dict[str, dict[str, Any]]:
+        """Runs with a unigram reference grouped by validation data: the reference, the number
+        of runs and the names of the collapsed ones."""
         table: dict[str, dict[str, Any]] = {}
         for s in self.summaries:
             ref = self.refs.get(s["name"])
@@ -223,14 +244,10 @@ class Report:
             t["runs"] += 1
             if s["collapsed"]:
                 t["collapsed"].append(s["name"])
-        if not table:
-            self.blocks.append(
-                Para(
-                    "No run logged a validation loss (train.eval_every = 0), so no run can "
-                    "be judged collapsed."
-                )
-            )
-            return []
+        return table
+
+    def _collapse_table(self, table: dict[str, dict[str, Any]]) -> None:
+        """The per-dataset table of unigram references and collapsed counts, and the names."""
         self.blocks.append(
             Table(
                 [
@@ -257,10 +274,6 @@ class Report:
         names = [n for t in table.values() for n in t["collapsed"]]
         if names:
             self.blocks.append(Para("Collapsed: " + ", ".join(f"`{n}`" for n in names) + "."))
-        return [
-            {"dataset": k, "reference": t["ref"], "runs": t["runs"], "collapsed": t["collapsed"]}
-            for k, t in table.items()
-        ]
 
     def depth_sections(self, groups: list[dict[str, Any]]) -> None:
         for depth in sorted({r.depth for r in self.with_data}, key=_sort_key):
