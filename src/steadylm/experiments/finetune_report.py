@@ -57,9 +57,21 @@ def _fmt(stat: dict[str, Any], spec: str) -> str:
     return format(stat["mean"], spec) + sd
 
 
-def write_into(tmp: Path, folders: list[str | Path], options) -> None:
-    from steadylm.experiments.report import write_documents
+_AVERAGED = (
+    "accuracy",
+    "macro_f1",
+    "trainable_params",
+    "mlp_budget",
+    "peak_mem_mb",
+    "steps_per_s",
+    "steps_per_cpu_s",
+    "hosvd_seconds",
+)
 
+
+def _collect(folders: list[str | Path]) -> list[dict[str, Any]]:
+    """Every fine-tuning run in `folders`: its name, folder, status and eval.json (None if
+    it has none yet)."""
     runs = []
     for name, run_dir in finetune_runs(folders):
         path = run_dir / "eval.json"
@@ -72,7 +84,12 @@ def write_into(tmp: Path, folders: list[str | Path], options) -> None:
                 "eval": result,
             }
         )
-    done = [r["eval"] for r in runs if r["eval"]]
+    return runs
+
+
+def _group(done: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The evaluated runs per (task, method), in task then METHOD_ORDER order: seeds, and the
+    mean ± sd over seeds of accuracy, macro-F1 and the costs."""
     keys = sorted(
         {(e["task"], e["method"]) for e in done},
         key=lambda k: (k[0], METHOD_ORDER.index(k[1]) if k[1] in METHOD_ORDER else 99),
@@ -86,23 +103,46 @@ def write_into(tmp: Path, folders: list[str | Path], options) -> None:
                 "method": method,
                 "runs": len(members),
                 "seeds": sorted(e["seed"] for e in members),
-                **{
-                    k: mean_sd(e.get(k) for e in members)
-                    for k in (
-                        "accuracy",
-                        "macro_f1",
-                        "trainable_params",
-                        "mlp_budget",
-                        "peak_mem_mb",
-                        "steps_per_s",
-                        "steps_per_cpu_s",
-                        "hosvd_seconds",
-                    )
-                },
+                **{k: mean_sd(e.get(k) for e in members) for k in _AVERAGED},
                 "k": members[0].get("k"),
                 "lora_rank": members[0].get("lora_rank"),
             }
         )
+    return groups
+
+
+def _group_row(g: dict[str, Any]) -> list[str]:
+    """One (task, method) row of the accuracy-and-cost table."""
+    return [
+        g["task"],
+        g["method"],
+        str(g["runs"]),
+        _fmt(g["accuracy"], ".4f"),
+        _fmt(g["macro_f1"], ".4f"),
+        _fmt(g["trainable_params"], ",.0f"),
+        _fmt(g["mlp_budget"], ",.0f"),
+        _fmt(g["peak_mem_mb"], ".0f"),
+        _fmt(g["steps_per_s"], ".2f"),
+        _fmt(g["steps_per_cpu_s"], ".2f"),
+        _fmt(g["hosvd_seconds"], ".1f"),
+        f"k={g['k']}" if g["k"] else (f"r={g['lora_rank']}" if g["lora_rank"] else "—"),
+    ]
+
+
+def _run_row(r: dict[str, Any]) -> list[str]:
+    """One run of the runs table: status, and its test results when it has them."""
+    e = r["eval"]
+    results = (
+        (e["task"], e["method"], str(e["seed"]), f"{e['accuracy']:.4f}", f"{e['macro_f1']:.4f}")
+        if e
+        else ("—",) * 5
+    )
+    return [r["name"], r["status"], *results]
+
+
+def _blocks(runs: list[dict[str, Any]], done: int, groups: list[dict[str, Any]], options) -> list:
+    """The report's document: title, preface, how to read it, the per-(task, method) table
+    and the runs table."""
     blocks = [
         Heading(
             options.title if options.title != "steadylm report" else "steadylm fine-tuning report",
@@ -110,7 +150,7 @@ def write_into(tmp: Path, folders: list[str | Path], options) -> None:
         ),
         Para(options.preface) if options.preface else None,
         Para(
-            f"{len(runs)} runs, {len(done)} with test results. Accuracy and macro-F1 on the test split, "
+            f"{len(runs)} runs, {done} with test results. Accuracy and macro-F1 on the test split, "
             "mean ± sample standard deviation over seeds; peak memory is the process's peak resident set on "
             "a CPU (peak allocated memory on a GPU); steps/s counts training steps only, per wall-clock and per "
             "process-CPU second; MLP budget is what the MLP matrices learn per step (k or r·(d_in + d_out), "
@@ -132,51 +172,29 @@ def write_into(tmp: Path, folders: list[str | Path], options) -> None:
                 "HOSVD s",
                 "k / LoRA rank",
             ],
-            [
-                [
-                    g["task"],
-                    g["method"],
-                    str(g["runs"]),
-                    _fmt(g["accuracy"], ".4f"),
-                    _fmt(g["macro_f1"], ".4f"),
-                    _fmt(g["trainable_params"], ",.0f"),
-                    _fmt(g["mlp_budget"], ",.0f"),
-                    _fmt(g["peak_mem_mb"], ".0f"),
-                    _fmt(g["steps_per_s"], ".2f"),
-                    _fmt(g["steps_per_cpu_s"], ".2f"),
-                    _fmt(g["hosvd_seconds"], ".1f"),
-                    f"k={g['k']}" if g["k"] else (f"r={g['lora_rank']}" if g["lora_rank"] else "—"),
-                ]
-                for g in groups
-            ],
+            [_group_row(g) for g in groups],
         ),
         Heading("Runs"),
         Table(
             ["run", "status", "task", "method", "seed", "accuracy", "macro-F1"],
-            [
-                [
-                    r["name"],
-                    r["status"],
-                    *(
-                        (
-                            r["eval"]["task"],
-                            r["eval"]["method"],
-                            str(r["eval"]["seed"]),
-                            f"{r['eval']['accuracy']:.4f}",
-                            f"{r['eval']['macro_f1']:.4f}",
-                        )
-                        if r["eval"]
-                        else ("—",) * 5
-                    ),
-                ]
-                for r in runs
-            ],
+            [_run_row(r) for r in runs],
         ),
     ]
+    return [b for b in blocks if b is not None]
+
+
+def write_into(tmp: Path, folders: list[str | Path], options) -> None:
+    """Write the fine-tuning report of `folders` into `tmp`: report.md, report.html and
+    summary.json (the groups and every run)."""
+    from steadylm.experiments.report import write_documents
+
+    runs = _collect(folders)
+    done = [r["eval"] for r in runs if r["eval"]]
+    groups = _group(done)
     summary = {
         "steadylm_version": steadylm.__version__,
         "sources": [str(f) for f in folders],
         "groups": groups,
         "runs": runs,
     }
-    write_documents(tmp, [b for b in blocks if b is not None], summary, options.title)
+    write_documents(tmp, _blocks(runs, len(done), groups, options), summary, options.title)
