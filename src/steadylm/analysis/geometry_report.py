@@ -144,54 +144,74 @@ def markdown_table(profile: dict) -> str:
     )
 
 
-def plot_profile(profile: dict, path: Path) -> None:
-    """Six panels against depth: anisotropy; ID; nearest-neighbour token share; linearity; norm
-    ratio; largest over median |activation|."""
-    plt = _pyplot()
-    layers = [r["layer"] for r in profile["layers"]]
-    blocks = layers[1:]
+def _col(rows: list[dict], key: str) -> list[float]:
+    """`key` of every row, NaN where a row lacks it."""
+    return [r.get(key, float("nan")) for r in rows]
 
-    def col(key, rows=profile["layers"]):
-        return [r.get(key, float("nan")) for r in rows]
 
-    def curves(a, keys, rows=profile["layers"], x=layers):
-        for key, style, label in keys:
-            if any(key in r for r in rows):
-                a.plot(x, col(key, rows), style, label=label)
+def _curves(a, keys, rows: list[dict], x: list) -> None:
+    """One line per (key, style, label) in `keys` that some row has, against `x`."""
+    for key, style, label in keys:
+        if any(key in r for r in rows):
+            a.plot(x, _col(rows, key), style, label=label)
 
-    fig, ax = plt.subplots(2, 3, figsize=(16, 8))
-    curves(
-        ax[0, 0],
+
+def _panel_anisotropy(a, profile: dict, layers: list) -> None:
+    """Anisotropy (with and without massive dims) and mean pairwise cosine per hidden state."""
+    rows = profile["layers"]
+    _curves(
+        a,
         (
             ("anisotropy", "o-", "anisotropy σ₁²/Σσᵢ²"),
             ("anisotropy_no_massive", "o:", "anisotropy, massive dims removed"),
             ("mean_cosine", "s--", "mean pairwise cosine"),
         ),
+        rows,
+        layers,
     )
-    ax[0, 0].set(
-        title="Anisotropy", xlabel="hidden state", ylim=(min(0, *col("mean_cosine")) - 0.02, 1.02)
+    a.set(
+        title="Anisotropy",
+        xlabel="hidden state",
+        ylim=(min(0, *_col(rows, "mean_cosine")) - 0.02, 1.02),
     )
-    curves(
-        ax[0, 1],
+
+
+def _panel_intrinsic_dim(a, profile: dict, layers: list) -> None:
+    """Intrinsic dimension per hidden state: TwoNN and MLE on the ID sample, TwoNN on all."""
+    _curves(
+        a,
         (
             ("intrinsic_dim", "o-", f"TwoNN, ID sample ({profile['id_sample']})"),
             ("intrinsic_dim_mle", "s-", "MLE (k = 20), ID sample"),
             ("intrinsic_dim_all", "o:", "TwoNN, position sample"),
         ),
+        profile["layers"],
+        layers,
     )
-    ax[0, 1].set(title="Intrinsic dimension", xlabel="hidden state")
-    curves(
-        ax[0, 2],
+    a.set(title="Intrinsic dimension", xlabel="hidden state")
+
+
+def _panel_nn_same_token(a, profile: dict, layers: list) -> None:
+    """Share of points whose nearest neighbour is the same token, per hidden state."""
+    _curves(
+        a,
         (("nn_same_token", "o-", "ID sample"), ("nn_same_token_all", "o:", "position sample")),
+        profile["layers"],
+        layers,
     )
-    ax[0, 2].set(
+    a.set(
         title="Share of points whose nearest neighbour is the same token",
         xlabel="hidden state",
         ylim=(-0.02, 1.02),
     )
+
+
+def _panel_linearity(a, profile: dict, blocks: list) -> None:
+    """Linearity of each block's map (variants with/without residual, held out, massive dims
+    removed) against the chance level d/n."""
     rows = profile["layers"][1:]
-    curves(
-        ax[1, 0],
+    _curves(
+        a,
         (
             ("linearity", "o-", "linearity"),
             ("linearity_no_residual", "s-", "without residual"),
@@ -207,31 +227,56 @@ def plot_profile(profile: dict, path: Path) -> None:
         rows,
         blocks,
     )
-    ax[1, 0].axhline(
+    a.axhline(
         profile["chance_linearity"],
         color="grey",
         lw=1,
         label=f"chance d/n = {profile['chance_linearity']:.3f}",
     )
-    ax[1, 0].set(
+    a.set(
         title="Linearity of block l−1 → l",
         xlabel="block output (hidden state l)",
-        ylim=(max(-1.0, min(0.0, *col("linearity_no_residual_heldout", rows))) - 0.05, 1.05),
+        ylim=(max(-1.0, min(0.0, *_col(rows, "linearity_no_residual_heldout"))) - 0.05, 1.05),
     )
-    ax[1, 1].plot(blocks, col("norm_ratio", rows), "o-")
-    ax[1, 1].set(
+
+
+def _panel_norm_ratio(a, profile: dict, blocks: list) -> None:
+    """How much each block changes the hidden state, relative to its input (log scale)."""
+    a.plot(blocks, _col(profile["layers"][1:], "norm_ratio"), "o-")
+    a.set(
         title="Norm ratio ‖h_l − h_{l−1}‖/‖h_{l−1}‖",
         xlabel="block output (hidden state l)",
         yscale="log",
     )
-    ax[1, 2].plot(layers, col("max_ratio"), "o-", label="largest / median |activation|")
-    ax[1, 2].axhline(
+
+
+def _panel_massive(a, profile: dict, layers: list) -> None:
+    """Largest over median |activation| per hidden state, against the massive threshold."""
+    a.plot(
+        layers, _col(profile["layers"], "max_ratio"), "o-", label="largest / median |activation|"
+    )
+    a.axhline(
         profile["massive_ratio"],
         color="grey",
         lw=1,
         label=f"massive threshold {profile['massive_ratio']:g}",
     )
-    ax[1, 2].set(title="Massive activations", xlabel="hidden state", yscale="log")
+    a.set(title="Massive activations", xlabel="hidden state", yscale="log")
+
+
+def plot_profile(profile: dict, path: Path) -> None:
+    """Six panels against depth: anisotropy; ID; nearest-neighbour token share; linearity; norm
+    ratio; largest over median |activation|."""
+    plt = _pyplot()
+    layers = [r["layer"] for r in profile["layers"]]
+    blocks = layers[1:]
+    fig, ax = plt.subplots(2, 3, figsize=(16, 8))
+    _panel_anisotropy(ax[0, 0], profile, layers)
+    _panel_intrinsic_dim(ax[0, 1], profile, layers)
+    _panel_nn_same_token(ax[0, 2], profile, layers)
+    _panel_linearity(ax[1, 0], profile, blocks)
+    _panel_norm_ratio(ax[1, 1], profile, blocks)
+    _panel_massive(ax[1, 2], profile, layers)
     for a in (ax[0, 0], ax[0, 1], ax[0, 2], ax[1, 0], ax[1, 2]):
         a.legend(fontsize=7)
     for a in ax.flat:
