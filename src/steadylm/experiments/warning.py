@@ -164,6 +164,36 @@ def _score_run(
     return leads, alarms, hits
 
 
+def _run_events(name: str, steps: np.ndarray, loss: np.ndarray, onsets: list[int]) -> list[Event]:
+    """One Event per onset of a run, each lasting until the next onset, with its peak loss
+    (inf when a loss in it is not finite)."""
+    mine = []
+    for i, e in enumerate(onsets):
+        end = onsets[i + 1] if i + 1 < len(onsets) else None
+        seg = loss[(steps >= e) & ((steps < end) if end is not None else True)]
+        finite = seg[np.isfinite(seg)]
+        peak = float(finite.max()) if len(finite) == len(seg) else float("inf")
+        mine.append(Event(name, e, peak))
+    return mine
+
+
+def _tally(sc: SignalScore, key: str, events: list[Event]) -> None:
+    """Count signal `key`'s outcomes over all events into `sc`: warned (with the leads), at the
+    event, missed, unscorable, and how many were scored; no chance baseline if none was."""
+    for ev in events:
+        lead = ev.leads[key]
+        sc.unscorable += lead.outcome is Outcome.UNSCORABLE
+        sc.warned += lead.outcome is Outcome.WARNED
+        sc.at_event += lead.outcome is Outcome.AT_EVENT
+        sc.missed += lead.outcome is Outcome.MISSED
+        if lead.outcome is Outcome.WARNED:
+            assert lead.steps is not None  # a WARNED lead always has its steps
+            sc.leads.append(lead.steps)
+    sc.scored = len(events) - sc.unscorable
+    if not sc.scored:
+        sc.chance_hits = None
+
+
 def early_warning(
     runs: list[Run],
     window: int,
@@ -187,13 +217,7 @@ def early_warning(
         onsets = loss_events(steps, loss, rise)
         if not onsets:
             continue
-        mine = []
-        for i, e in enumerate(onsets):
-            end = onsets[i + 1] if i + 1 < len(onsets) else None
-            seg = loss[(steps >= e) & ((steps < end) if end is not None else True)]
-            finite = seg[np.isfinite(seg)]
-            peak = float(finite.max()) if len(finite) == len(seg) else float("inf")
-            mine.append(Event(run.name, e, peak))
+        mine = _run_events(run.name, steps, loss, onsets)
         for key in keys:
             leads, alarms, hits = _score_run(run, key, onsets, window, k, horizon, rng, draws)
             sc = scores[key]
@@ -203,18 +227,7 @@ def early_warning(
                 ev.leads[key] = leads[ev.step]
         events += mine
     for key, sc in scores.items():
-        for ev in events:
-            lead = ev.leads[key]
-            sc.unscorable += lead.outcome is Outcome.UNSCORABLE
-            sc.warned += lead.outcome is Outcome.WARNED
-            sc.at_event += lead.outcome is Outcome.AT_EVENT
-            sc.missed += lead.outcome is Outcome.MISSED
-            if lead.outcome is Outcome.WARNED:
-                assert lead.steps is not None  # a WARNED lead always has its steps
-                sc.leads.append(lead.steps)
-        sc.scored = len(events) - sc.unscorable
-        if not sc.scored:
-            sc.chance_hits = None
+        _tally(sc, key, events)
     names = {**SIGNALS, **OTHER_SIGNALS}
     return {
         "window": window,
