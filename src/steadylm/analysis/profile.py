@@ -60,6 +60,32 @@ def _block(X: np.ndarray, Y: np.ndarray, suffix: str = "") -> dict:
     }
 
 
+def _massive_top(top: list[dict], hs: HiddenStates, decode=None) -> list[dict]:
+    """The largest activations of a layer, each with the token (and its text when `decode`
+    is given) and the position of the row it occurred in."""
+    return [
+        {
+            "dim": t["dim"],
+            "ratio": t["ratio"],
+            "token": int(hs.ids[t["row"]]),
+            "text": decode([int(hs.ids[t["row"]])]) if decode else None,
+            "position": int(hs.positions[t["row"]]),
+        }
+        for t in top
+    ]
+
+
+def _block_map(prev: np.ndarray, X: np.ndarray, drop: list[int]) -> dict:
+    """How block l maps hidden state l−1 (`prev`) to l (`X`): linearity, held-out linearity,
+    norm ratio, and the linearity with the massive dims `drop` removed from both."""
+    return {
+        **_block(prev, X),
+        "linearity_heldout": geometry.heldout_linearity(prev, X),
+        "norm_ratio": geometry.norm_ratio(prev, X),
+        **_block(geometry.without(prev, drop), geometry.without(X, drop), "_no_massive"),
+    }
+
+
 def layer_profile(
     hs: HiddenStates, massive_ratio: float = MASSIVE_RATIO, decode=None, progress: bool = True
 ) -> dict:
@@ -81,16 +107,7 @@ def layer_profile(
             "mean_cosine": geometry.mean_cosine(X),
             "max_ratio": m["max_ratio"],
             "massive_dims": m["dims"],
-            "massive_top": [
-                {
-                    "dim": t["dim"],
-                    "ratio": t["ratio"],
-                    "token": int(hs.ids[t["row"]]),
-                    "text": decode([int(hs.ids[t["row"]])]) if decode else None,
-                    "position": int(hs.positions[t["row"]]),
-                }
-                for t in m["top"]
-            ],
+            "massive_top": _massive_top(m["top"], hs, decode),
             "intrinsic_dim": ids["twonn"],
             "intrinsic_dim_mle": ids["mle"],
             "nn_same_token": ids["nn_same_token"],
@@ -99,16 +116,9 @@ def layer_profile(
             ref = geometry.intrinsic_dimensions(X, hs.ids, k=2)
             row.update(intrinsic_dim_all=ref["twonn"], nn_same_token_all=ref["nn_same_token"])
         if layer_index > 0:
-            prev = hs.states[layer_index - 1]
-            drop = sorted(
-                set(massive[layer_index - 1]) | set(m["dims"])
-            )  # one basis: the residual stream's
-            row.update(_block(prev, X))
-            row.update(
-                linearity_heldout=geometry.heldout_linearity(prev, X),
-                norm_ratio=geometry.norm_ratio(prev, X),
-                **_block(geometry.without(prev, drop), geometry.without(X, drop), "_no_massive"),
-            )
+            # one basis, the residual stream's: drop the massive dims of either side
+            drop = sorted(set(massive[layer_index - 1]) | set(m["dims"]))
+            row.update(_block_map(hs.states[layer_index - 1], X, drop))
         layers.append(row)
     return {
         "n_tokens": n,
