@@ -40,15 +40,20 @@ the package index, sha256-checked)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from steadylm.analysis.geometry import MASSIVE_RATIO
-    from steadylm.analysis.sampling import ID_SAMPLES
-
     p = sub.add_parser(
         "analyze",
         help="per-layer anisotropy, intrinsic dimension and linearity of any checkpoint",
         description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_input_args(p)
+    _add_sampling_args(p)
+    _add_output_args(p)
+    p.set_defaults(func=run)
+
+
+def _add_input_args(p: argparse.ArgumentParser) -> None:
+    """What to analyze: the model, and the text its hidden states are collected on."""
     p.add_argument(
         "path",
         metavar="PATH",
@@ -63,6 +68,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--text-field", default="text", metavar="NAME", help="text field of .jsonl/.parquet records"
     )
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """Which positions are sampled, and the massive-activation threshold."""
+    from steadylm.analysis.geometry import MASSIVE_RATIO
+    from steadylm.analysis.sampling import ID_SAMPLES
+
     p.add_argument(
         "--tokens",
         type=int,
@@ -98,6 +110,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="R",
         help=f"a dimension is massive when its largest |activation| exceeds R x the median (default {MASSIVE_RATIO:g})",
     )
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    """Where the profile goes, over-training mode, device and progress bars."""
     p.add_argument("--json", action="store_true", help="print the profile as JSON")
     p.add_argument(
         "--out", metavar="DIR", help="write profile.json, a Markdown table and plots to DIR"
@@ -111,15 +127,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--device", default="auto", help="auto, cpu, cuda, ... (default auto: cuda if available)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Profile the model (or every checkpoint of a run), then write and print the result."""
     from steadylm.analysis.geometry_report import format_table, write_outputs
-    from steadylm.analysis.profile import analyze_model, over_training
-    from steadylm.device import resolve_device
-    from steadylm.errors import SteadyLMError
     from steadylm.jsonsafe import json_safe
+
+    _check_args(args)
+    result, profiles = _profile(args)
+    if args.out:
+        for f in write_outputs(result, Path(args.out), args.over_training):
+            print(f"wrote {f}", file=sys.stderr)
+    if args.json:
+        json.dump(json_safe(result), sys.stdout, indent=1, allow_nan=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write("\n".join(format_table(p) for p in profiles))
+    return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Reject out-of-range numeric options before any model or text is loaded."""
+    from steadylm.errors import SteadyLMError
 
     if args.tokens < 8:
         raise SteadyLMError(
@@ -131,6 +161,14 @@ def run(args: argparse.Namespace) -> int:
         raise SteadyLMError(f"--chunks must be >= 1, got {args.chunks}")
     if not args.massive_ratio > 1:
         raise SteadyLMError(f"--massive-ratio must be > 1, got {args.massive_ratio}")
+
+
+def _profile(args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    """The analysis result and the profiles in it: one per checkpoint with --over-training,
+    else the one model's."""
+    from steadylm.analysis.profile import analyze_model, over_training
+    from steadylm.device import resolve_device
+
     sampling = {
         "id_sample": args.id_sample,
         "min_chunks": args.chunks,
@@ -152,29 +190,19 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
             device=device,
         )
-        profiles = result["checkpoints"]
-    else:
-        from steadylm.analysis.models import load_for_analysis
+        return result, result["checkpoints"]
+    from steadylm.analysis.models import load_for_analysis
 
-        model = load_for_analysis(args.path, device)
-        result = analyze_model(
-            model,
-            _texts(args, progress),
-            args.tokens,
-            args.drop_first,
-            **sampling,
-            progress=progress,
-        )
-        profiles = [result]
-    if args.out:
-        for f in write_outputs(result, Path(args.out), args.over_training):
-            print(f"wrote {f}", file=sys.stderr)
-    if args.json:
-        json.dump(json_safe(result), sys.stdout, indent=1, allow_nan=False)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write("\n".join(format_table(p) for p in profiles))
-    return 0
+    model = load_for_analysis(args.path, device)
+    result = analyze_model(
+        model,
+        _texts(args, progress),
+        args.tokens,
+        args.drop_first,
+        **sampling,
+        progress=progress,
+    )
+    return result, [result]
 
 
 def _texts(args: argparse.Namespace, progress: bool) -> list[str]:
