@@ -137,42 +137,8 @@ class Trainer:
             self.timer = StepTimer(self.ctx.device)  # enabled by `steadylm bench` only
             self.autocast_dtype, self.precision = _precision(cfg, self.ctx.device)
             self._check_run_dir()
-            # Data: the tokenized splits, the training cursor, micro-batches per rank and step.
-            self.data = prepare(cfg.data, progress=progress and self.ctx.is_main)
-            self.vocab_rows = self._resolve_vocab(self.data)  # rows past the tokenizer are padding
-            self.reader = SequenceReader(self.data.train, cfg.model.block_size, seed=cfg.train.seed)
-            self.val_tokens = self.data.val
-            self.grad_accum = self._check_batch()
-            # Model and optimisation.
-            torch.manual_seed(cfg.train.seed)  # the same init on every rank
-            self.model = GPT(cfg.model).to(self.ctx.device)
-            wte = self.model.transformer.wte
-            if isinstance(wte, TTEmbedding) and self.ctx.is_main:  # model.embedding = "tt"
-                print(f"steadylm: {describe_tt(wte)}", file=sys.stderr)
-            self.fsdp = self.ctx.enabled and cfg.train.parallel == "fsdp"
-            if self.fsdp and cfg.model.embedding == "tt":
-                raise SteadyLMError(
-                    "train.parallel='fsdp' does not support model.embedding='tt'; use "
-                    "train.parallel='ddp' (the TT cores are small enough to replicate on every rank)"
-                )
-            self.ddp: DistributedDataParallel | None = None  # the DDP wrapper, under torchrun
-            self.forward_model = self._parallelize()
-            # Built after sharding: under FSDP2 the optimizer must hold the sharded parameters.
-            self.optimizer = build_optimizer(self.model, cfg.train, self.ctx.device)
-            if cfg.train.compile:
-                # An OptimizedModule, an nn.Module; the stubs type compile's result as a callable.
-                self.forward_model = cast(torch.nn.Module, torch.compile(self.forward_model))
-            self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
-            self.monitors = TrainingMonitors(
-                self.model, cfg.monitor, self.vocab_rows, self.ctx, self.fsdp, self._token_counts()
-            )
-            # The linearity regulariser reads the residual stream between blocks; None leaves the
-            # forward pass exactly as without it.
-            self.taps = (
-                BlockTaps(self.model.transformer.h, detach=False)
-                if cfg.train.linearity_reg > 0
-                else None
-            )
+            self._setup_data(progress)
+            self._setup_model()
             self.position = Progress(
                 self.reader, self.ctx.world_size, cfg.train.batch_size * cfg.model.block_size
             )
@@ -185,6 +151,49 @@ class Trainer:
         self._started = False  # set once this process owns the run's status
         self._signal_received = False
         self._reset_loop_state()
+
+    def _setup_data(self, progress: bool) -> None:
+        """The tokenized splits, the training cursor, and the micro-batches per rank and step."""
+        cfg = self.cfg
+        self.data = prepare(cfg.data, progress=progress and self.ctx.is_main)
+        self.vocab_rows = self._resolve_vocab(self.data)  # rows past the tokenizer are padding
+        self.reader = SequenceReader(self.data.train, cfg.model.block_size, seed=cfg.train.seed)
+        self.val_tokens = self.data.val
+        self.grad_accum = self._check_batch()
+
+    def _setup_model(self) -> None:
+        """The model (same init on every rank), its parallel wrapper, the optimizer, optional
+        compilation and loss scaling, the training monitors and the linearity taps."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.train.seed)  # the same init on every rank
+        self.model = GPT(cfg.model).to(self.ctx.device)
+        wte = self.model.transformer.wte
+        if isinstance(wte, TTEmbedding) and self.ctx.is_main:  # model.embedding = "tt"
+            print(f"steadylm: {describe_tt(wte)}", file=sys.stderr)
+        self.fsdp = self.ctx.enabled and cfg.train.parallel == "fsdp"
+        if self.fsdp and cfg.model.embedding == "tt":
+            raise SteadyLMError(
+                "train.parallel='fsdp' does not support model.embedding='tt'; use "
+                "train.parallel='ddp' (the TT cores are small enough to replicate on every rank)"
+            )
+        self.ddp: DistributedDataParallel | None = None  # the DDP wrapper, under torchrun
+        self.forward_model = self._parallelize()
+        # Built after sharding: under FSDP2 the optimizer must hold the sharded parameters.
+        self.optimizer = build_optimizer(self.model, cfg.train, self.ctx.device)
+        if cfg.train.compile:
+            # An OptimizedModule, an nn.Module; the stubs type compile's result as a callable.
+            self.forward_model = cast(torch.nn.Module, torch.compile(self.forward_model))
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.monitors = TrainingMonitors(
+            self.model, cfg.monitor, self.vocab_rows, self.ctx, self.fsdp, self._token_counts()
+        )
+        # The linearity regulariser reads the residual stream between blocks; None leaves the
+        # forward pass exactly as without it.
+        self.taps = (
+            BlockTaps(self.model.transformer.h, detach=False)
+            if cfg.train.linearity_reg > 0
+            else None
+        )
 
     def _reset_loop_state(self) -> None:
         """The loop's own state, set at the start of every fit()."""
