@@ -146,16 +146,35 @@ def run(
     t1 = time.perf_counter()
     W, C, history = train(cfg, counts, progress)
     t_train = time.perf_counter() - t1
-    objective = history[-1]["F"]
     W, C = W.float().cpu().contiguous(), C.float().cpu().contiguous()
     scores = benchmarks.evaluate(W, counts.words, bench)
     geo = geometry(W)
     peak = peak_memory_mb(device)
-    summary = {
+    summary = _summary(cfg, counts, history, scores, geo, (t_counts, t_train), peak)
+    if device.type == "cuda":
+        summary["peak_cuda_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / (1 << 20), 1)
+    _write_run(out, cfg, device, counts, summary, history, W, C, t0)
+    log(format_summary(summary, out))
+    return summary
+
+
+def _summary(
+    cfg: EmbedConfig,
+    counts: Counts,
+    history: list[dict],
+    scores: dict,
+    geo: dict,
+    seconds: tuple[float, float],
+    peak: float,
+) -> dict:
+    """embed.json's content: the method and its settings, the objective, every benchmark score
+    with its coverage, the vectors' geometry, and the costs (`seconds`: counting, training)."""
+    t_counts, t_train = seconds
+    return {
         "method": cfg.method,
         "dim": cfg.dim,
         "vocab": len(counts.words),
-        "objective": objective,
+        "objective": history[-1]["F"],
         **{k: scores[k].get("spearman", scores[k].get("accuracy")) for k in SCORE_KEYS},
         "oov": {k: scores[k]["oov"] for k in SCORE_KEYS},
         "covered": {k: scores[k]["n"] for k in SCORE_KEYS},
@@ -171,8 +190,21 @@ def run(
         "seconds": {"counts": round(t_counts, 2), "train": round(t_train, 2)},
         "peak_mem_mb": round(peak, 1),
     }
-    if device.type == "cuda":
-        summary["peak_cuda_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / (1 << 20), 1)
+
+
+def _write_run(
+    out: Path,
+    cfg: EmbedConfig,
+    device: torch.device,
+    counts: Counts,
+    summary: dict,
+    history: list[dict],
+    W: torch.Tensor,
+    C: torch.Tensor,
+    t0: float,
+) -> None:
+    """Write the finished run into `out` at once: config, provenance, embed.json, the objective
+    (JSONL and plot), the vectors and a finished status."""
     with atomic_dir(out) as tmp:
         _write_text(tmp / "config.toml", cfg.to_toml())
         _write_json(tmp / "provenance.json", _provenance(device, counts))
@@ -186,8 +218,6 @@ def run(
             tmp / "status.json",
             {"status": "finished", "seconds": round(time.perf_counter() - t0, 2)},
         )
-    log(format_summary(summary, out))
-    return summary
 
 
 def format_summary(s: dict, out: Path) -> str:
