@@ -317,6 +317,34 @@ def run(
     progress("matmul peak (fp32, bf16)")
     out["peak_fp32_flops"] = matmul_peak(torch.float32, device)
     out["peak_bf16_flops"] = matmul_peak(torch.bfloat16, device)
+    measures = _measure_training_steps(steps, warmup, compile, progress)
+    out["training"] = {k: vars(v) for k, v in measures.items()}
+    progress("TEV on 50257 x 768")
+    out.update(tev_cost())
+    progress("TT embedding at the reference config")
+    out["tt"] = tt_cost()
+    progress("tokenizer throughput")
+    out.update(tokenizer_throughput())
+    best_bf16, ratios = _ratios(out, measures)
+    out["best_bf16"] = best_bf16.label
+    out["ratios"] = ratios
+    out["targets"] = {
+        name: {
+            "value": ratios[name],
+            "op": op,
+            "target": bound,
+            "met": _met(ratios[name], op, bound),
+        }
+        for name, (op, bound) in TARGETS.items()
+    }
+    return out
+
+
+def _measure_training_steps(
+    steps: int, warmup: int, compile: bool, progress: Callable[[str], None]
+) -> dict[str, TrainMeasure]:
+    """Time the training step in each configuration (fp32 with and without monitors, bf16,
+    MLRA, and bf16 compiled when `compile`), keyed by label."""
     runs = [
         ("fp32", ['train.precision="fp32"']),
         ("fp32, monitors off", ['train.precision="fp32"', *MONITORS_OFF]),
@@ -331,14 +359,15 @@ def run(
         measures[label] = measure_training(
             label, overrides, steps, warmup + (2 if "compile" in label else 0)
         )
-    out["training"] = {k: vars(v) for k, v in measures.items()}
-    progress("TEV on 50257 x 768")
-    out.update(tev_cost())
-    progress("TT embedding at the reference config")
-    out["tt"] = tt_cost()
-    progress("tokenizer throughput")
-    out.update(tokenizer_throughput())
+    return measures
 
+
+def _ratios(
+    out: dict[str, Any], measures: dict[str, TrainMeasure]
+) -> tuple[TrainMeasure, dict[str, float]]:
+    """The fastest bf16 configuration, and the ratios judged against TARGETS: shares of the
+    matmul peak, bf16 speed-ups, the monitors' and data's share of a step, MLRA against MHA,
+    and TEV's, the gradient variance's and the TT embedding's costs."""
     fp32, bf16, off = measures["fp32"], measures["bf16"], measures["fp32, monitors off"]
     tt = out["tt"]
     best_bf16 = max(
@@ -367,18 +396,7 @@ def run(
         )
         / fp32.step_s,
     }
-    out["best_bf16"] = best_bf16.label
-    out["ratios"] = ratios
-    out["targets"] = {
-        name: {
-            "value": ratios[name],
-            "op": op,
-            "target": bound,
-            "met": _met(ratios[name], op, bound),
-        }
-        for name, (op, bound) in TARGETS.items()
-    }
-    return out
+    return best_bf16, ratios
 
 
 def format_tt(tt: dict[str, Any], share: float | None = None) -> str:
