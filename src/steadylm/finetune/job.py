@@ -334,17 +334,7 @@ class FinetuneJob:
         cfg = self.cfg
         end = self.total_steps if self.stop_at is None else min(self.total_steps, self.stop_at)
         metrics = MetricsLog(self.run_dir / "metrics.jsonl")
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(
-                total=self.total_steps,
-                initial=start,
-                desc=self.run_dir.name,
-                unit="step",
-                dynamic_ncols=True,
-            )
+        bar = self._progress_bar(start)
         sg_layers = [m for m in self.model.modules() if isinstance(m, SparseGradLinear)]
         # Wall and process-CPU seconds of the training steps alone; CPU time is the fairer speed on a
         # shared machine, where wall time depends on what else runs.
@@ -357,15 +347,7 @@ class FinetuneJob:
         ckpt = None
         for step in range(start, end):
             t0, c0 = time.perf_counter(), time.process_time()
-            factor = self._lr_factor(step)
-            for opt in self.optimizers:
-                for g in opt.param_groups:
-                    g["lr"] = g["base_lr"] * factor
-            loss, acc = self._loss(self._batch(step))
-            loss.backward()
-            for opt in self.optimizers:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            loss, acc, factor = self._step(step)
             dt = time.perf_counter() - t0
             train_seconds, steps_timed = train_seconds + dt, steps_timed + 1
             cpu_seconds += time.process_time() - c0
@@ -378,11 +360,7 @@ class FinetuneJob:
                 "step_time": dt,
             }
             if sg_layers:
-                kept: list[torch.Tensor] = []
-                for m in sg_layers:
-                    assert m.kept_energy is not None  # set by the backward just done
-                    kept.append(m.kept_energy)
-                row["kept_energy"] = torch.stack(kept).mean()
+                row["kept_energy"] = _mean_kept_energy(sg_layers)
             done = step + 1
             if self.val_data is not None and (
                 (cfg.eval_every and done % cfg.eval_every == 0) or done == self.total_steps
@@ -410,6 +388,34 @@ class FinetuneJob:
             )
             return {}
         return self._finish(ckpt)
+
+    def _progress_bar(self, start: int):
+        """A progress bar over all steps starting at `start`, or None without --progress."""
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=self.total_steps,
+            initial=start,
+            desc=self.run_dir.name,
+            unit="step",
+            dynamic_ncols=True,
+        )
+
+    def _step(self, step: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One optimisation step: the scheduled learning rate on every parameter group, forward,
+        backward, every optimizer's step; returns the loss, the accuracy and the lr factor."""
+        factor = self._lr_factor(step)
+        for opt in self.optimizers:
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * factor
+        loss, acc = self._loss(self._batch(step))
+        loss.backward()
+        for opt in self.optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return loss, acc, factor
 
     def _finish(self, ckpt: Path | None) -> dict[str, Any]:
         cfg = self.cfg
@@ -538,3 +544,12 @@ class _Progress:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.job.info.update(state.get("info", {}))
+
+
+def _mean_kept_energy(sg_layers: list[SparseGradLinear]) -> torch.Tensor:
+    """The mean over sparse-gradient layers of the gradient energy their last backward kept."""
+    kept: list[torch.Tensor] = []
+    for m in sg_layers:
+        assert m.kept_energy is not None  # set by the backward just done
+        kept.append(m.kept_energy)
+    return torch.stack(kept).mean()
