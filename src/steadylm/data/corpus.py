@@ -14,8 +14,10 @@ import sqlite3
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -190,7 +192,7 @@ def read_user_corpus(paths: str | list[str], text_field: str = "text") -> list[D
     for file in files:
         suffix = file.suffix.lower()
         if suffix == ".txt":
-            docs.append(Document(str(file), _read_text(file)))
+            docs.append(Document(str(file), read_text(file)))
         elif suffix == ".jsonl":
             docs += _read_jsonl(file, text_field)
         else:
@@ -204,7 +206,7 @@ def read_user_corpus(paths: str | list[str], text_field: str = "text") -> list[D
     return docs
 
 
-def _read_text(file: Path) -> str:
+def read_text(file: Path) -> str:
     data = file.read_bytes()
     nul = data.find(b"\0")
     if nul >= 0:
@@ -217,19 +219,25 @@ def _read_text(file: Path) -> str:
         ) from None
 
 
-def _read_jsonl(file: Path, text_field: str) -> list[Document]:
-    docs = []
+def jsonl_records(file: Path) -> Iterator[tuple[str, Any]]:
+    """(`file:line`, parsed value) for each non-blank line of a JSON-lines file; a line that is not
+    JSON stops with one line naming it. Callers check the values' shape."""
     # split("\n"), not splitlines(): JSON strings may hold U+2028 and friends unescaped.
-    for number, line in enumerate(_read_text(file).split("\n"), start=1):
+    for number, line in enumerate(read_text(file).split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{file}:{number}"
         try:
-            record = json.loads(line)
+            yield where, json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(
                 f"{where}: not valid JSON ({e.msg}); each line must be one JSON object"
             ) from None
+
+
+def _read_jsonl(file: Path, text_field: str) -> list[Document]:
+    docs = []
+    for where, record in jsonl_records(file):
         if not isinstance(record, dict) or text_field not in record:
             fields = (
                 ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__

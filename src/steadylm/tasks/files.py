@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from steadylm.data.corpus import _read_text
+from steadylm.data.corpus import jsonl_records, read_text
 from steadylm.errors import DataError
 
 SUFFIXES = (".jsonl", ".csv")
@@ -48,17 +48,7 @@ def read_labelled_file(path: Path) -> tuple[tuple[str, ...], list[tuple[str, int
 
 def _read_jsonl(path: Path) -> list[tuple[str, str | int, str]]:
     records = []
-    # split("\n"), not splitlines(): JSON strings may hold U+2028 and friends unescaped.
-    for number, line in enumerate(_read_text(path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                f"{where}: not valid JSON ({e.msg}); each line must be one JSON object"
-            ) from None
+    for where, record in jsonl_records(path):
         if not isinstance(record, dict):
             raise DataError(
                 f"{where}: a JSON {type(record).__name__}, not an object with text and label fields"
@@ -68,7 +58,7 @@ def _read_jsonl(path: Path) -> list[tuple[str, str | int, str]]:
 
 
 def _read_csv(path: Path) -> list[tuple[str, str | int, str]]:
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
     fields = reader.fieldnames or []
     missing = [f for f in (TEXT_FIELD, LABEL_FIELD) if fields and f not in fields]
     if missing:
