@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from steadylm.errors import SteadyLMError
+from steadylm.cli._common import add_run_args, run_config_source
 
 METHODS = ("full", "lora", "sparsegrad")
 
@@ -43,17 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="finetune.KEY=VALUE",
         help="override one key, e.g. --set finetune.max_steps=300 (repeatable; values are TOML)",
     )
-    p.add_argument("--out", required=True, metavar="RUN", help="run directory")
-    p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
+    add_run_args(
+        p,
+        "checkpoint and stop after STEP steps (the schedule still follows the full run)",
     )
-    p.add_argument(
-        "--stop-at",
-        type=int,
-        metavar="STEP",
-        help="checkpoint and stop after STEP steps (the schedule still follows the full run)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -61,13 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from steadylm.finetune.config import load_finetune_config
 
     out = Path(args.out)
-    source = args.config
-    if source is None and args.resume:
-        source = out / "config.toml"
-        if not source.is_file():
-            raise SteadyLMError(f"--resume: {out} holds no steadylm run (no config.toml)")
-    if args.stop_at is not None and args.stop_at < 1:
-        raise SteadyLMError(f"--stop-at: must be >= 1, got {args.stop_at}")
+    source = run_config_source(args)
     flags = [
         f"finetune.{k}={json.dumps(v)}"
         for k, v in (("base", args.base), ("task", args.task), ("method", args.method))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from steadylm.cli._common import add_config_args
-from steadylm.errors import SteadyLMError
+from steadylm.cli._common import add_config_args, add_run_args, run_config_source
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,17 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checkpoints/ and status.json. --resume continues exactly from the latest verified checkpoint.",
     )
     add_config_args(p)
-    p.add_argument("--out", required=True, metavar="RUN", help="run directory")
-    p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
+    add_run_args(
+        p,
+        "checkpoint and stop after STEP optimizer steps (the schedule still follows train.max_steps)",
     )
-    p.add_argument(
-        "--stop-at",
-        type=int,
-        metavar="STEP",
-        help="checkpoint and stop after STEP optimizer steps (the schedule still follows train.max_steps)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -38,13 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from steadylm.train.trainer import Trainer
 
     out = Path(args.out)
-    source = args.config
-    if source is None and args.resume:  # continue with the run's own resolved config
-        source = out / "config.toml"
-        if not source.is_file():
-            raise SteadyLMError(f"--resume: {out} holds no steadylm run (no config.toml)")
-    if args.stop_at is not None and args.stop_at < 1:
-        raise SteadyLMError(f"--stop-at: must be >= 1, got {args.stop_at}")
+    source = run_config_source(args)
     cfg = load_config(source, args.overrides)
     result = Trainer(
         cfg, out, resume=args.resume, progress=not args.no_progress, stop_at=args.stop_at
