@@ -80,6 +80,24 @@ def test_grad_variance_equals_brute_force_under_trainer_accumulation():
     assert not gv.active and all(not p._backward_hooks for p in model.parameters())
 
 
+def test_grad_variance_read_from_grad_equals_the_hooks():
+    """hooks=False: the loop clears .grad before each micro-batch and calls record() after it."""
+    model = tiny_gpt()
+    data = batches()
+    expected = brute_force_grad_var(model, data)
+    gv = GradVarianceMonitor(model)
+    gv.begin(grad_scale=K, hooks=False)
+    assert gv.active and all(not p._backward_hooks for p in model.parameters())
+    for x, y in data:
+        model.zero_grad(set_to_none=True)
+        (F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum") / (K * MB * T)).backward()
+        gv.record()
+    got = gv.end()
+    assert got["grad_var_k"] == K and not gv.active
+    for key, want in expected.items():
+        assert got[key].item() == pytest.approx(want, rel=1e-4), key
+
+
 class Skippy(nn.Module):
     """Block 1 is used only from the second micro-batch on: its gradient is zero in the first."""
 
@@ -124,6 +142,8 @@ def test_grad_variance_misuse():
     gv.begin()
     with pytest.raises(RuntimeError, match="before end"):
         gv.begin()
+    with pytest.raises(RuntimeError, match="hooks=False"):
+        gv.record()  # the hooks already read each backward
     x, y = batches()[0]
     F.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
     with pytest.raises(RuntimeError, match="K >= 2"):

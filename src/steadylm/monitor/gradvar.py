@@ -28,8 +28,16 @@ loss times world_size / (batch_size * T), so c = batch_size / (world_size * micr
 (the number of micro-batches per rank); under an fp16 GradScaler, divide that by
 `scaler.get_scale()` (a tensor is accepted). A loop doing `(mean_loss / K).backward()` passes c = K.
 
-Not supported: FSDP (its hooks see sharded, already-reduced gradients) and more than one
-backward() per micro-batch.
+Without hooks (`begin(..., hooks=False)`), the loop clears `.grad` before each micro-batch's
+backward and calls `gv.record()` after it: the monitor reads `.grad` itself. That is how FSDP2 is
+served (`sharded=True`): there the backward's reduce-scatter leaves each rank the shard of the
+gradient *averaged over ranks*, so each rank reads its shards, `end()` sums the squared deviations
+and entry counts over ranks with one all-reduce, and multiplies by the world size W. For
+micro-batches drawn independently, the variance of a W-rank average is the single micro-batch
+variance over W, so the figure estimates the same quantity as DDP's rank-local one (it is not
+equal to it run by run: it is measured on other samples).
+
+Not supported: more than one backward() per micro-batch.
 """
 
 from __future__ import annotations
@@ -37,10 +45,12 @@ from __future__ import annotations
 import time
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from steadylm import metric_names as M
 from steadylm.monitor.layout import model_layout
+from steadylm.monitor.params import local_shard
 
 
 def _sync(t: torch.Tensor) -> None:
@@ -58,7 +68,10 @@ class GradVarianceMonitor:
     CUDA) and `grad_var_k` (int: micro-batches seen).
     """
 
-    def __init__(self, model: nn.Module, blocks: nn.ModuleList | None = None):
+    def __init__(
+        self, model: nn.Module, blocks: nn.ModuleList | None = None, sharded: bool = False
+    ):
+        self.sharded = sharded
         groups = model_layout(model, blocks).groups()
         self._keys = [
             M.GRAD_VAR_EMBED if g == "embed" else M.per_layer(M.GRAD_VAR, g) for g in groups
@@ -70,46 +83,54 @@ class GradVarianceMonitor:
                 self._params.append(p)
                 self._group.append(gi)
         self._handles: list = []
+        self.active = False  # between begin() and end()
 
-    @property
-    def active(self) -> bool:
-        """True between `begin()` and `end()`."""
-        return bool(self._handles)
-
-    def begin(self, grad_scale: float | torch.Tensor = 1.0) -> None:
-        """Start collecting; the next backward passes are micro-batches 1..K."""
+    def begin(self, grad_scale: float | torch.Tensor = 1.0, hooks: bool = True) -> None:
+        """Start collecting; the next backward passes are micro-batches 1..K. With `hooks` False
+        the loop calls `record()` after each backward instead (see the module doc)."""
         if self.active:
             raise RuntimeError("GradVarianceMonitor.begin() called again before end()")
+        self.active = True
         self._scale = grad_scale
         self._n = [0] * len(self._params)
         self._mean: list[torch.Tensor | None] = [None] * len(self._params)
         self._m2: list[torch.Tensor | None] = [None] * len(self._params)
         self._seconds = 0.0
-        self._handles = [p.register_hook(self._hook(i)) for i, p in enumerate(self._params)]
+        if hooks:
+            self._handles = [p.register_hook(self._hook(i)) for i, p in enumerate(self._params)]
+
+    def record(self) -> None:
+        """Add the gradients now in `.grad` (this rank's shards under FSDP2) as one micro-batch."""
+        if not self.active or self._handles:
+            raise RuntimeError("GradVarianceMonitor.record() needs begin(..., hooks=False)")
+        for i, p in enumerate(self._params):
+            if p.grad is not None:
+                self._timed_add(i, local_shard(p.grad))
 
     def _hook(self, i: int):
         def hook(grad: torch.Tensor) -> None:
-            _sync(grad)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                g = grad.detach().float() * self._scale
-                n = self._n[i] = self._n[i] + 1
-                if n == 1:
-                    self._mean[i] = g
-                    self._m2[i] = torch.zeros((), device=g.device)
-                else:
-                    mean, m2 = self._mean[i], self._m2[i]
-                    assert mean is not None and m2 is not None  # set at this entry's first gradient
-                    # Welford: mean += d/n; M2 += d * (g - new_mean) = (1 - 1/n) * d^2, summed over entries.
-                    delta = g.sub_(mean)
-                    mean.add_(delta, alpha=1.0 / n)
-                    m2.add_(
-                        torch.linalg.vecdot(delta.flatten(), delta.flatten()), alpha=1.0 - 1.0 / n
-                    )
-            _sync(grad)
-            self._seconds += time.perf_counter() - t0
+            self._timed_add(i, grad)
 
         return hook
+
+    def _timed_add(self, i: int, grad: torch.Tensor) -> None:
+        _sync(grad)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            g = grad.detach().float() * self._scale  # a copy: the buffer below may keep it
+            n = self._n[i] = self._n[i] + 1
+            if n == 1:
+                self._mean[i] = g
+                self._m2[i] = torch.zeros((), device=g.device)
+            else:
+                mean, m2 = self._mean[i], self._m2[i]
+                assert mean is not None and m2 is not None  # set at this entry's first gradient
+                # Welford: mean += d/n; M2 += d * (g - new_mean) = (1 - 1/n) * d^2, summed over entries.
+                delta = g.sub_(mean)
+                mean.add_(delta, alpha=1.0 / n)
+                m2.add_(torch.linalg.vecdot(delta.flatten(), delta.flatten()), alpha=1.0 - 1.0 / n)
+        _sync(grad)
+        self._seconds += time.perf_counter() - t0
 
     def end(self) -> dict[str, torch.Tensor | float | int]:
         """Stop collecting and return the figures (see the class doc). Needs K >= 2."""
@@ -118,6 +139,7 @@ class GradVarianceMonitor:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self.active = False
         k = max(self._n)
         if k < 2:
             raise RuntimeError(
@@ -129,7 +151,7 @@ class GradVarianceMonitor:
         numel = [0] * len(self._keys)
         for i, p in enumerate(self._params):
             gi, n = self._group[i], self._n[i]
-            numel[gi] += p.numel()
+            numel[gi] += local_shard(p).numel()
             if n == 0:
                 continue  # never received a gradient: zero in every micro-batch, zero variance
             extra, mean = self._m2[i], self._mean[i]
@@ -139,7 +161,13 @@ class GradVarianceMonitor:
                 flat = mean.flatten()
                 extra = extra + torch.linalg.vecdot(flat, flat) * (n * (k - n) / k)
             m2[gi] += extra
-        values = m2 / ((k - 1) * torch.tensor(numel, device=dev, dtype=torch.float32).clamp_min(1))
+        count = torch.tensor(numel, device=dev, dtype=torch.float32)
+        if self.sharded:  # each rank holds a shard of every tensor: sums and counts add up
+            both = torch.stack([m2, count])
+            dist.all_reduce(both)
+            # the shards hold the rank-averaged gradient: back to one micro-batch's variance
+            m2, count = both[0] * dist.get_world_size(), both[1]
+        values = m2 / ((k - 1) * count.clamp_min(1))
         self._mean, self._m2 = [], []  # free the buffers until the next reference step
         _sync(values)
         seconds = self._seconds + time.perf_counter() - t0

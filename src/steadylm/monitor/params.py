@@ -32,7 +32,7 @@ from steadylm import metric_names as M
 from steadylm.monitor.layout import model_layout
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
+def local_shard(t: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a DTensor; a plain tensor as it is."""
     return t.to_local() if hasattr(t, "to_local") else t
 
@@ -48,14 +48,14 @@ class ParamStatsMonitor:
         self.names = list(groups)
         self._params = [p for ps in groups.values() for p in ps]
         group_of = [gi for gi, ps in enumerate(groups.values()) for _ in ps]
-        self._device = _local(self._params[0]).device
+        self._device = local_shard(self._params[0]).device
         self._group_of = torch.tensor(group_of, device=self._device)
         self._before: list[torch.Tensor] | None = None
         self._snapped = False
 
     def _per_group(self, tensors: Sequence[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
         # fp32 norms whatever the parameter dtypes: exact enough for bf16 and stackable across dtypes.
-        local = [_local(t) for t in tensors]
+        local = [local_shard(t) for t in tensors]
         sq = torch.stack(torch._foreach_norm(local, 2, dtype=torch.float32)).square()
         sums = torch.zeros(len(self.names), device=self._device).index_add_(0, index, sq)
         if self.sharded:
@@ -99,9 +99,9 @@ class ParamStatsMonitor:
     def snapshot(self) -> None:
         """Remember the parameters as they are now (call right before `optimizer.step()`)."""
         if self._before is None:
-            self._before = [_local(p.detach()).clone() for p in self._params]
+            self._before = [local_shard(p.detach()).clone() for p in self._params]
         else:
-            torch._foreach_copy_(self._before, [_local(p.detach()) for p in self._params])
+            torch._foreach_copy_(self._before, [local_shard(p.detach()) for p in self._params])
         self._snapped = True
 
     @torch.no_grad()
@@ -114,7 +114,7 @@ class ParamStatsMonitor:
         old = self._per_group(before, self._group_of)
         new = self._per_group(self._params, self._group_of)
         # now old - new, in place
-        torch._foreach_sub_(before, [_local(p.detach()) for p in self._params])
+        torch._foreach_sub_(before, [local_shard(p.detach()) for p in self._params])
         delta = self._per_group(before, self._group_of)
         out = self._named(M.PARAM_NORM, new)
         out.update(self._named(M.UPDATE_RATIO, delta / old))

@@ -38,9 +38,10 @@ def _due(every: int, step: int) -> bool:
 
 class TrainingMonitors:
     """All monitors of one run. Under FSDP2 the norms and TEV figures come from each rank's
-    shards and one all-reduce (every rank makes the same calls), and the activation probe runs its
-    forward on every rank; the gradient-variance reference is off (its hooks would see sharded,
-    already-reduced gradients) and the TEV histogram gathers the embedding at evaluation steps."""
+    shards and one all-reduce (every rank makes the same calls), the activation probe runs its
+    forward on every rank, the gradient-variance reference always runs as the trainer's probe
+    (its figures from the reduced gradient shards, see `steadylm.monitor.gradvar`) and the TEV
+    histogram gathers the embedding at evaluation steps."""
 
     def __init__(
         self,
@@ -61,7 +62,7 @@ class TrainingMonitors:
         # Under FSDP2 the monitor keeps the seen mask; the figures come from sharded row moments.
         self.tev = TEVMonitor.for_model(model, vocab_size=vocab_rows, row_groups=groups)
         self.stats = ParamStatsMonitor(model, sharded=fsdp)
-        self.gradvar = None if fsdp or not cfg.gradvar_every else GradVarianceMonitor(model)
+        self.gradvar = GradVarianceMonitor(model, sharded=fsdp) if cfg.gradvar_every else None
         self.acts = None if not cfg.act_every else ActivationMonitor(model)
         self.spikes = SpikeDetector(window=cfg.spike_window, sigma=cfg.spike_sigma)
         self.nonfinite_streak = 0
@@ -73,11 +74,26 @@ class TrainingMonitors:
     def gradvar_due(self, step: int) -> bool:
         return self.gradvar is not None and _due(self.cfg.gradvar_every, step)
 
+    def probe_gradvar(self, n_micro: int, step: int) -> bool:
+        """Whether this step's reference needs the trainer's probe (extra backward passes outside
+        the step) rather than hooks on the step's own micro-batches: with one micro-batch, and
+        always under FSDP2, whose backward leaves only reduced gradient shards."""
+        return self.gradvar_due(step) and (n_micro == 1 or self.fsdp)
+
     def begin_step(self, step: int, n_micro: int, grad_scale: float | torch.Tensor) -> None:
-        if self.gradvar is not None and self.gradvar_due(step) and n_micro >= 2:
-            self.gradvar.begin(
-                grad_scale=grad_scale
-            )  # the gradient of each micro-batch's mean loss
+        """Before the step's first backward: the reference's hooks, if due (see probe_gradvar)."""
+        if self.gradvar is not None and self.gradvar_due(step) and n_micro >= 2 and not self.fsdp:
+            # the hooks scale each backward to the gradient of its micro-batch's mean loss
+            self.gradvar.begin(grad_scale=grad_scale)
+
+    def begin_probe(self, grad_scale: float | torch.Tensor) -> None:
+        """Before the probe's backward passes; `record_probe()` after each of them."""
+        assert self.gradvar is not None  # probe_gradvar() was true
+        self.gradvar.begin(grad_scale=grad_scale, hooks=False)
+
+    def record_probe(self) -> None:
+        assert self.gradvar is not None  # begin_probe() ran
+        self.gradvar.record()
 
     def observe(self, x: torch.Tensor) -> None:
         self.tev.observe_tokens(x)

@@ -407,7 +407,7 @@ class Trainer:
             "loss": loss,
             "lr": lr,
         }
-        if self.grad_accum == 1 and self.monitors.gradvar_due(step):
+        if self.monitors.probe_gradvar(self.grad_accum, step):
             self._gradvar_probe(row, x_all, y_all)
         params, total_norm = self._reduce(row, sums, tokens_global)
         verdict, skip = self._update(step, row, params, total_norm)
@@ -498,24 +498,26 @@ class Trainer:
         return objective, log_z_sq, penalty
 
     def _gradvar_probe(self, row: dict[str, Any], x_all: torch.Tensor, y_all: torch.Tensor) -> None:
-        """The gradient-variance reference when a step has a single micro-batch: two extra
-        backward passes over the halves of the batch, outside the step. The step's gradients are
-        set aside meanwhile and its random streams forked, so the update is exactly the one
-        without the reference (at the cost of one more forward and backward of the batch)."""
+        """The gradient-variance reference outside the step (see TrainingMonitors.probe_gradvar):
+        two extra backward passes over the halves of the rank's batch, each read from `.grad`.
+        The step's gradients are set aside meanwhile and its random streams forked, so the update
+        is exactly the one without the reference (at the cost of one more forward and backward of
+        the batch). Under DDP the passes use the unwrapped model and reduce nothing; under FSDP2
+        they reduce-scatter like any backward, on every rank."""
         half = x_all.shape[0] // 2
         if half == 0:
             return  # one sequence per rank: nothing to split
         params = [p for p in self.model.parameters() if p.requires_grad]
         kept = [p.grad for p in params]
-        for p in params:
-            p.grad = None
         devices = [self.ctx.device] if self.ctx.device.type == "cuda" else []
         with self.timer.section("monitors"), torch.random.fork_rng(devices=devices):
-            self.monitors.begin_step(row["step"], 2, self._unscaled(1.0))
+            self.monitors.begin_probe(self._unscaled(1.0))
             for part in (slice(0, half), slice(half, 2 * half)):
+                for p in params:
+                    p.grad = None
                 x, y = x_all[part].to(self.ctx.device), y_all[part].to(self.ctx.device)
-                # The unwrapped model: under DDP these backward passes must not reduce anything.
                 self._backward(self.model, x, y, 1.0 / x.numel())  # each half's mean loss
+                self.monitors.record_probe()
             self.monitors.after_backward(row)
         for p, g in zip(params, kept):
             p.grad = g
