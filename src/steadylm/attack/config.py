@@ -1,0 +1,105 @@
+"""The options of `steadylm attack`, in one dataclass whose field help serves as `--help`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from steadylm.config import table_toml
+from steadylm.errors import SteadyLMError
+
+METHODS = ("uat", "luat")
+
+
+def _opt(default, help: str):
+    """A field with its `--help` text: the one place each option is described."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class AttackConfig:
+    """A universal trigger against one classifier, searched on the training split and scored on
+    the test split."""
+
+    method: str = _opt(
+        "luat",
+        "uat (HotFlip along the loss gradient) | luat (HotFlip along the (p,q)-singular vector "
+        "of a hidden layer's Jacobian)",
+    )
+    task: str = _opt("rt", "a task name (`steadylm tasks`) or a .jsonl/.csv file with text, label")
+    layer: str = _opt(
+        "auto",
+        "luat: the block N (1..L) whose output is perturbed, or 'auto' (every block is tried and "
+        "the best fooling rate on the selection set wins)",
+    )
+    select_task: str = _opt(
+        "",
+        "luat --layer auto: the task whose validation split picks the layer (default: --task)",
+    )
+    select_examples: int = _opt(128, "examples of the selection set (its validation split)")
+    trigger_len: int = _opt(3, "tokens in the trigger")
+    p: float = _opt(math.inf, "luat: the p of the (p,q)-singular vector (inf, or > 1)")
+    q: float = _opt(5.0, "luat: the q of the (p,q)-singular vector (> 1)")
+    power_iters: int = _opt(10, "luat: generalised power-method iterations per singular vector")
+    iters: int = _opt(10, "search iterations (each: one direction, candidates, one beam search)")
+    candidates: int = _opt(20, "HotFlip candidates per trigger position")
+    beam: int = _opt(1, "beam width of the search over positions (1: greedy)")
+    batch: int = _opt(64, "training examples per search iteration")
+    target_label: str = _opt(
+        "",
+        "a label name or id to push every input to (targeted); default untargeted (any change)",
+    )
+    max_length: int = _opt(64, "tokens per input, special tokens and trigger included")
+    max_eval: int = _opt(0, "test examples scored (the first N of the split); 0: all")
+    profile: bool = _opt(
+        True, "compute the per-layer (p,q)-singular values at the neutral trigger (the profile)"
+    )
+    profile_examples: int = _opt(32, "training examples in the sensitivity profile's batch")
+    transfer: list[str] = field(
+        default_factory=list,
+        metadata={"help": "other classifiers (run folders) scored with the trigger as text"},
+    )
+    seed: int = _opt(0, "seeds the batches and the power method's start")
+    device: str = _opt("auto", "auto (cuda when available) | cpu | cuda | cuda:N")
+
+    def validate(self) -> AttackConfig:
+        if self.method not in METHODS:
+            raise SteadyLMError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.layer != "auto" and not (self.layer.isdigit() and int(self.layer) >= 1):
+            raise SteadyLMError(f"--layer {self.layer!r}: give a block number >= 1 or 'auto'")
+        for name, low in (("trigger_len", 1), ("power_iters", 1), ("iters", 1), ("candidates", 1),
+                          ("beam", 1), ("batch", 1), ("select_examples", 1), ("max_eval", 0),
+                          ("profile_examples", 1), ("seed", 0)):  # fmt: skip
+            if getattr(self, name) < low:
+                flag = name.replace("_", "-")
+                raise SteadyLMError(f"--{flag}: must be >= {low}, got {getattr(self, name)}")
+        if not (self.p > 1):
+            raise SteadyLMError(f"--p: must be > 1 or inf, got {self.p}")
+        if not (1 < self.q < math.inf):
+            raise SteadyLMError(f"--q: must be > 1 and finite, got {self.q}")
+        if self.max_length < self.trigger_len + 3:
+            raise SteadyLMError(
+                f"--max-length {self.max_length}: leaves no room for the text beside a "
+                f"{self.trigger_len}-token trigger and special tokens"
+            )
+        return self
+
+    @property
+    def layer_number(self) -> int | None:
+        """The block to perturb, or None for 'auto'."""
+        return None if self.layer == "auto" else int(self.layer)
+
+    def as_dict(self) -> dict:
+        """The options as JSON values (p = inf is written as the string "inf")."""
+        d = dataclasses.asdict(self)
+        d["p"] = "inf" if math.isinf(self.p) else self.p
+        return d
+
+    def to_toml(self) -> str:
+        return table_toml("attack", self.as_dict())
+
+
+def help_of(name: str) -> str:
+    """The one-line description of option `name`, as `--help` shows it."""
+    return next(f.metadata["help"] for f in dataclasses.fields(AttackConfig) if f.name == name)

@@ -1,0 +1,245 @@
+"""The attack job: a classifier, a task and a method, into a run folder.
+
+    DIR/config.toml        the options ([attack])
+    DIR/provenance.json    versions, device, threads, classifier, task sizes
+    DIR/attack.json        the result (see `run`; docs/attack.md lists every key)
+    DIR/sensitivity.png    the per-layer (p,q)-singular values, when the profile is on
+    DIR/status.json        running | finished | failed
+
+Every input (options, classifier, task, labels, transfer folders) is checked before the folder is
+created, so a bad command leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from steadylm import rundir
+from steadylm.attack.config import AttackConfig
+from steadylm.attack.evaluate import fooling_rate, predict, text_fooling_rate
+from steadylm.attack.jacobian import sensitivity_profile
+from steadylm.attack.search import Batches, SearchResult, search_trigger
+from steadylm.attack.victim import Victim, load_victim
+from steadylm.device import resolve_device
+from steadylm.errors import SteadyLMError
+from steadylm.fsutil import atomic_write
+from steadylm.provenance import provenance
+
+
+def resolve_target(label: str, labels: tuple[str, ...]) -> int | None:
+    """The target label id from a name or an id; None (untargeted) for ""."""
+    if label == "":
+        return None
+    if label in labels:
+        return labels.index(label)
+    if label.isdigit() and int(label) < len(labels):
+        return int(label)
+    raise SteadyLMError(
+        f"--target-label {label!r}: not a label of the classifier; valid: "
+        f"{', '.join(labels)} (or their ids 0..{len(labels) - 1})"
+    )
+
+
+def _check_labels(task, victim: Victim, what: str) -> None:
+    if len(task.labels) != len(victim.labels):
+        raise SteadyLMError(
+            f"{what}: task {task.name} has {len(task.labels)} labels ({', '.join(task.labels)}) "
+            f"but {victim.name} predicts {len(victim.labels)} ({', '.join(victim.labels)})"
+        )
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SteadyLMError(f"--out: {out} already exists and is not empty; choose another folder")
+
+
+def _check_transfer(paths: list[str]) -> None:
+    for p in paths:
+        folder = Path(p)
+        if not any(
+            (folder / f).is_file()
+            for f in ("classifier.json", "classifier/classifier.json", "config.json")
+        ):
+            raise SteadyLMError(
+                f"--transfer {p}: not a classifier (a `steadylm finetune` run or a Hugging Face "
+                "sequence-classifier folder)"
+            )
+
+
+class AttackJob:
+    """A universal trigger against `classifier` by `cfg.method`, written to `out`."""
+
+    def __init__(self, cfg: AttackConfig, classifier: str, out: str | Path, progress: bool = True):
+        from steadylm.tasks import load_task
+
+        self.cfg, self.classifier, self.out, self.progress = (
+            cfg.validate(),
+            classifier,
+            Path(out),
+            progress,
+        )
+        _check_out(self.out)
+        _check_transfer(cfg.transfer)
+        self.device = resolve_device(cfg.device, option="--device")
+        self.victim = load_victim(classifier, self.device, cfg.max_length)
+        self.task = load_task(cfg.task, progress=progress)
+        _check_labels(self.task, self.victim, "--task")
+        for split in ("train", "test"):
+            if not getattr(self.task, split):
+                raise SteadyLMError(f"task {self.task.name}: the {split} split is empty")
+        self.target = resolve_target(cfg.target_label, self.victim.labels)
+        n = self.victim.n_layer
+        if cfg.layer_number is not None and cfg.layer_number > n:
+            raise SteadyLMError(f"--layer {cfg.layer}: {classifier} has blocks 1..{n}")
+        self.select = None
+        if cfg.method == "luat" and cfg.layer_number is None:
+            self.select = (
+                load_task(cfg.select_task, progress=progress) if cfg.select_task else self.task
+            )
+            _check_labels(self.select, self.victim, "--select-task")
+            if not self.select.validation:
+                raise SteadyLMError(
+                    f"--select-task {self.select.name}: its validation split is empty"
+                )
+
+    # --------------------------------------------------------------- the parts
+
+    def _rows(self, examples) -> tuple[list[list[int]], torch.Tensor]:
+        rows = self.victim.encode([e.text for e in examples], self.cfg.trigger_len)
+        return rows, torch.tensor([e.label for e in examples], dtype=torch.long)
+
+    def _profile(self, batches: Batches) -> list[dict]:
+        cfg, v = self.cfg, self.victim
+        rows = [batches.rows[i] for i in batches.order[: cfg.profile_examples].tolist()]
+        trigger = v.neutral_trigger(cfg.trigger_len)
+        ids, mask = v.batch(rows, trigger)
+        return sensitivity_profile(v, ids, mask, v.token_embeddings(trigger), cfg.p, cfg.q,
+                                   cfg.power_iters, cfg.seed, self.progress)  # fmt: skip
+
+    def _search(self, batches: Batches) -> tuple[SearchResult, list[dict]]:
+        """The trigger; for luat --layer auto, every layer's search and its selection score."""
+        cfg, v = self.cfg, self.victim
+        allowed, emb = v.candidate_mask(), v.embedding_matrix()
+        if cfg.method == "uat" or cfg.layer_number is not None:
+            layer = None if cfg.method == "uat" else cfg.layer_number
+            return search_trigger(
+                v, batches, cfg, self.target, layer, allowed, emb, self.progress
+            ), []
+        assert self.select is not None
+        sel_rows, sel_labels = self._rows(self.select.validation[: cfg.select_examples])
+        sel_clean = predict(v, sel_rows)
+        per_layer, best = [], None
+        for layer in tqdm(
+            range(1, v.n_layer + 1), desc="layers", unit="layer", disable=not self.progress
+        ):
+            batches.pos = 0  # every layer searches on the same batches
+            found = search_trigger(v, batches, cfg, self.target, layer, allowed, emb, self.progress,
+                                   desc=f"layer {layer}")  # fmt: skip
+            rate, n = fooling_rate(v, sel_rows, sel_labels, found.trigger, self.target, sel_clean)
+            per_layer.append({"layer": layer, "trigger_ids": found.trigger,
+                              "trigger_text": v.decode(found.trigger), "select_fooling_rate": rate,
+                              "select_n": n, "seconds": found.seconds})  # fmt: skip
+            if best is None or rate > best[0]:  # ties keep the shallower layer
+                best = (rate, found)
+        assert best is not None
+        return best[1], per_layer
+
+    def _transfer(self, trigger_text: str) -> dict[str, dict[str, Any]]:
+        cfg, out = self.cfg, {}
+        test = self.task.test[: cfg.max_eval or None]
+        texts = [e.text for e in test]
+        labels = torch.tensor([e.label for e in test], dtype=torch.long)
+        neutral = " ".join(["the"] * cfg.trigger_len)
+        for path in cfg.transfer:
+            other = load_victim(path, self.device, cfg.max_length)
+            _check_labels(self.task, other, f"--transfer {path}")
+            rate, n = text_fooling_rate(other, texts, labels, trigger_text, self.target)
+            base, _ = text_fooling_rate(other, texts, labels, neutral, self.target)
+            out[path] = {"fooling_rate": rate, "n_eval": n, "baseline_fooling_rate": base}
+        return out
+
+    # ------------------------------------------------------------------- run
+
+    def run(self) -> dict[str, Any]:
+        out = self.out
+        out.mkdir(parents=True, exist_ok=True)
+        (out / rundir.CONFIG).write_text(self.cfg.to_toml())
+        sizes = {s: len(getattr(self.task, s)) for s in ("train", "validation", "test")}
+        prov = provenance(self.device, classifier=self.classifier, task=self.task.name,
+                          labels=list(self.victim.labels), task_sizes=sizes)  # fmt: skip
+        (out / rundir.PROVENANCE).write_text(json.dumps(prov, indent=1) + "\n")
+        rundir.write_status(out, "running")
+        try:
+            result = self._run()
+        except KeyboardInterrupt:
+            rundir.write_status(out, "failed", error="interrupted")
+            raise
+        except BaseException as e:
+            rundir.write_status(out, "failed", error=f"{type(e).__name__}: {e}")
+            raise
+        rundir.write_status(out, "finished")
+        return result
+
+    def _run(self) -> dict[str, Any]:
+        cfg, v = self.cfg, self.victim
+        timings: dict[str, float] = {}
+        train_rows, train_labels = self._rows(self.task.train)
+        batches = Batches(v, train_rows, train_labels, cfg.batch, self.target, cfg.seed)
+
+        t0 = time.perf_counter()
+        profile = self._profile(batches) if cfg.profile else []
+        timings["profile_seconds"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        found, per_layer = self._search(batches)
+        timings["search_seconds"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        test_rows, test_labels = self._rows(self.task.test[: cfg.max_eval or None])
+        clean = predict(v, test_rows)
+        rate, n = fooling_rate(v, test_rows, test_labels, found.trigger, self.target, clean)
+        neutral = v.neutral_trigger(cfg.trigger_len)
+        base, _ = fooling_rate(v, test_rows, test_labels, neutral, self.target, clean)
+        timings["eval_seconds"] = time.perf_counter() - t0
+
+        trigger_text = v.decode(found.trigger)
+        t0 = time.perf_counter()
+        transfer = self._transfer(trigger_text) if cfg.transfer else {}
+        timings["transfer_seconds"] = time.perf_counter() - t0
+
+        result: dict[str, Any] = {
+            "method": cfg.method,
+            "layer": found.layer,
+            "trigger_ids": found.trigger,
+            "trigger_text": trigger_text,
+            "fooling_rate": rate,
+            "n_eval": n,
+            "baseline_fooling_rate": base,
+            "baseline_trigger_text": v.decode(neutral),
+            "clean_accuracy": float((clean == test_labels).float().mean()),
+            "target_label": None if self.target is None else v.labels[self.target],
+            "transfer": {k: r["fooling_rate"] for k, r in transfer.items()},
+            "transfer_detail": transfer,
+            "sensitivity": profile,
+            "layer_selection": per_layer,
+            "history": found.history,
+            "classifier": self.classifier,
+            "task": self.task.name,
+            "labels": list(v.labels),
+            "n_layer": v.n_layer,
+            "options": cfg.as_dict(),
+            "timings": timings,
+        }
+        with atomic_write(self.out / "attack.json") as f:
+            f.write((json.dumps(result, indent=1) + "\n").encode())
+        if profile:
+            from steadylm.attack.plot import plot_sensitivity
+
+            plot_sensitivity(result, self.out / "sensitivity.png")
+        return result

@@ -1,0 +1,83 @@
+"""`steadylm attack`: a universal adversarial trigger (UAT or layerwise LUAT) against a classifier."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+
+from steadylm.attack.config import METHODS, AttackConfig, help_of
+
+HELP = """\
+Search a universal trigger (a few tokens put before every input) that changes a classifier's
+predictions, on the task's training split, and score it on the test split:
+
+  uat   HotFlip candidates along the averaged loss gradient (Wallace et al. 2019)
+  luat  HotFlip candidates along the (p,q)-singular vector of a hidden layer's Jacobian
+        (layerwise; the layer by --layer, or the best on a selection set)
+
+DIR gets attack.json (trigger, fooling rate, the "the the the" baseline, transfer, the per-layer
+singular values), sensitivity.png, config.toml, provenance.json and status.json.
+See docs/attack.md."""
+
+# Options that argparse handles apart from the loop over the dataclass.
+_SPECIAL = {"method", "transfer", "profile"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "attack",
+        help="universal adversarial triggers: UAT and layerwise LUAT, with transfer",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d = AttackConfig()
+    p.add_argument(
+        "classifier",
+        metavar="CLASSIFIER",
+        help="a `steadylm finetune` run folder or a Hugging Face sequence-classifier folder",
+    )
+    p.add_argument("--method", default=d.method, metavar="|".join(METHODS),
+                   help=f"{help_of('method')} (default {d.method})")  # fmt: skip
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder to create (empty)")
+    for f in dataclasses.fields(AttackConfig):
+        if f.name in _SPECIAL:
+            continue
+        default = getattr(d, f.name)
+        typ = float if isinstance(default, float) else int if isinstance(default, int) else str
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=typ, default=default,
+                       metavar=f.name.split("_")[-1].upper(),
+                       help=f"{help_of(f.name)} (default {default if default != '' else 'none'})")  # fmt: skip
+    p.add_argument("--transfer", nargs="+", default=[], metavar="RUN", help=help_of("transfer"))
+    p.add_argument("--no-profile", dest="profile", action="store_false",
+                   help="skip the per-layer sensitivity profile")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from steadylm.attack.job import AttackJob
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(AttackConfig)}
+    cfg = AttackConfig(**values)
+    result = AttackJob(cfg, args.classifier, args.out, progress=not args.no_progress).run()
+    print(summary(result, args.out))
+    return 0
+
+
+def summary(r: dict, out: str) -> str:
+    layer = f"   layer {r['layer']}" if r["layer"] is not None else ""
+    lines = [
+        f"method      {r['method']}{layer}   trigger {r['trigger_text']!r}",
+        f"fooling     {r['fooling_rate']:.3f} of {r['n_eval']} test inputs   "
+        f"baseline {r['baseline_fooling_rate']:.3f} ({r['baseline_trigger_text']!r})",
+    ]
+    for row in r["sensitivity"]:
+        s = row["singular_value"]
+        lines.append(
+            f"layer {row['layer']:>3}   singular value {s:.4g}" if math.isfinite(s) else ""
+        )
+    for run_, rate in r["transfer"].items():
+        lines.append(f"transfer    {rate:.3f}   {run_}")
+    lines.append(f"run         {out}   (attack.json)")
+    return "\n".join(lines)
