@@ -1,4 +1,5 @@
-"""A tiny BERT classifier trained here on a keyword task, for the attack tests (no downloads).
+"""Tiny victims for the attack tests, built here (no downloads): an untrained BERT classifier and
+a steadylm GPT fine-tuned by `steadylm finetune` on a keyword task.
 
 Texts are random filler words with one keyword: "good" -> pos, "bad" -> neg. A trigger holding
 the opposing keyword should flip the classifier; "the the the" (filler) should not."""
@@ -64,33 +65,61 @@ def tiny_bert(seed: int = 0, layers: int = 2):
     return BertForSequenceClassification(cfg)
 
 
-def train_classifier(folder: Path, seed: int = 0, steps: int = 150) -> Path:
-    """Train a tiny BERT on the keyword task and save it as a Hugging Face classifier folder."""
-    from steadylm.finetune.models import pad
-
-    torch.manual_seed(seed)
-    model = tiny_bert(seed)
-    tok = tokenizer()
-    data = texts_and_labels(512, seed + 100)
-    ids_all = [e.ids for e in tok.encode_batch([t for t, _ in data])]
-    y_all = torch.tensor([y for _, y in data])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(steps):
-        index = torch.randint(len(data), (32,), generator=g).tolist()
-        ids, mask = pad([ids_all[i] for i in index], 0)
-        loss = model(input_ids=ids, attention_mask=mask, labels=y_all[index]).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
-    model.save_pretrained(folder)
-    tok.save(str(folder / "tokenizer.json"))
-    return folder
-
-
 def write_task(path: Path, n: int = 600) -> Path:
     rows = texts_and_labels(n, 7)
     path.write_text("".join(json.dumps({"text": t, "label": LABELS[y]}) + "\n" for t, y in rows))
     return path
+
+
+def finetuned_gpt(root: Path, seed: int = 0, steps: int = 120) -> Path:
+    """A tiny steadylm GPT (2 blocks, d = 32, no special tokens) fine-tuned by `steadylm finetune`
+    on the keyword task, mean pooling; returns the run folder."""
+    from dataclasses import dataclass
+
+    from safetensors.torch import save_file
+
+    from steadylm.config import Config
+    from steadylm.finetune.config import load_finetune_config
+    from steadylm.finetune.job import FinetuneJob
+    from steadylm.model.gpt import GPT
+
+    @dataclass(frozen=True)
+    class Example:
+        text: str
+        label: int
+
+    @dataclass(frozen=True)
+    class Task:
+        name: str
+        labels: tuple[str, ...]
+        train: tuple
+        validation: tuple
+        test: tuple
+
+    torch.manual_seed(seed)
+    cfg = Config()
+    cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head = 2, 32, 4
+    cfg.model.vocab_size, cfg.model.block_size = len(SPECIALS) + len(KEYWORDS) + len(FILLER), 32
+    base = root / "gpt-base"
+    base.mkdir(parents=True)
+    gpt = GPT(cfg.validate().model)
+    sd = {k: v.contiguous() for k, v in gpt.state_dict().items() if k != "lm_head.weight"}
+    save_file(sd, str(base / "model.safetensors"))
+    (base / "config.toml").write_text(cfg.to_toml())
+    tok = tokenizer()
+    tok.post_processor = None  # our GPT's texts carry no special tokens
+    tok.save(str(base / "tokenizer.json"))
+
+    def split(n: int, s: int) -> tuple:
+        return tuple(Example(t, y) for t, y in texts_and_labels(n, s))
+
+    task = Task("keywords", LABELS, split(512, seed + 100), split(32, 2), split(64, 3))
+    ft = load_finetune_config(None, [
+        f"finetune.base={json.dumps(str(base))}", 'finetune.method="full"', 'finetune.pooling="mean"',
+        f"finetune.max_steps={steps}", "finetune.lr=3e-3", "finetune.batch_size=32",
+        "finetune.eval_every=0", "finetune.checkpoint_every=0", f"finetune.seed={seed}",
+        'finetune.device="cpu"',
+    ])  # fmt: skip
+    run = root / "gpt-run"
+    FinetuneJob(ft, run, task=task, progress=False).run()
+    return run

@@ -62,7 +62,9 @@ def layer_singular(
 ) -> tuple[torch.Tensor, float]:
     """The (p,q)-singular vector (L, C) and value of block `layer`'s Jacobian at `trigger_emb`."""
     jac = LayerJacobian(victim, ids, mask, trigger_emb, layer)
-    return pq_singular(jac.jvp, jac.vjp, jac.shape, p, q, iters, generator, victim.device)
+    return pq_singular(
+        jac.jvp, jac.vjp, jac.shape, p, q, iters, generator, victim.device, trigger_emb.dtype
+    )
 
 
 def sensitivity_profile(

@@ -52,12 +52,13 @@ def pq_singular(
     iters: int,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, float]:
     """(v of `shape` with ||v||_p = 1, its value ||J v||_q) after `iters` power iterations.
 
     `jvp(v)` returns J v and `vjp(w)` returns Jᵀ w; the start is a Gaussian vector drawn from
-    `generator` (on the CPU, so the start does not depend on the device)."""
-    v = torch.randn(shape, generator=generator).to(device)
+    `generator` (on the CPU, so the start does not depend on the device or dtype)."""
+    v = torch.randn(shape, generator=generator, dtype=torch.float64).to(device, dtype)
     v = v / norm(v, p)
     for _ in range(iters):
         z = vjp(psi(jvp(v), q))

@@ -16,6 +16,7 @@ difference between them comes from the direction alone.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -87,6 +88,19 @@ def direction(
     return (v if float((v * ascent).sum()) >= 0 else -v), s
 
 
+def batch_objective(
+    victim: Victim, rows: list[list[int]], labels: torch.Tensor, target: int | None
+) -> Callable[[list[int]], float]:
+    """trigger ids -> the mean attack objective on the batch (`rows`, `labels`)."""
+
+    @torch.no_grad()
+    def objective(trigger: list[int]) -> float:
+        ids, mask = victim.batch(rows, trigger)
+        return float(attack_objective(victim.model(ids, mask), labels, target).mean())
+
+    return objective
+
+
 def search_trigger(
     victim: Victim,
     batches: Batches,
@@ -112,11 +126,7 @@ def search_trigger(
         d, s = direction(victim, ids, mask, current, labels, cfg, target, layer, generator)
         candidates = top_candidates(hotflip_scores(embeddings, current, d, allowed), cfg.candidates)
 
-        @torch.no_grad()
-        def objective(t: list[int]) -> float:
-            ids_t, mask_t = victim.batch(rows, t)
-            return float(attack_objective(victim.model(ids_t, mask_t), labels, target).mean())
-
+        objective = batch_objective(victim, rows, labels, target)
         trigger, value = beam_search(trigger, candidates, objective, cfg.beam)
         result.history.append(
             {

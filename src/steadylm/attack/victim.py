@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from steadylm.errors import SteadyLMError
-from steadylm.finetune.models import Classifier, TextEncoder, pad
+from steadylm.finetune.models import Classifier, GPTClassifier, TextEncoder, pad
 
 NEUTRAL_WORD = "the"  # the neutral trigger is this word repeated: "the the the"
 
@@ -86,7 +86,8 @@ class Victim:
         weight = getattr(emb, "weight", None)
         if isinstance(weight, torch.Tensor):
             return weight.detach()
-        n = int(getattr(emb, "num_embeddings"))
+        n = emb.num_embeddings  # a TTEmbedding: |V| rows
+        assert isinstance(n, int)
         with torch.no_grad():
             return torch.cat(
                 [
@@ -210,19 +211,18 @@ def load_victim(path: str | Path, device: torch.device, max_length: int) -> Vict
     for param in model.parameters():
         param.requires_grad_(False)
     body = model.body
-    cfg = getattr(body, "config", None)
-    model_max = (
-        getattr(cfg, "max_position_embeddings", None)
-        if cfg is not None
-        else body.gpt.config.block_size  # a GPTClassifier
-    )
+    if isinstance(body, GPTClassifier):
+        model_max = body.gpt.config.block_size
+    else:
+        config = getattr(body, "config", None)
+        model_max = getattr(config, "max_position_embeddings", None) or max_length
     return Victim(
         model=model,
         encoder=encoder,
         labels=labels,
         blocks=_blocks(body, p),
         start=leading_specials(encoder),
-        max_length=min(max_length, int(model_max or max_length)),
+        max_length=min(max_length, int(model_max)),
         device=device,
         name=str(path),
     )

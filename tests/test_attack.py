@@ -1,0 +1,102 @@
+"""`steadylm attack` end to end on a tiny steadylm GPT fine-tuned here on a keyword task ("good" -> pos,
+"bad" -> neg in random filler): the trigger it finds holds the opposing keyword and fools the
+model far above the "the the the" baseline; attack.json's keys; bad input exits 2 with one line
+and leaves no folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from attack_helpers import finetuned_gpt, write_task
+
+from steadylm.cli import main
+
+FAST = ["--iters", "2", "--batch", "32", "--candidates", "10", "--power-iters", "4",
+        "--profile-examples", "8", "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("attack")
+    # Mean pooling over the trigger's own states gives HotFlip a usable first-order signal; a
+    # [CLS]-pooled BERT this small saturates its attention and ranks the keyword last.
+    clf = finetuned_gpt(root, seed=1, steps=300)
+    return clf, write_task(root / "task.jsonl"), root
+
+
+@pytest.mark.parametrize("method,extra", [("uat", []), ("luat", ["--layer", "1"])])
+def test_targeted_trigger_holds_the_opposing_keyword(setup, method, extra, capsys):
+    clf, task, root = setup
+    out = root / f"{method}-targeted"
+    argv = ["attack", str(clf), "--task", str(task), "--method", method, *extra,
+            "--target-label", "neg", "--out", str(out), *FAST]  # fmt: skip
+    assert main(argv) == 0
+    r = json.loads((out / "attack.json").read_text())
+    assert "bad" in r["trigger_text"].split(), r["trigger_text"]
+    assert r["target_label"] == "neg"
+    assert r["n_eval"] > 10  # correctly classified test inputs of label pos
+    # Mean pooling over a causal model dilutes the text with any prefix, so "the the the" flips
+    # some inputs too; the keyword flips nearly all.
+    assert r["fooling_rate"] >= 0.8 and r["fooling_rate"] >= r["baseline_fooling_rate"] + 0.4
+    assert r["baseline_trigger_text"] == "the the the"
+    assert r["layer"] == (1 if method == "luat" else None)
+    assert "fooling" in capsys.readouterr().out
+
+
+def test_luat_auto_layer_untargeted_with_transfer(setup):
+    clf, task, root = setup
+    out = root / "luat-auto"
+    argv = ["attack", str(clf), "--task", str(task), "--method", "luat", "--out", str(out),
+            "--transfer", str(clf), "--select-examples", "48", *FAST]  # fmt: skip
+    assert main(argv) == 0
+    r = json.loads((out / "attack.json").read_text())
+    for key in ("method", "layer", "trigger_ids", "trigger_text", "fooling_rate", "n_eval",
+                "baseline_fooling_rate", "transfer", "sensitivity", "options", "timings",
+                "layer_selection", "clean_accuracy"):  # fmt: skip
+        assert key in r, key
+    assert r["method"] == "luat" and r["layer"] in (1, 2)
+    assert [row["layer"] for row in r["layer_selection"]] == [1, 2]
+    assert [row["layer"] for row in r["sensitivity"]] == [1, 2]
+    assert all(row["singular_value"] > 0 for row in r["sensitivity"])
+    assert len(r["trigger_ids"]) == 3
+    # Untargeted: one keyword flips one class, so about half the eligible inputs at most.
+    assert r["fooling_rate"] > r["baseline_fooling_rate"] + 0.2
+    # The same model through the text path: the trigger re-tokenises to the same ids.
+    assert r["transfer"][str(clf)] == pytest.approx(r["fooling_rate"], abs=0.05)
+    assert r["options"]["p"] == "inf" and r["options"]["q"] == 5.0
+    assert (out / "sensitivity.png").stat().st_size > 0
+    assert json.loads((out / "status.json").read_text())["status"] == "finished"
+    for name in ("config.toml", "provenance.json"):
+        assert (out / name).is_file()
+
+
+@pytest.mark.parametrize(
+    "extra,expect",
+    [
+        (["--method", "fgsm"], "--method 'fgsm'"),
+        (["--layer", "9"], "--layer 9"),
+        (["--layer", "x"], "--layer 'x'"),
+        (["--target-label", "maybe"], "--target-label 'maybe'"),
+        (["--q", "1"], "--q"),
+        (["--trigger-len", "0"], "--trigger-len"),
+        (["--transfer", "nowhere"], "--transfer nowhere"),
+        (["--task", "nope"], "unknown task 'nope'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(setup, tmp_path, capsys, extra, expect):
+    clf, task, _ = setup
+    out = tmp_path / "run"
+    argv = ["attack", str(clf), "--task", str(task), "--out", str(out), "--no-progress", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expect in err, err
+    assert not out.exists()
+
+
+def test_not_a_classifier_exits_2(tmp_path, capsys):
+    (tmp_path / "plain").mkdir()
+    assert main(["attack", str(tmp_path / "plain"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a fine-tuned classifier" in capsys.readouterr().err
+    assert main(["attack", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such folder" in capsys.readouterr().err
