@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from attack_helpers import finetuned_gpt, write_task
 
+from attack_helpers import finetuned_gpt, write_task
 from steadylm.cli import main
 
 FAST = ["--iters", "2", "--batch", "32", "--candidates", "10", "--power-iters", "4",

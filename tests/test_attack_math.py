@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-from attack_helpers import LABELS, texts_and_labels, tiny_bert, tokenizer
 
+from attack_helpers import LABELS, texts_and_labels, tiny_bert, tokenizer
 from steadylm.attack.hotflip import (
     attack_objective,
     beam_search,
