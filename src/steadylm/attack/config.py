@@ -48,7 +48,7 @@ class AttackConfig:
     batch: int = _opt(64, "training examples per search iteration")
     target_label: str = _opt(
         "",
-        "a label name or id to push every input to (targeted); default untargeted (any change)",
+        "a label name or id to push every input to (targeted); by default untargeted (any change)",
     )
     max_length: int = _opt(64, "tokens per input, special tokens and trigger included")
     max_eval: int = _opt(0, "test examples scored (the first N of the split); 0: all")

@@ -33,6 +33,7 @@ from steadylm.attack.hotflip import (
 )
 from steadylm.attack.jacobian import layer_singular
 from steadylm.attack.victim import Victim
+from steadylm.errors import SteadyLMError
 
 
 @dataclass
@@ -64,7 +65,10 @@ class Batches:
             keep = eligible(predict(self.victim, rows), labels, self.target)
             if bool(keep.any()):
                 return [r for r, k in zip(rows, keep.tolist()) if k], labels[keep]
-        raise RuntimeError("no training input is eligible (none classified correctly)")
+        raise SteadyLMError(
+            "no training input to attack: the classifier gets none right"
+            + ("" if self.target is None else " outside the target label")
+        )
 
 
 def direction(

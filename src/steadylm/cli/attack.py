@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 
 from steadylm.attack.config import METHODS, AttackConfig, help_of
 
@@ -22,6 +21,8 @@ See docs/attack.md."""
 
 # Options that argparse handles apart from the loop over the dataclass.
 _SPECIAL = {"method", "transfer", "profile"}
+_METAVARS = {"task": "NAME", "select_task": "NAME", "layer": "N|auto", "target_label": "LABEL",
+             "device": "DEVICE"}  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,9 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             continue
         default = getattr(d, f.name)
         typ = float if isinstance(default, float) else int if isinstance(default, int) else str
+        shown = (
+            f" (default {default})" if default != "" and "default" not in help_of(f.name) else ""
+        )
         p.add_argument(f"--{f.name.replace('_', '-')}", type=typ, default=default,
-                       metavar=f.name.split("_")[-1].upper(),
-                       help=f"{help_of(f.name)} (default {default if default != '' else 'none'})")  # fmt: skip
+                       metavar=_METAVARS.get(f.name, "N" if typ is int else f.name.upper()),
+                       help=help_of(f.name) + shown)  # fmt: skip
     p.add_argument("--transfer", nargs="+", default=[], metavar="RUN", help=help_of("transfer"))
     p.add_argument("--no-profile", dest="profile", action="store_false",
                    help="skip the per-layer sensitivity profile")  # fmt: skip
@@ -73,10 +77,7 @@ def summary(r: dict, out: str) -> str:
         f"baseline {r['baseline_fooling_rate']:.3f} ({r['baseline_trigger_text']!r})",
     ]
     for row in r["sensitivity"]:
-        s = row["singular_value"]
-        lines.append(
-            f"layer {row['layer']:>3}   singular value {s:.4g}" if math.isfinite(s) else ""
-        )
+        lines.append(f"layer {row['layer']:>3}   singular value {row['singular_value']:.4g}")
     for run_, rate in r["transfer"].items():
         lines.append(f"transfer    {rate:.3f}   {run_}")
     lines.append(f"run         {out}   (attack.json)")
