@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from attack_helpers import finetuned_gpt, write_task
+from attack_helpers import finetuned_gpt, tiny_bert, write_task
 from steadylm.cli import main
 
 FAST = ["--iters", "2", "--batch", "32", "--candidates", "10", "--power-iters", "4",
@@ -98,5 +98,8 @@ def test_not_a_classifier_exits_2(tmp_path, capsys):
     (tmp_path / "plain").mkdir()
     assert main(["attack", str(tmp_path / "plain"), "--out", str(tmp_path / "o")]) == 2
     assert "not a fine-tuned classifier" in capsys.readouterr().err
+    tiny_bert().bert.save_pretrained(tmp_path / "encoder")  # a bare encoder: no trained head
+    assert main(["attack", str(tmp_path / "encoder"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a sequence classifier (architectures: BertModel)" in capsys.readouterr().err
     assert main(["attack", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "no such folder" in capsys.readouterr().err
