@@ -65,8 +65,8 @@ def tiny_bert(seed: int = 0, layers: int = 2):
     return BertForSequenceClassification(cfg)
 
 
-def write_task(path: Path, n: int = 600) -> Path:
-    rows = texts_and_labels(n, 7)
+def write_task(path: Path, n: int = 600, seed: int = 7) -> Path:
+    rows = texts_and_labels(n, seed)
     path.write_text("".join(json.dumps({"text": t, "label": LABELS[y]}) + "\n" for t, y in rows))
     return path
 

@@ -46,9 +46,11 @@ def test_targeted_trigger_holds_the_opposing_keyword(setup, method, extra, capsy
 
 def test_luat_auto_layer_untargeted_with_transfer(setup):
     clf, task, root = setup
+    other = write_task(root / "other.jsonl", 400, seed=8)  # the layer and the score from it
     out = root / "luat-auto"
     argv = ["attack", str(clf), "--task", str(task), "--method", "luat", "--out", str(out),
-            "--transfer", str(clf), "--select-examples", "48", *FAST]  # fmt: skip
+            "--transfer", str(clf), "--select-examples", "48", "--select-task", str(other),
+            "--eval-task", str(other), *FAST]  # fmt: skip
     assert main(argv) == 0
     r = json.loads((out / "attack.json").read_text())
     for key in ("method", "layer", "trigger_ids", "trigger_text", "fooling_rate", "n_eval",
@@ -56,6 +58,7 @@ def test_luat_auto_layer_untargeted_with_transfer(setup):
                 "layer_selection", "clean_accuracy"):  # fmt: skip
         assert key in r, key
     assert r["method"] == "luat" and r["layer"] in (1, 2)
+    assert (r["task"], r["eval_task"]) == (str(task), str(other))
     assert [row["layer"] for row in r["layer_selection"]] == [1, 2]
     assert [row["layer"] for row in r["sensitivity"]] == [1, 2]
     assert all(row["singular_value"] > 0 for row in r["sensitivity"])
@@ -82,6 +85,7 @@ def test_luat_auto_layer_untargeted_with_transfer(setup):
         (["--trigger-len", "0"], "--trigger-len"),
         (["--transfer", "nowhere"], "--transfer nowhere"),
         (["--task", "nope"], "unknown task 'nope'"),
+        (["--eval-task", "nope.txt"], "unknown task 'nope.txt'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(setup, tmp_path, capsys, extra, expect):

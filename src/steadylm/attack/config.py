@@ -28,6 +28,9 @@ class AttackConfig:
         "of a hidden layer's Jacobian)",
     )
     task: str = _opt("rt", "a task name (`steadylm tasks`) or a .jsonl/.csv file with text, label")
+    eval_task: str = _opt(
+        "", "the task whose test split scores the trigger (task-to-task transfer; default: --task)"
+    )
     layer: str = _opt(
         "auto",
         "luat: the block N (1..L) whose output is perturbed, or 'auto' (every block is tried and "

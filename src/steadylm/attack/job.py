@@ -76,37 +76,41 @@ class AttackJob:
     """A universal trigger against `classifier` by `cfg.method`, written to `out`."""
 
     def __init__(self, cfg: AttackConfig, classifier: str, out: str | Path, progress: bool = True):
-        from steadylm.tasks import load_task
-
-        self.cfg, self.classifier, self.out, self.progress = (
-            cfg.validate(),
-            classifier,
-            Path(out),
-            progress,
-        )
+        self.cfg, self.classifier, self.progress = cfg.validate(), classifier, progress
+        self.out = Path(out)
         _check_out(self.out)
         _check_transfer(cfg.transfer)
         self.device = resolve_device(cfg.device, option="--device")
+        self._load_tasks()  # before the model: a wrong task name fails fast
         self.victim = load_victim(classifier, self.device, cfg.max_length)
-        self.task = load_task(cfg.task, progress=progress)
-        _check_labels(self.task, self.victim, "--task")
-        for split in ("train", "test"):
-            if not getattr(self.task, split):
-                raise SteadyLMError(f"task {self.task.name}: the {split} split is empty")
+        for task, flag in ((self.task, "--task"), (self.eval_task, "--eval-task"),
+                           (self.select, "--select-task")):  # fmt: skip
+            if task is not None:
+                _check_labels(task, self.victim, flag)
         self.target = resolve_target(cfg.target_label, self.victim.labels)
         n = self.victim.n_layer
         if cfg.layer_number is not None and cfg.layer_number > n:
             raise SteadyLMError(f"--layer {cfg.layer}: {classifier} has blocks 1..{n}")
-        self.select = None
-        if cfg.method == "luat" and cfg.layer_number is None:
-            self.select = (
-                load_task(cfg.select_task, progress=progress) if cfg.select_task else self.task
-            )
-            _check_labels(self.select, self.victim, "--select-task")
-            if not self.select.validation:
-                raise SteadyLMError(
-                    f"--select-task {self.select.name}: its validation split is empty"
-                )
+
+    def _load_tasks(self) -> None:
+        """The search task (train split), the scoring task (test split) and, for luat --layer
+        auto, the selection task (validation split)."""
+        from steadylm.tasks import load_task
+
+        cfg = self.cfg
+
+        def load(name: str, split: str, flag: str):
+            task = load_task(name, progress=self.progress) if name else self.task
+            if not getattr(task, split):
+                raise SteadyLMError(f"{flag} {task.name}: its {split} split is empty")
+            return task
+
+        self.task = load_task(cfg.task, progress=self.progress)
+        if not self.task.train:
+            raise SteadyLMError(f"--task {self.task.name}: its train split is empty")
+        self.eval_task = load(cfg.eval_task, "test", "--eval-task")
+        auto = cfg.method == "luat" and cfg.layer_number is None
+        self.select = load(cfg.select_task, "validation", "--select-task") if auto else None
 
     # --------------------------------------------------------------- the parts
 
@@ -152,13 +156,13 @@ class AttackJob:
 
     def _transfer(self, trigger_text: str) -> dict[str, dict[str, Any]]:
         cfg, out = self.cfg, {}
-        test = self.task.test[: cfg.max_eval or None]
+        test = self.eval_task.test[: cfg.max_eval or None]
         texts = [e.text for e in test]
         labels = torch.tensor([e.label for e in test], dtype=torch.long)
         neutral = " ".join(["the"] * cfg.trigger_len)
         for path in cfg.transfer:
             other = load_victim(path, self.device, cfg.max_length)
-            _check_labels(self.task, other, f"--transfer {path}")
+            _check_labels(self.eval_task, other, f"--transfer {path}")
             rate, n = text_fooling_rate(other, texts, labels, trigger_text, self.target)
             base, _ = text_fooling_rate(other, texts, labels, neutral, self.target)
             out[path] = {"fooling_rate": rate, "n_eval": n, "baseline_fooling_rate": base}
@@ -172,6 +176,7 @@ class AttackJob:
         (out / rundir.CONFIG).write_text(self.cfg.to_toml())
         sizes = {s: len(getattr(self.task, s)) for s in ("train", "validation", "test")}
         prov = provenance(self.device, classifier=self.classifier, task=self.task.name,
+                          eval_task=self.eval_task.name,
                           labels=list(self.victim.labels), task_sizes=sizes)  # fmt: skip
         (out / rundir.PROVENANCE).write_text(json.dumps(prov, indent=1) + "\n")
         rundir.write_status(out, "running")
@@ -201,7 +206,7 @@ class AttackJob:
         timings["search_seconds"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        test_rows, test_labels = self._rows(self.task.test[: cfg.max_eval or None])
+        test_rows, test_labels = self._rows(self.eval_task.test[: cfg.max_eval or None])
         clean = predict(v, test_rows)
         rate, n = fooling_rate(v, test_rows, test_labels, found.trigger, self.target, clean)
         neutral = v.neutral_trigger(cfg.trigger_len)
@@ -231,6 +236,7 @@ class AttackJob:
             "history": found.history,
             "classifier": self.classifier,
             "task": self.task.name,
+            "eval_task": self.eval_task.name,
             "labels": list(v.labels),
             "n_layer": v.n_layer,
             "options": cfg.as_dict(),

@@ -21,7 +21,7 @@ See docs/attack.md."""
 
 # Options that argparse handles apart from the loop over the dataclass.
 _SPECIAL = {"method", "transfer", "profile"}
-_METAVARS = {"task": "NAME", "select_task": "NAME", "layer": "N|auto", "target_label": "LABEL",
+_METAVARS = {"task": "NAME", "select_task": "NAME", "eval_task": "NAME", "layer": "N|auto", "target_label": "LABEL",
              "device": "DEVICE"}  # fmt: skip
 
 
