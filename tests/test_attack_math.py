@@ -120,7 +120,7 @@ def test_hotflip_scores_are_the_first_order_objective_change(victim, target):
     emb = victim.embedding_matrix()
     cur = victim.token_embeddings(trigger)
     grad = objective_gradient(victim, ids, mask, cur, labels, target)
-    allowed = victim.candidate_mask()
+    allowed = victim.candidate_mask(victim.embedding_matrix().shape[0])
     scores = hotflip_scores(emb, cur, -grad, allowed)  # gain = decrease of the objective
 
     def objective(x):
@@ -147,7 +147,7 @@ def test_candidate_filter():
 
 
 def test_candidate_mask_excludes_special_tokens(victim):
-    allowed = victim.candidate_mask()
+    allowed = victim.candidate_mask(victim.embedding_matrix().shape[0])
     vocab = victim.encoder.tokenizer.get_vocab()
     for special in ("[PAD]", "[UNK]", "[CLS]", "[SEP]"):
         assert not bool(allowed[vocab[special]])
@@ -167,3 +167,42 @@ def test_beam_search_beats_greedy_on_a_trap():
     wide, w_val = beam_search([0, 0], candidates, objective, beam=2)
     assert (greedy, g_val) == ([9, 7], -11.0)
     assert (wide, w_val) == ([5, 7], -20.0)
+
+
+def _tt_gpt_victim():
+    """Our GPT classifier with a tensor-train token embedding, as a Victim (no folder)."""
+    from steadylm.attack.victim import Victim, leading_specials
+    from steadylm.config import Config
+    from steadylm.finetune.models import Classifier, GPTClassifier, TextEncoder
+    from steadylm.model.gpt import GPT
+
+    torch.manual_seed(0)
+    cfg = Config()
+    cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head = 2, 32, 4
+    cfg.model.vocab_size, cfg.model.block_size = 64, 32
+    cfg.model.embedding, cfg.model.tt_rank = "tt", 4
+    body = GPTClassifier(GPT(cfg.validate().model), 2, "mean")
+    tok = tokenizer()
+    tok.post_processor = None
+    encoder = TextEncoder(tok, 0)
+    model = Classifier(body, "steadylm").eval()
+    return Victim(model, encoder, LABELS, body.gpt.transformer.h, leading_specials(encoder), 32,
+                  torch.device("cpu"), "tt-gpt")  # fmt: skip
+
+
+@pytest.mark.parametrize("which", ["bert", "tt-gpt"])
+def test_substituting_the_triggers_own_rows_changes_nothing(victim, which):
+    v = victim if which == "bert" else _tt_gpt_victim()
+    assert v.start == (1 if which == "bert" else 0)
+    ids, mask, trigger, _ = _batch(v)
+    emb = v.embedding_matrix()
+    assert emb.shape[0] == (victim.embedding_matrix().shape[0] if which == "bert" else 64)
+    torch.testing.assert_close(emb[trigger], v.token_embeddings(trigger))
+    with torch.no_grad():
+        plain = v.logits(ids, mask)
+        same = v.logits(ids, mask, v.token_embeddings(trigger))
+        # not a constant shift: the LayerNorms would remove it
+        step = torch.randn(emb[trigger].shape, generator=torch.Generator().manual_seed(0))
+        moved = v.logits(ids, mask, v.token_embeddings(trigger) + step.to(emb.dtype))
+    torch.testing.assert_close(same, plain)
+    assert not torch.allclose(moved, plain)

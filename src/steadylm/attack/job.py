@@ -129,7 +129,8 @@ class AttackJob:
     def _search(self, batches: Batches) -> tuple[SearchResult, list[dict]]:
         """The trigger; for luat --layer auto, every layer's search and its selection score."""
         cfg, v = self.cfg, self.victim
-        allowed, emb = v.candidate_mask(), v.embedding_matrix()
+        emb = v.embedding_matrix()  # (V, C)
+        allowed = v.candidate_mask(emb.shape[0])
         if cfg.method == "uat" or cfg.layer_number is not None:
             layer = None if cfg.method == "uat" else cfg.layer_number
             return search_trigger(

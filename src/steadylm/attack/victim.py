@@ -155,18 +155,17 @@ class Victim:
 
     # --------------------------------------------------------------- the filter
 
-    def candidate_mask(self) -> torch.Tensor:
-        """(V,) bool: tokens a trigger may use (`allowed_token`), by the tokenizer's vocabulary."""
+    def candidate_mask(self, rows: int) -> torch.Tensor:
+        """(rows,) bool over the embedding's rows: tokens a trigger may use (`allowed_token`)."""
         tok = self.encoder.tokenizer
         vocab = tok.get_vocab(with_added_tokens=True)
         special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
         # A byte-level BPE or SentencePiece vocabulary marks word starts ("Ġword", "▁word"):
         # a trigger of whole words needs those; a WordPiece one marks continuations ("##ing").
         starts = [m for m in ("Ġ", "▁") if sum(t.startswith(m) for t in vocab) > len(vocab) // 10]
-        V = self.embedding_matrix().shape[0]
-        mask = torch.zeros(V, dtype=torch.bool)
+        mask = torch.zeros(rows, dtype=torch.bool)
         for token, i in vocab.items():
-            if i < V and token not in special:
+            if i < rows and token not in special:
                 mask[i] = allowed_token(token, starts[0] if starts else None)
         if not bool(mask.any()):
             raise SteadyLMError(f"{self.name}: no token of its vocabulary can form a trigger")
