@@ -143,7 +143,7 @@ class AttackJob:
         for layer in tqdm(
             range(1, v.n_layer + 1), desc="layers", unit="layer", disable=not self.progress
         ):
-            batches.pos = 0  # every layer searches on the same batches
+            batches.restart()
             found = search_trigger(v, batches, cfg, self.target, layer, allowed, emb, self.progress,
                                    desc=f"layer {layer}")  # fmt: skip
             rate, n = fooling_rate(v, sel_rows, sel_labels, found.trigger, self.target, sel_clean)

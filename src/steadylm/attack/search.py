@@ -54,6 +54,10 @@ class Batches:
         self.order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
         self.pos = 0
 
+    def restart(self) -> None:
+        """Back to the first batch (every layer of `--layer auto` searches on the same batches)."""
+        self.pos = 0
+
     def next(self) -> tuple[list[list[int]], torch.Tensor]:
         for _ in range(max(1, len(self.rows) // self.size) + 1):
             if self.pos >= len(self.order):
