@@ -44,6 +44,27 @@ def tokenizer():
     return tok
 
 
+def tiny_llama(seed: int = 0):
+    """A random-init 2-layer Llama sequence classifier (hidden 32, grouped-query attention)."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(SPECIALS) + len(KEYWORDS) + len(FILLER),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        num_labels=2,
+        id2label=dict(enumerate(LABELS)),
+        label2id={name: i for i, name in enumerate(LABELS)},
+    )
+    return LlamaForSequenceClassification(cfg)
+
+
 def tiny_bert(seed: int = 0, layers: int = 2):
     from transformers import BertConfig, BertForSequenceClassification
 

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from attack_helpers import LABELS, texts_and_labels, tiny_bert, tokenizer
+from attack_helpers import LABELS, texts_and_labels, tiny_bert, tiny_llama, tokenizer
 from steadylm.attack.hotflip import (
     attack_objective,
     beam_search,
@@ -88,6 +88,23 @@ def victim(tmp_path_factory):
     return v
 
 
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """A Llama classifier whose tokenizer puts a BOS ([CLS] here) before the text and no end."""
+    from tokenizers import processors
+
+    folder = tmp_path_factory.mktemp("llama")
+    tiny_llama(seed=0).save_pretrained(folder)
+    tok = tokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A", special_tokens=[("[CLS]", 2)]
+    )
+    tok.save(str(folder / "tokenizer.json"))
+    v = load_victim(folder, torch.device("cpu"), 64)
+    v.model.double()
+    return v
+
+
 def _batch(victim, n: int = 3):
     rows = victim.encode([t for t, _ in texts_and_labels(n, 5)], 2)
     trigger = victim.neutral_trigger(2)
@@ -96,8 +113,10 @@ def _batch(victim, n: int = 3):
     return ids, mask, trigger, labels
 
 
-@pytest.mark.parametrize("layer", [1, 2])
-def test_matrix_free_products_equal_the_explicit_jacobian(victim, layer):
+@pytest.mark.parametrize("family,layer", [("bert", 1), ("bert", 2), ("llama", 2)])
+def test_matrix_free_products_equal_the_explicit_jacobian(victim, llama, family, layer):
+    victim = victim if family == "bert" else llama
+    assert victim.start == 1  # after [CLS] / BOS
     ids, mask, trigger, _ = _batch(victim)
     assert mask.sum() < mask.numel()  # some padding, whose rows must be zeroed
     x0 = victim.token_embeddings(trigger) + 0.1  # (L, C), away from the table's rows
