@@ -93,14 +93,8 @@ class AttackConfig:
         """The block to perturb, or None for 'auto'."""
         return None if self.layer == "auto" else int(self.layer)
 
-    def as_dict(self) -> dict:
-        """The options as JSON values (p = inf is written as the string "inf")."""
-        d = dataclasses.asdict(self)
-        d["p"] = "inf" if math.isinf(self.p) else self.p
-        return d
-
     def to_toml(self) -> str:
-        return table_toml("attack", self.as_dict())
+        return table_toml("attack", dataclasses.asdict(self))
 
 
 def help_of(name: str) -> str:

@@ -12,6 +12,7 @@ created, so a bad command leaves nothing behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from steadylm.attack.victim import Victim, load_victim
 from steadylm.device import resolve_device
 from steadylm.errors import SteadyLMError
 from steadylm.fsutil import atomic_write
+from steadylm.jsonsafe import json_safe
 from steadylm.provenance import provenance
 
 
@@ -240,11 +242,11 @@ class AttackJob:
             "eval_task": self.eval_task.name,
             "labels": list(v.labels),
             "n_layer": v.n_layer,
-            "options": cfg.as_dict(),
+            "options": dataclasses.asdict(cfg),
             "timings": timings,
         }
         with atomic_write(self.out / "attack.json") as f:
-            f.write((json.dumps(result, indent=1) + "\n").encode())
+            f.write((json.dumps(json_safe(result), indent=1) + "\n").encode())
         if profile:
             from steadylm.attack.plot import plot_sensitivity
 
