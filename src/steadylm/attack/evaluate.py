@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from steadylm.attack.victim import Victim
 
@@ -18,11 +19,13 @@ EVAL_BATCH = 64
 
 @torch.no_grad()
 def predict(
-    victim: Victim, rows: Sequence[list[int]], trigger: Sequence[int] | None = None
+    victim: Victim, rows: Sequence[list[int]], trigger: Sequence[int] | None = None, bar: str = ""
 ) -> torch.Tensor:
-    """Predicted label ids (N,) on the CPU, with `trigger` inserted when given."""
+    """Predicted label ids (N,) on the CPU, with `trigger` inserted when given; a progress bar
+    named `bar` when one is given."""
     out = []
-    for i in range(0, len(rows), EVAL_BATCH):
+    starts = range(0, len(rows), EVAL_BATCH)
+    for i in tqdm(starts, desc=bar, unit="batch", disable=not bar, leave=False):
         ids, mask = victim.batch(rows[i : i + EVAL_BATCH], trigger)
         out.append(victim.model(ids, mask).argmax(-1).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
@@ -45,15 +48,16 @@ def fooling_rate(
     trigger: Sequence[int],
     target: int | None,
     clean: torch.Tensor | None = None,
+    bar: str = "",
 ) -> tuple[float, int]:
     """(fooling rate, inputs it is measured on) of the token ids `trigger`; `clean` may pass the
     predictions without a trigger when they are already known."""
-    clean = predict(victim, rows) if clean is None else clean
+    clean = predict(victim, rows, bar=bar) if clean is None else clean
     keep = eligible(clean, labels, target)
     kept = [r for r, k in zip(rows, keep.tolist()) if k]
     if not kept:
         return 0.0, 0
-    adv = predict(victim, kept, trigger)
+    adv = predict(victim, kept, trigger, bar=bar)
     return float(fooled(adv, labels[keep], target).float().mean()), len(kept)
 
 
@@ -63,13 +67,14 @@ def text_fooling_rate(
     labels: torch.Tensor,
     trigger_text: str,
     target: int | None,
+    bar: str = "",
 ) -> tuple[float, int]:
     """The fooling rate of a trigger given as text, prepended to each text and tokenised with it
     (how a trigger crosses to a model with another tokenizer)."""
-    clean = predict(victim, victim.encode(texts, 0))
+    clean = predict(victim, victim.encode(texts, 0), bar=bar)
     keep = eligible(clean, labels, target)
     kept = [f"{trigger_text} {t}" for t, k in zip(texts, keep.tolist()) if k]
     if not kept:
         return 0.0, 0
-    adv = predict(victim, victim.encode(kept, 0))
+    adv = predict(victim, victim.encode(kept, 0), bar=bar)
     return float(fooled(adv, labels[keep], target).float().mean()), len(kept)

@@ -166,8 +166,9 @@ class AttackJob:
         for path in cfg.transfer:
             other = load_victim(path, self.device, cfg.max_length)
             _check_labels(self.eval_task, other, f"--transfer {path}")
-            rate, n = text_fooling_rate(other, texts, labels, trigger_text, self.target)
-            base, _ = text_fooling_rate(other, texts, labels, neutral, self.target)
+            bar = f"transfer {Path(path).name}" if self.progress else ""
+            rate, n = text_fooling_rate(other, texts, labels, trigger_text, self.target, bar)
+            base, _ = text_fooling_rate(other, texts, labels, neutral, self.target, bar)
             out[path] = {"fooling_rate": rate, "n_eval": n, "baseline_fooling_rate": base}
         return out
 
@@ -210,10 +211,11 @@ class AttackJob:
 
         t0 = time.perf_counter()
         test_rows, test_labels = self._rows(self.eval_task.test[: cfg.max_eval or None])
-        clean = predict(v, test_rows)
-        rate, n = fooling_rate(v, test_rows, test_labels, found.trigger, self.target, clean)
+        bar = "test" if self.progress else ""
+        clean = predict(v, test_rows, bar=bar)
+        rate, n = fooling_rate(v, test_rows, test_labels, found.trigger, self.target, clean, bar)
         neutral = v.neutral_trigger(cfg.trigger_len)
-        base, _ = fooling_rate(v, test_rows, test_labels, neutral, self.target, clean)
+        base, _ = fooling_rate(v, test_rows, test_labels, neutral, self.target, clean, bar)
         timings["eval_seconds"] = time.perf_counter() - t0
 
         trigger_text = v.decode(found.trigger)
