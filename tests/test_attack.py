@@ -74,6 +74,22 @@ def test_luat_auto_layer_untargeted_with_transfer(setup):
         assert (out / name).is_file()
 
 
+def test_profile_only_on_a_pretrained_language_model(setup, capsys):
+    _, task, root = setup
+    lm = root / "gpt-base"  # the checkpoint the classifier was fine-tuned from
+    assert main(["attack", str(lm), "--task", str(task), "--out", str(root / "x")]) == 2
+    assert "--profile-only" in capsys.readouterr().err and not (root / "x").exists()
+    out = root / "lm-profile"
+    argv = ["attack", str(lm), "--task", str(task), "--profile-only", "--profile-examples", "8",
+            "--power-iters", "4", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    r = json.loads((out / "profile.json").read_text())
+    assert r["method"] == "profile" and [row["layer"] for row in r["sensitivity"]] == [1, 2]
+    assert all(row["singular_value"] > 0 for row in r["sensitivity"])
+    assert (out / "sensitivity.png").is_file() and not (out / "attack.json").exists()
+    assert "(profile.json)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "extra,expect",
     [
@@ -85,6 +101,7 @@ def test_luat_auto_layer_untargeted_with_transfer(setup):
         (["--trigger-len", "0"], "--trigger-len"),
         (["--transfer", "nowhere"], "--transfer nowhere"),
         (["--task", "nope"], "unknown task 'nope'"),
+        (["--profile-only", "--no-profile"], "--profile-only"),
         (["--eval-task", "nope.txt"], "unknown task 'nope.txt'"),
     ],
 )

@@ -59,6 +59,11 @@ class AttackConfig:
         True, "compute the per-layer (p,q)-singular values at the neutral trigger (the profile)"
     )
     profile_examples: int = _opt(32, "training examples in the sensitivity profile's batch")
+    profile_only: bool = _opt(
+        False,
+        "only the sensitivity profile, no trigger (DIR/profile.json); CLASSIFIER may then also be "
+        "a pre-trained steadylm run or checkpoint",
+    )
     transfer: list[str] = field(
         default_factory=list,
         metadata={"help": "other classifiers (run folders) scored with the trigger as text"},
@@ -77,6 +82,8 @@ class AttackConfig:
             if getattr(self, name) < low:
                 flag = name.replace("_", "-")
                 raise SteadyLMError(f"--{flag}: must be >= {low}, got {getattr(self, name)}")
+        if self.profile_only and (not self.profile or self.transfer):
+            raise SteadyLMError("--profile-only: takes neither --no-profile nor --transfer")
         if not (self.p > 1):
             raise SteadyLMError(f"--p: must be > 1 or inf, got {self.p}")
         if not (1 < self.q < math.inf):

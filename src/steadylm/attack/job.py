@@ -84,7 +84,10 @@ class AttackJob:
         _check_transfer(cfg.transfer)
         self.device = resolve_device(cfg.device, option="--device")
         self._load_tasks()  # before the model: a wrong task name fails fast
-        self.victim = load_victim(classifier, self.device, cfg.max_length)
+        self.victim = load_victim(classifier, self.device, cfg.max_length, cfg.profile_only)
+        self.target = None
+        if cfg.profile_only:  # no labels involved
+            return
         for task, flag in ((self.task, "--task"), (self.eval_task, "--eval-task"),
                            (self.select, "--select-task")):  # fmt: skip
             if task is not None:
@@ -110,6 +113,9 @@ class AttackJob:
         self.task = load_task(cfg.task, progress=self.progress)
         if not self.task.train:
             raise SteadyLMError(f"--task {self.task.name}: its train split is empty")
+        if cfg.profile_only:  # the profile reads training texts only
+            self.eval_task, self.select = self.task, None
+            return
         self.eval_task = load(cfg.eval_task, "test", "--eval-task")
         auto = cfg.method == "luat" and cfg.layer_number is None
         self.select = load(cfg.select_task, "validation", "--select-task") if auto else None
@@ -120,9 +126,12 @@ class AttackJob:
         rows = self.victim.encode([e.text for e in examples], self.cfg.trigger_len)
         return rows, torch.tensor([e.label for e in examples], dtype=torch.long)
 
-    def _profile(self, batches: Batches) -> list[dict]:
+    def _profile(self, rows: list[list[int]]) -> list[dict]:
+        """The profile on `profile_examples` training inputs, the first of the seeded order
+        (the search's first batch draws from the same order)."""
         cfg, v = self.cfg, self.victim
-        rows = [batches.rows[i] for i in batches.order[: cfg.profile_examples].tolist()]
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed))
+        rows = [rows[i] for i in order[: cfg.profile_examples].tolist()]
         trigger = v.neutral_trigger(cfg.trigger_len)
         ids, mask = v.batch(rows, trigger)
         return sensitivity_profile(v, ids, mask, v.token_embeddings(trigger), cfg.p, cfg.q,
@@ -185,7 +194,7 @@ class AttackJob:
         (out / rundir.PROVENANCE).write_text(json.dumps(prov, indent=1) + "\n")
         rundir.write_status(out, "running")
         try:
-            result = self._run()
+            result = self._run_profile() if self.cfg.profile_only else self._run()
         except KeyboardInterrupt:
             rundir.write_status(out, "failed", error="interrupted")
             raise
@@ -195,6 +204,30 @@ class AttackJob:
         rundir.write_status(out, "finished")
         return result
 
+    def _run_profile(self) -> dict[str, Any]:
+        """--profile-only: the per-layer singular values alone, into profile.json."""
+        t0 = time.perf_counter()
+        profile = self._profile(self._rows(self.task.train)[0])
+        result = {
+            "method": "profile",
+            "sensitivity": profile,
+            "classifier": self.classifier,
+            "task": self.task.name,
+            "n_layer": self.victim.n_layer,
+            "options": dataclasses.asdict(self.cfg),
+            "timings": {"profile_seconds": time.perf_counter() - t0},
+        }
+        self._write(result, "profile.json")
+        return result
+
+    def _write(self, result: dict[str, Any], name: str) -> None:
+        with atomic_write(self.out / name) as f:
+            f.write((json.dumps(json_safe(result), indent=1) + "\n").encode())
+        if result["sensitivity"]:
+            from steadylm.attack.plot import plot_sensitivity
+
+            plot_sensitivity(result, self.out / "sensitivity.png")
+
     def _run(self) -> dict[str, Any]:
         cfg, v = self.cfg, self.victim
         timings: dict[str, float] = {}
@@ -202,7 +235,7 @@ class AttackJob:
         batches = Batches(v, train_rows, train_labels, cfg.batch, self.target, cfg.seed)
 
         t0 = time.perf_counter()
-        profile = self._profile(batches) if cfg.profile else []
+        profile = self._profile(train_rows) if cfg.profile else []
         timings["profile_seconds"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -247,10 +280,5 @@ class AttackJob:
             "options": dataclasses.asdict(cfg),
             "timings": timings,
         }
-        with atomic_write(self.out / "attack.json") as f:
-            f.write((json.dumps(json_safe(result), indent=1) + "\n").encode())
-        if profile:
-            from steadylm.attack.plot import plot_sensitivity
-
-            plot_sensitivity(result, self.out / "sensitivity.png")
+        self._write(result, "attack.json")
         return result

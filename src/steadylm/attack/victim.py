@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -27,6 +28,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from steadylm.errors import SteadyLMError
 from steadylm.finetune.models import Classifier, GPTClassifier, TextEncoder, pad
 
+if TYPE_CHECKING:
+    from steadylm.model.gpt import GPT
+
 NEUTRAL_WORD = "the"  # the neutral trigger is this word repeated: "the the the"
 
 
@@ -34,9 +38,25 @@ class _Stop(Exception):
     """Raised by the block hook once the wanted layer's output is taken: later blocks are skipped."""
 
 
+class LanguageModel(nn.Module):
+    """A pre-trained steadylm GPT with a classifier's call signature, for the sensitivity profile
+    alone (it has no labels to attack): (ids, mask) (B, T) -> final hidden states (B, T, C).
+    Attention is causal and padding sits on the right, so the mask is not needed."""
+
+    def __init__(self, gpt: GPT):
+        super().__init__()
+        self.gpt = gpt
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.gpt.hidden_states(input_ids)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.gpt.get_input_embeddings()
+
+
 @dataclass
 class Victim:
-    model: Classifier  # eval mode, parameters frozen
+    model: Classifier | LanguageModel  # eval mode, parameters frozen
     encoder: TextEncoder
     labels: tuple[str, ...]
     blocks: nn.ModuleList
@@ -196,9 +216,13 @@ def leading_specials(encoder: TextEncoder) -> int:
     return n
 
 
-def load_victim(path: str | Path, device: torch.device, max_length: int) -> Victim:
+def load_victim(
+    path: str | Path, device: torch.device, max_length: int, language_model: bool = False
+) -> Victim:
     """A classifier from a `steadylm finetune` run or a Hugging Face sequence-classifier folder,
-    frozen (no parameter gradients: the attack differentiates inputs only)."""
+    frozen (no parameter gradients: the attack differentiates inputs only). With
+    `language_model`, a pre-trained steadylm run or checkpoint is also accepted (as a
+    `LanguageModel`, for the sensitivity profile)."""
     from steadylm.analysis.models import _blocks
     from steadylm.finetune.export import load_classifier
 
@@ -206,6 +230,13 @@ def load_victim(path: str | Path, device: torch.device, max_length: int) -> Vict
     if not p.exists():
         raise SteadyLMError(f"{path}: no such folder; give a `steadylm finetune` run or a Hugging "
                             "Face sequence-classifier folder")  # fmt: skip
+    if _is_language_model(p):
+        if language_model:
+            return _language_model(p, device, max_length)
+        raise SteadyLMError(
+            f"{path}: a pre-trained language model, not a classifier; fine-tune it first "
+            "(`steadylm finetune`), or take its sensitivity profile with --profile-only"
+        )
     model, encoder, labels = load_classifier(p, device)
     for param in model.parameters():
         param.requires_grad_(False)
@@ -224,4 +255,41 @@ def load_victim(path: str | Path, device: torch.device, max_length: int) -> Vict
         max_length=min(max_length, int(model_max)),
         device=device,
         name=str(path),
+    )
+
+
+def _is_language_model(p: Path) -> bool:
+    """A steadylm pre-training run or checkpoint (not a fine-tuning run: those have [finetune])."""
+    from steadylm import rundir
+
+    if not (p / rundir.CONFIG).is_file() or (p / "classifier").exists():
+        return False
+    return "[finetune]" not in (p / rundir.CONFIG).read_text(encoding="utf-8")
+
+
+def _language_model(p: Path, device: torch.device, max_length: int) -> Victim:
+    import tokenizers
+
+    from steadylm.model.hf import load_model
+    from steadylm.rundir import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(p)
+    if not (ckpt / "tokenizer.json").is_file():
+        raise SteadyLMError(f"{p}: the checkpoint has no tokenizer.json to encode texts with")
+    model = LanguageModel(load_model(ckpt)).to(device).eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    tok = tokenizers.Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+    tok.no_truncation()
+    tok.no_padding()
+    encoder = TextEncoder(tok, 0)  # any id pads: attention is causal and padding is zeroed
+    return Victim(
+        model=model,
+        encoder=encoder,
+        labels=(),
+        blocks=model.gpt.transformer.h,
+        start=leading_specials(encoder),
+        max_length=min(max_length, model.gpt.config.block_size),
+        device=device,
+        name=str(p),
     )

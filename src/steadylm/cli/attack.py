@@ -16,11 +16,13 @@ predictions, on the task's training split, and score it on the test split:
         (layerwise; the layer by --layer, or the best on a selection set)
 
 DIR gets attack.json (trigger, fooling rate, the "the the the" baseline, transfer, the per-layer
-singular values), sensitivity.png, config.toml, provenance.json and status.json.
+singular values), sensitivity.png, config.toml, provenance.json and status.json. With
+--profile-only, only the per-layer singular values (profile.json), also for a pre-trained
+steadylm language model.
 See docs/attack.md."""
 
 # Options that argparse handles apart from the loop over the dataclass.
-_SPECIAL = {"method", "transfer", "profile"}
+_SPECIAL = {"method", "transfer", "profile", "profile_only"}
 _METAVARS = {"task": "NAME", "select_task": "NAME", "eval_task": "NAME", "layer": "N|auto", "target_label": "LABEL",
              "device": "DEVICE"}  # fmt: skip
 
@@ -55,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--transfer", nargs="+", default=[], metavar="RUN", help=help_of("transfer"))
     p.add_argument("--no-profile", dest="profile", action="store_false",
                    help="skip the per-layer sensitivity profile")  # fmt: skip
+    p.add_argument("--profile-only", action="store_true", help=help_of("profile_only"))
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -70,14 +73,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary(r: dict, out: str) -> str:
+    profile = [
+        f"layer {row['layer']:>3}   singular value {row['singular_value']:.4g}"
+        for row in r["sensitivity"]
+    ]
+    if r["method"] == "profile":
+        return "\n".join([*profile, f"run         {out}   (profile.json)"])
     layer = f"   layer {r['layer']}" if r["layer"] is not None else ""
     lines = [
         f"method      {r['method']}{layer}   trigger {r['trigger_text']!r}",
         f"fooling     {r['fooling_rate']:.3f} of {r['n_eval']} test inputs   "
         f"baseline {r['baseline_fooling_rate']:.3f} ({r['baseline_trigger_text']!r})",
     ]
-    for row in r["sensitivity"]:
-        lines.append(f"layer {row['layer']:>3}   singular value {row['singular_value']:.4g}")
+    lines += profile
     for run_, rate in r["transfer"].items():
         lines.append(f"transfer    {rate:.3f}   {run_}")
     lines.append(f"run         {out}   (attack.json)")
