@@ -2,7 +2,8 @@
 
     DIR/config.toml        the options ([attack])
     DIR/provenance.json    versions, device, threads, classifier, task sizes
-    DIR/attack.json        the result (see `run`; docs/attack.md lists every key)
+    DIR/attack.json        the result (see `run`; docs/attack.md lists every key), or
+    DIR/profile.json       with --profile-only, the per-layer singular values alone
     DIR/sensitivity.png    the per-layer (p,q)-singular values, when the profile is on
     DIR/status.json        running | finished | failed
 
@@ -85,7 +86,7 @@ class AttackJob:
         self.device = resolve_device(cfg.device, option="--device")
         self._load_tasks()  # before the model: a wrong task name fails fast
         self.victim = load_victim(classifier, self.device, cfg.max_length, cfg.profile_only)
-        self.target = None
+        self.target: int | None = None
         if cfg.profile_only:  # no labels involved
             return
         for task, flag in ((self.task, "--task"), (self.eval_task, "--eval-task"),
