@@ -124,3 +124,39 @@ def test_not_a_classifier_exits_2(tmp_path, capsys):
     assert "not a sequence classifier (architectures: BertModel)" in capsys.readouterr().err
     assert main(["attack", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_sweep_runs_attacks_over_seeds(setup, tmp_path):
+    clf, task, _ = setup
+    spec = tmp_path / "attack.toml"
+    spec.write_text(
+        '[sweep]\njob = "attack"\nseeds = [0, 1]\n[sweep.set]\n'
+        f'"attack.classifier" = {json.dumps(str(clf))}\n"attack.task" = {json.dumps(str(task))}\n'
+        '"attack.method" = "luat"\n"attack.layer" = 2\n"attack.iters" = 1\n"attack.batch" = 16\n'
+        '"attack.candidates" = 5\n"attack.power_iters" = 2\n"attack.profile" = false\n'
+    )
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "sw"), "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "sw" / "index.jsonl").read_text().splitlines()]
+    assert sorted(r["status"] for r in rows) == ["finished", "finished"]
+    for seed in (0, 1):
+        run = next((tmp_path / "sw").rglob(f"*s{seed}/attack.json"))
+        r = json.loads(run.read_text())
+        assert (r["layer"], r["options"]["seed"], r["sensitivity"]) == (2, seed, [])
+
+
+def test_config_file_and_set_and_resume(setup, tmp_path, capsys):
+    clf, task, _ = setup
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f'[attack]\nclassifier = {json.dumps(str(clf))}\nmethod = "uat"\niters = 1\n')
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.toml").write_text("[attack]\n")  # an attack stopped before it wrote anything
+    argv = ["attack", "--config", str(cfg), "--set", "attack.batch=16", "--task", str(task),
+            "--no-profile", "--candidates", "5", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 2  # the folder is not empty
+    assert "already exists" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0
+    r = json.loads((out / "attack.json").read_text())
+    assert (r["method"], r["options"]["batch"], r["options"]["candidates"]) == ("uat", 16, 5)
+    assert main([*argv, "--resume"]) == 2  # finished: nothing to start over
+    assert "finished already" in capsys.readouterr().err

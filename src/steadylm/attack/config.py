@@ -1,14 +1,22 @@
-"""The options of `steadylm attack`, in one dataclass whose field help serves as `--help`."""
+"""The `[attack]` section: the options of `steadylm attack` in one dataclass whose field help
+serves as `--help`, read from flags, a TOML file (`--config`) or `--set attack.key=value` (which is
+how `steadylm sweep` runs attacks)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from steadylm.config import table_toml
-from steadylm.errors import SteadyLMError
+from steadylm.config import apply_section, parse_override, table_toml, validate_section
+from steadylm.errors import ConfigError, SteadyLMError
+from steadylm.registry import suggest
 
+SECTION = "attack"
 METHODS = ("uat", "luat")
 
 
@@ -22,6 +30,9 @@ class AttackConfig:
     """A universal trigger against one classifier, searched on the training split and scored on
     the test split."""
 
+    classifier: str = _opt(
+        "", "the victim: a `steadylm finetune` run or a Hugging Face sequence-classifier folder"
+    )
     method: str = _opt(
         "luat",
         "uat (HotFlip along the loss gradient) | luat (HotFlip along the (p,q)-singular vector "
@@ -31,7 +42,7 @@ class AttackConfig:
     eval_task: str = _opt(
         "", "the task whose test split scores the trigger (task-to-task transfer; default: --task)"
     )
-    layer: str = _opt(
+    layer: str | int = _opt(
         "auto",
         "luat: the block N (1..L) whose output is perturbed, or 'auto' (every block is tried and "
         "the best fooling rate on the selection set wins)",
@@ -64,7 +75,8 @@ class AttackConfig:
         "only the sensitivity profile, no trigger (DIR/profile.json); CLASSIFIER may then also be "
         "a pre-trained steadylm run or checkpoint",
     )
-    transfer: list[str] = field(
+    # str | list: the config layer types lists only inside a union; validate() makes it a list
+    transfer: str | list[str] = field(
         default_factory=list,
         metadata={"help": "other classifiers (run folders) scored with the trigger as text"},
     )
@@ -72,9 +84,13 @@ class AttackConfig:
     device: str = _opt("auto", "auto (cuda when available) | cpu | cuda | cuda:N")
 
     def validate(self) -> AttackConfig:
+        if not self.classifier:
+            raise SteadyLMError("give the CLASSIFIER to attack (or attack.classifier)")
+        if isinstance(self.transfer, str):
+            self.transfer = [self.transfer] if self.transfer else []
         if self.method not in METHODS:
             raise SteadyLMError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.layer != "auto" and not (self.layer.isdigit() and int(self.layer) >= 1):
+        if self.layer != "auto" and not (str(self.layer).isdigit() and int(self.layer) >= 1):
             raise SteadyLMError(f"--layer {self.layer!r}: give a block number >= 1 or 'auto'")
         for name, low in (("trigger_len", 1), ("power_iters", 1), ("iters", 1), ("candidates", 1),
                           ("beam", 1), ("batch", 1), ("select_examples", 1), ("max_eval", 0),
@@ -96,14 +112,51 @@ class AttackConfig:
         return self
 
     @property
+    def transfer_runs(self) -> list[str]:
+        return [self.transfer] if isinstance(self.transfer, str) else list(self.transfer)
+
+    @property
     def layer_number(self) -> int | None:
         """The block to perturb, or None for 'auto'."""
         return None if self.layer == "auto" else int(self.layer)
 
     def to_toml(self) -> str:
-        return table_toml("attack", dataclasses.asdict(self))
+        return table_toml(SECTION, dataclasses.asdict(self))
 
 
 def help_of(name: str) -> str:
     """The one-line description of option `name`, as `--help` shows it."""
     return next(f.metadata["help"] for f in dataclasses.fields(AttackConfig) if f.name == name)
+
+
+def load_attack_config(
+    source: str | Path | None = None, overrides: Sequence[str] = ()
+) -> AttackConfig:
+    """A validated AttackConfig from an optional TOML file plus `attack.key=value` overrides."""
+    cfg = AttackConfig()
+    if source is not None:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(
+                f"--config: no such file {str(path)!r} (a TOML file with [{SECTION}])"
+            )
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"--config: cannot read {str(path)!r} ({e})") from None
+        _apply(cfg, data, str(path))
+    for item in overrides:
+        section, key, value = parse_override(item)
+        _apply(cfg, {section: {key: value}}, "--set")
+    validate_section(SECTION, cfg)
+    return cfg
+
+
+def _apply(cfg: AttackConfig, data: dict[str, Any], origin: str) -> None:
+    for section, values in data.items():
+        if section != SECTION:
+            raise ConfigError(
+                f"{origin}: unknown section [{section}]; an attack config has one section, "
+                f"[{SECTION}]" + suggest(section, [SECTION])
+            )
+        apply_section(cfg, SECTION, values, origin)

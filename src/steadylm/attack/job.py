@@ -57,7 +57,12 @@ def _check_labels(task, victim: Victim, what: str) -> None:
         )
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: Path, resume: bool) -> None:
+    """DIR must be new or empty; with `resume`, it may hold an unfinished attack to start over."""
+    if resume and rundir.is_run(out):
+        if rundir.read_status(out).get("status") == "finished":
+            raise SteadyLMError(f"--resume: the attack in {out} has finished already")
+        return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SteadyLMError(f"--out: {out} already exists and is not empty; choose another folder")
 
@@ -76,13 +81,17 @@ def _check_transfer(paths: list[str]) -> None:
 
 
 class AttackJob:
-    """A universal trigger against `classifier` by `cfg.method`, written to `out`."""
+    """A universal trigger against `cfg.classifier` by `cfg.method`, written to `out`; with
+    `resume`, an unfinished attack in `out` is started over (there is nothing to continue)."""
 
-    def __init__(self, cfg: AttackConfig, classifier: str, out: str | Path, progress: bool = True):
-        self.cfg, self.classifier, self.progress = cfg.validate(), classifier, progress
+    def __init__(
+        self, cfg: AttackConfig, out: str | Path, progress: bool = True, resume: bool = False
+    ):
+        self.cfg, self.progress = cfg.validate(), progress
+        self.classifier = classifier = cfg.classifier
         self.out = Path(out)
-        _check_out(self.out)
-        _check_transfer(cfg.transfer)
+        _check_out(self.out, resume)
+        _check_transfer(cfg.transfer_runs)
         self.device = resolve_device(cfg.device, option="--device")
         self._load_tasks()  # before the model: a wrong task name fails fast
         self.victim = load_victim(classifier, self.device, cfg.max_length, cfg.profile_only)
@@ -173,7 +182,7 @@ class AttackJob:
         texts = [e.text for e in test]
         labels = torch.tensor([e.label for e in test], dtype=torch.long)
         neutral = " ".join(["the"] * cfg.trigger_len)
-        for path in cfg.transfer:
+        for path in cfg.transfer_runs:
             other = load_victim(path, self.device, cfg.max_length)
             _check_labels(self.eval_task, other, f"--transfer {path}")
             bar = f"transfer {Path(path).name}" if self.progress else ""

@@ -22,9 +22,9 @@ steadylm language model.
 See docs/attack.md."""
 
 # Options that argparse handles apart from the loop over the dataclass.
-_SPECIAL = {"method", "transfer", "profile", "profile_only"}
-_METAVARS = {"task": "NAME", "select_task": "NAME", "eval_task": "NAME", "layer": "N|auto", "target_label": "LABEL",
-             "device": "DEVICE"}  # fmt: skip
+_SPECIAL = {"classifier", "method", "transfer", "profile", "profile_only"}
+_METAVARS = {"task": "NAME", "select_task": "NAME", "eval_task": "NAME", "layer": "N|auto",
+             "target_label": "LABEL", "device": "DEVICE"}  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,12 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d = AttackConfig()
-    p.add_argument(
-        "classifier",
-        metavar="CLASSIFIER",
-        help="a `steadylm finetune` run folder or a Hugging Face sequence-classifier folder",
-    )
-    p.add_argument("--method", default=d.method, metavar="|".join(METHODS),
+    # Every flag defaults to None, so that only the flags given override --config and --set.
+    p.add_argument("classifier", nargs="?", metavar="CLASSIFIER", help=help_of("classifier"))
+    p.add_argument("--method", metavar="|".join(METHODS),
                    help=f"{help_of('method')} (default {d.method})")  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="run folder to create (empty)")
     for f in dataclasses.fields(AttackConfig):
@@ -51,23 +48,37 @@ def register(sub: argparse._SubParsersAction) -> None:
         shown = (
             f" (default {default})" if default != "" and "default" not in help_of(f.name) else ""
         )
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=typ, default=default,
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=typ,
                        metavar=_METAVARS.get(f.name, "N" if typ is int else f.name.upper()),
                        help=help_of(f.name) + shown)  # fmt: skip
-    p.add_argument("--transfer", nargs="+", default=[], metavar="RUN", help=help_of("transfer"))
-    p.add_argument("--no-profile", dest="profile", action="store_false",
+    p.add_argument("--transfer", nargs="+", metavar="RUN", help=help_of("transfer"))
+    p.add_argument("--no-profile", dest="profile", action="store_const", const=False,
                    help="skip the per-layer sensitivity profile")  # fmt: skip
-    p.add_argument("--profile-only", action="store_true", help=help_of("profile_only"))
+    p.add_argument("--profile-only", action="store_const", const=True,
+                   help=help_of("profile_only"))  # fmt: skip
+    p.add_argument("--config", metavar="FILE", help="a TOML file with an [attack] table")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="attack.KEY=VALUE",
+                   help="override one option, e.g. --set attack.iters=5 (repeatable; TOML values)")  # fmt: skip
+    p.add_argument("--resume", action="store_true",
+                   help="start over in --out when it holds an unfinished attack (what `steadylm "
+                        "sweep` asks for; an attack keeps no checkpoints)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from steadylm.attack.config import load_attack_config
     from steadylm.attack.job import AttackJob
+    from steadylm.config import toml_value
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(AttackConfig)}
-    cfg = AttackConfig(**values)
-    result = AttackJob(cfg, args.classifier, args.out, progress=not args.no_progress).run()
+    flags = [
+        f"attack.{f.name}={toml_value(getattr(args, f.name))}"
+        for f in dataclasses.fields(AttackConfig)
+        if getattr(args, f.name, None) is not None
+    ]
+    cfg = load_attack_config(args.config, [*args.overrides, *flags])
+    result = AttackJob(cfg, args.out, progress=not args.no_progress, resume=args.resume).run()
     print(summary(result, args.out))
     return 0
 
