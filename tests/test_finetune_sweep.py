@@ -46,8 +46,8 @@ seeds = [0, 1]
     )
     with pytest.raises(SteadyLMError, match="unknown section 'train'"):
         parse_spec(_spec(tmp_path, '[sweep]\njob = "finetune"\n[sweep.set]\n"train.lr" = 1.0\n'))
-    with pytest.raises(SteadyLMError, match="job: 'attack' is not one of train, finetune"):
-        parse_spec(_spec(tmp_path, '[sweep]\njob = "attack"\n'))
+    with pytest.raises(SteadyLMError, match="job: 'bogus' is not one of train, finetune, attack"):
+        parse_spec(_spec(tmp_path, '[sweep]\njob = "bogus"\n'))
     with pytest.raises(SteadyLMError, match="finetune.method: 'prefix' is not one of"):
         parse_spec(
             _spec(

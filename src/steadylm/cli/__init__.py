@@ -18,7 +18,7 @@ from steadylm.errors import SteadyLMError
 # Subcommand modules, in the order `--help` lists them.
 COMMANDS = [
     "prepare", "train", "finetune", "sample", "tev", "analyze", "export_hf", "bench", "sweep",
-    "report", "tasks", "embed",
+    "report", "tasks", "embed", "attack",
 ]  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""The jobs a sweep can run (`[sweep] job = "train" | "finetune"`), resolved by name here.
+"""The jobs a sweep can run (`[sweep] job = "train" | "finetune" | "attack"`), resolved by name here.
 
 Each job says which config sections its keys belong to, which key takes the sweep's seeds, how
 a config is built from the spec's base and overrides, how one run is trained in-process, and
@@ -75,6 +75,26 @@ def _finetune_run(cfg: Any, run_dir: Path, resume: bool) -> RunOutcome:
     return RunOutcome(st.get("status", "failed"), int(st.get("step", 0)))
 
 
+def _attack_sections() -> dict[str, type]:
+    from steadylm.attack.config import SECTION, AttackConfig
+
+    return {SECTION: AttackConfig}
+
+
+def _attack_load(base: str | None, overrides: Sequence[str]) -> Any:
+    from steadylm.attack.config import load_attack_config
+
+    return load_attack_config(base or None, overrides)
+
+
+def _attack_run(cfg: Any, run_dir: Path, resume: bool) -> RunOutcome:
+    from steadylm.attack.job import AttackJob
+    from steadylm.rundir import read_status
+
+    AttackJob(cfg, run_dir, progress=False, resume=resume).run()
+    return RunOutcome(read_status(run_dir).get("status", "failed"), 0)
+
+
 JOBS = {
     "train": SweepJob(
         "train", "train", "train.seed", True, _train_sections, _train_load, _train_run
@@ -87,5 +107,8 @@ JOBS = {
         _finetune_sections,
         _finetune_load,
         _finetune_run,
+    ),
+    "attack": SweepJob(
+        "attack", "attack", "attack.seed", False, _attack_sections, _attack_load, _attack_run
     ),
 }

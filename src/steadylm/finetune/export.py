@@ -79,7 +79,9 @@ def export_classifier(
 def load_classifier(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[Classifier, TextEncoder, tuple[str, ...]]:
-    """(model, encoder, labels) from a finetune run folder or its `classifier/` folder.
+    """(model, encoder, labels) from a finetune run folder, its `classifier/` folder, or a plain
+    Hugging Face sequence-classifier folder (config.json naming a `*ForSequenceClassification`
+    architecture, weights, a tokenizer; labels from its `id2label`).
 
     `model(input_ids, attention_mask)` maps (B, T) to logits (B, len(labels)) in eval mode;
     `encoder(texts, max_length)` gives those two tensors for a list of texts, and
@@ -88,6 +90,8 @@ def load_classifier(
     folder = Path(path)
     if (folder / "classifier" / MANIFEST).is_file():
         folder = folder / "classifier"
+    if not (folder / MANIFEST).is_file() and (folder / "config.json").is_file():
+        return _huggingface_classifier(folder, device)
     if not (folder / MANIFEST).is_file():
         hint = (
             " (the run has not finished: no classifier/ yet)"
@@ -127,3 +131,36 @@ def load_classifier(
             )
     model = Classifier(body, meta["kind"]).to(device).eval()
     return model, TextEncoder(tok, int(meta["pad_id"])), labels
+
+
+def _huggingface_classifier(
+    folder: Path, device: str | torch.device
+) -> tuple[Classifier, TextEncoder, tuple[str, ...]]:
+    """A Hugging Face `*ForSequenceClassification` folder that `steadylm finetune` did not write."""
+    from steadylm.analysis.models import _first_line, _transformers
+    from steadylm.finetune.models import _hf_tokenizer
+
+    tf = _transformers()
+    try:
+        config = tf.AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as e:
+        raise SteadyLMError(
+            f"{folder}: transformers cannot read config.json ({_first_line(e)})"
+        ) from None
+    archs = getattr(config, "architectures", None) or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        # Loading a bare encoder would attach a random head: a meaningless victim.
+        raise SteadyLMError(
+            f"{folder}: not a sequence classifier (architectures: {', '.join(archs) or 'none'}); "
+            "give a `steadylm finetune` run or a *ForSequenceClassification folder"
+        )
+    try:
+        body = tf.AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as e:
+        raise SteadyLMError(f"{folder}: transformers cannot load it ({_first_line(e)})") from None
+    tok, pad_id = _hf_tokenizer(tf, folder, folder, {}, config)
+    if body.config.pad_token_id is None:  # decoders find the last real token by the padding id
+        body.config.pad_token_id = pad_id
+    labels = tuple(str(config.id2label[i]) for i in range(config.num_labels))
+    model = Classifier(body, "huggingface").to(device).eval()
+    return model, TextEncoder(tok, pad_id), labels

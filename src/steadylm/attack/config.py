@@ -1,0 +1,162 @@
+"""The `[attack]` section: the options of `steadylm attack` in one dataclass whose field help
+serves as `--help`, read from flags, a TOML file (`--config`) or `--set attack.key=value` (which is
+how `steadylm sweep` runs attacks)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steadylm.config import apply_section, parse_override, table_toml, validate_section
+from steadylm.errors import ConfigError, SteadyLMError
+from steadylm.registry import suggest
+
+SECTION = "attack"
+METHODS = ("uat", "luat")
+
+
+def _opt(default, help: str):
+    """A field with its `--help` text: the one place each option is described."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class AttackConfig:
+    """A universal trigger against one classifier, searched on the training split and scored on
+    the test split."""
+
+    classifier: str = _opt(
+        "", "the victim: a `steadylm finetune` run or a Hugging Face sequence-classifier folder"
+    )
+    method: str = _opt(
+        "luat",
+        "uat (HotFlip along the loss gradient) | luat (HotFlip along the (p,q)-singular vector "
+        "of a hidden layer's Jacobian)",
+    )
+    task: str = _opt("rt", "a task name (`steadylm tasks`) or a .jsonl/.csv file with text, label")
+    eval_task: str = _opt(
+        "", "the task whose test split scores the trigger (task-to-task transfer; default: --task)"
+    )
+    layer: str | int = _opt(
+        "auto",
+        "luat: the block N (1..L) whose output is perturbed, or 'auto' (every block is tried and "
+        "the best fooling rate on the selection set wins)",
+    )
+    select_task: str = _opt(
+        "",
+        "luat --layer auto: the task whose validation split picks the layer (default: --task)",
+    )
+    select_examples: int = _opt(128, "examples of the selection set (its validation split)")
+    trigger_len: int = _opt(3, "tokens in the trigger")
+    p: float = _opt(math.inf, "luat: the p of the (p,q)-singular vector (inf, or > 1)")
+    q: float = _opt(5.0, "luat: the q of the (p,q)-singular vector (> 1)")
+    power_iters: int = _opt(10, "luat: generalised power-method iterations per singular vector")
+    iters: int = _opt(10, "search iterations (each: one direction, candidates, one beam search)")
+    candidates: int = _opt(20, "HotFlip candidates per trigger position")
+    beam: int = _opt(1, "beam width of the search over positions (1: greedy)")
+    batch: int = _opt(64, "training examples per search iteration")
+    target_label: str = _opt(
+        "",
+        "a label name or id to push every input to (targeted); by default untargeted (any change)",
+    )
+    max_length: int = _opt(64, "tokens per input, special tokens and trigger included")
+    max_eval: int = _opt(0, "test examples scored (the first N of the split); 0: all")
+    profile: bool = _opt(
+        True, "compute the per-layer (p,q)-singular values at the neutral trigger (the profile)"
+    )
+    profile_examples: int = _opt(32, "training examples in the sensitivity profile's batch")
+    profile_only: bool = _opt(
+        False,
+        "only the sensitivity profile, no trigger (DIR/profile.json); CLASSIFIER may then also be "
+        "a pre-trained steadylm run or checkpoint",
+    )
+    # str | list: the config layer types lists only inside a union; validate() makes it a list
+    transfer: str | list[str] = field(
+        default_factory=list,
+        metadata={"help": "other classifiers (run folders) scored with the trigger as text"},
+    )
+    seed: int = _opt(0, "seeds the batches and the power method's start")
+    device: str = _opt("auto", "auto (cuda when available) | cpu | cuda | cuda:N")
+
+    def validate(self) -> AttackConfig:
+        if not self.classifier:
+            raise SteadyLMError("give the CLASSIFIER to attack (or attack.classifier)")
+        if isinstance(self.transfer, str):
+            self.transfer = [self.transfer] if self.transfer else []
+        if self.method not in METHODS:
+            raise SteadyLMError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.layer != "auto" and not (str(self.layer).isdigit() and int(self.layer) >= 1):
+            raise SteadyLMError(f"--layer {self.layer!r}: give a block number >= 1 or 'auto'")
+        for name, low in (("trigger_len", 1), ("power_iters", 1), ("iters", 1), ("candidates", 1),
+                          ("beam", 1), ("batch", 1), ("select_examples", 1), ("max_eval", 0),
+                          ("profile_examples", 1), ("seed", 0)):  # fmt: skip
+            if getattr(self, name) < low:
+                flag = name.replace("_", "-")
+                raise SteadyLMError(f"--{flag}: must be >= {low}, got {getattr(self, name)}")
+        if self.profile_only and (not self.profile or self.transfer):
+            raise SteadyLMError("--profile-only: takes neither --no-profile nor --transfer")
+        if not (self.p > 1):
+            raise SteadyLMError(f"--p: must be > 1 or inf, got {self.p}")
+        if not (1 < self.q < math.inf):
+            raise SteadyLMError(f"--q: must be > 1 and finite, got {self.q}")
+        if self.max_length < self.trigger_len + 3:
+            raise SteadyLMError(
+                f"--max-length {self.max_length}: leaves no room for the text beside a "
+                f"{self.trigger_len}-token trigger and special tokens"
+            )
+        return self
+
+    @property
+    def transfer_runs(self) -> list[str]:
+        return [self.transfer] if isinstance(self.transfer, str) else list(self.transfer)
+
+    @property
+    def layer_number(self) -> int | None:
+        """The block to perturb, or None for 'auto'."""
+        return None if self.layer == "auto" else int(self.layer)
+
+    def to_toml(self) -> str:
+        return table_toml(SECTION, dataclasses.asdict(self))
+
+
+def help_of(name: str) -> str:
+    """The one-line description of option `name`, as `--help` shows it."""
+    return next(f.metadata["help"] for f in dataclasses.fields(AttackConfig) if f.name == name)
+
+
+def load_attack_config(
+    source: str | Path | None = None, overrides: Sequence[str] = ()
+) -> AttackConfig:
+    """A validated AttackConfig from an optional TOML file plus `attack.key=value` overrides."""
+    cfg = AttackConfig()
+    if source is not None:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(
+                f"--config: no such file {str(path)!r} (a TOML file with [{SECTION}])"
+            )
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"--config: cannot read {str(path)!r} ({e})") from None
+        _apply(cfg, data, str(path))
+    for item in overrides:
+        section, key, value = parse_override(item)
+        _apply(cfg, {section: {key: value}}, "--set")
+    validate_section(SECTION, cfg)
+    return cfg
+
+
+def _apply(cfg: AttackConfig, data: dict[str, Any], origin: str) -> None:
+    for section, values in data.items():
+        if section != SECTION:
+            raise ConfigError(
+                f"{origin}: unknown section [{section}]; an attack config has one section, "
+                f"[{SECTION}]" + suggest(section, [SECTION])
+            )
+        apply_section(cfg, SECTION, values, origin)

@@ -1,0 +1,80 @@
+"""Predictions with and without a trigger, and the fooling rate.
+
+Fooling rate: among the inputs the model classifies correctly without a trigger (and, for a
+targeted attack, whose true label is not the target), the share whose prediction changes when
+the trigger is added (targeted: becomes the target).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from steadylm.attack.victim import Victim
+
+EVAL_BATCH = 64
+
+
+@torch.no_grad()
+def predict(
+    victim: Victim, rows: Sequence[list[int]], trigger: Sequence[int] | None = None, bar: str = ""
+) -> torch.Tensor:
+    """Predicted label ids (N,) on the CPU, with `trigger` inserted when given; a progress bar
+    named `bar` when one is given."""
+    out = []
+    starts = range(0, len(rows), EVAL_BATCH)
+    for i in tqdm(starts, desc=bar, unit="batch", disable=not bar, leave=False):
+        ids, mask = victim.batch(rows[i : i + EVAL_BATCH], trigger)
+        out.append(victim.model(ids, mask).argmax(-1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def eligible(clean: torch.Tensor, labels: torch.Tensor, target: int | None) -> torch.Tensor:
+    """(N,) bool: correctly classified and, when targeted, not already of the target label."""
+    ok = clean == labels
+    return ok if target is None else ok & (labels != target)
+
+
+def fooled(adv: torch.Tensor, labels: torch.Tensor, target: int | None) -> torch.Tensor:
+    return adv != labels if target is None else adv == target
+
+
+def fooling_rate(
+    victim: Victim,
+    rows: Sequence[list[int]],
+    labels: torch.Tensor,
+    trigger: Sequence[int],
+    target: int | None,
+    clean: torch.Tensor | None = None,
+    bar: str = "",
+) -> tuple[float, int]:
+    """(fooling rate, inputs it is measured on) of the token ids `trigger`; `clean` may pass the
+    predictions without a trigger when they are already known."""
+    clean = predict(victim, rows, bar=bar) if clean is None else clean
+    keep = eligible(clean, labels, target)
+    kept = [r for r, k in zip(rows, keep.tolist()) if k]
+    if not kept:
+        return 0.0, 0
+    adv = predict(victim, kept, trigger, bar=bar)
+    return float(fooled(adv, labels[keep], target).float().mean()), len(kept)
+
+
+def text_fooling_rate(
+    victim: Victim,
+    texts: Sequence[str],
+    labels: torch.Tensor,
+    trigger_text: str,
+    target: int | None,
+    bar: str = "",
+) -> tuple[float, int]:
+    """The fooling rate of a trigger given as text, prepended to each text and tokenised with it
+    (how a trigger crosses to a model with another tokenizer)."""
+    clean = predict(victim, victim.encode(texts, 0), bar=bar)
+    keep = eligible(clean, labels, target)
+    kept = [f"{trigger_text} {t}" for t, k in zip(texts, keep.tolist()) if k]
+    if not kept:
+        return 0.0, 0
+    adv = predict(victim, victim.encode(kept, 0), bar=bar)
+    return float(fooled(adv, labels[keep], target).float().mean()), len(kept)
