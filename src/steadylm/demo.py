@@ -79,7 +79,7 @@ def main() -> int:
             plan = sweep.entries[0].cfg
             print(
                 f"steadylm demo: pre-LN baseline vs MLRA, {plan.model.n_layer} layers x {plan.model.n_embd} wide, "
-                f"{plan.train.max_steps} steps at lr {plan.train.lr:g}, seeds {', '.join(map(str, spec.seeds))}, "
+                f"{plan.train.max_steps} steps at lr {plan.train.lr:g}, seeds {', '.join(map(str, spec.seeds or []))}, "
                 f"on the default corpus, into {out}",
                 flush=True,
             )
