@@ -244,9 +244,8 @@ def test_unpacked_extracts_deb_and_tgz_into_a_temporary_folder(tmp_path):
     with unpacked(tgz) as root:
         assert (root / "package/ca01").read_bytes() == b"from npm"
     _write(tmp_path / "broken.deb", "not an archive")
-    with pytest.raises(DataError, match="cannot unpack"):
-        with unpacked(tmp_path / "broken.deb"):
-            pass
+    with pytest.raises(DataError, match="cannot unpack"), unpacked(tmp_path / "broken.deb"):
+        pass
 
 
 # ------------------------------------------------------------------------------------ named corpora
