@@ -1,5 +1,5 @@
-"""The RO-SGNS paper's table from `steadylm embed` runs: one row per corpus, d and method, with the
-mean ± sample standard deviation over the runs (seeds) of that row.
+"""The RO-SGNS paper's table from `steadylm embed` runs: one row per corpus, d, method and settings,
+with the mean ± sample standard deviation over the runs (seeds) of that row.
 
     python experiments/embed_table.py runs/embed-wide [MORE_FOLDERS...] [--out TABLE.md]
 
@@ -7,17 +7,24 @@ Each folder is a sweep (its `runs/*/embed.json`), a run folder, or any folder ho
 Columns: F(X) (the SGNS objective on the row's counts, larger is better), Spearman's rho on
 WS-353 similarity / relatedness / whole, SimLex-999 and MEN, 3CosAdd accuracy on the Google and
 MSR analogies; then the pairs / questions covered by the vocabulary, which are the same for every
-run on one corpus and vocabulary.
+run on one corpus and vocabulary. Runs whose options differ in more than the seed (and the device)
+get rows of their own, labelled with the options that differ from the defaults (`sgns sample=0.001`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tomllib
 from pathlib import Path
 
+from steadylm.embed.config import EmbedConfig
+
+# Options that do not make a different row: the seed is what the rows pool over, the device does
+# not change the method, and the columns already show corpus, d and method.
+POOLED = {"seed", "device", "corpus", "text_field", "dim", "method"}
 COLUMNS = (
     ("ws353_sim", "ws-sim"),
     ("ws353_rel", "ws-rel"),
@@ -37,11 +44,16 @@ def find_runs(folders: list[Path]) -> list[Path]:
     return sorted(found)
 
 
-def corpus_label(run: Path) -> str:
-    """The run's `--corpus`: corpus names as they are, files and folders by their last part."""
-    corpus = tomllib.loads((run / "config.toml").read_text(encoding="utf-8"))["embed"]["corpus"]
-    paths = [corpus] if isinstance(corpus, str) else corpus
-    return "+".join(Path(p).name for p in paths)
+def row_label(run: Path) -> tuple[str, str]:
+    """The run's `--corpus` (names as they are, files and folders by their last part) and its
+    method with the options that differ from the defaults, from its config.toml."""
+    options = tomllib.loads((run / "config.toml").read_text(encoding="utf-8"))["embed"]
+    paths = [options["corpus"]] if isinstance(options["corpus"], str) else options["corpus"]
+    defaults = dataclasses.asdict(EmbedConfig())
+    changed = [
+        f"{k}={v}" for k, v in sorted(options.items()) if k not in POOLED and v != defaults.get(k)
+    ]
+    return "+".join(Path(p).name for p in paths), " ".join([options["method"], *changed])
 
 
 def _cell(values: list[float | None], fmt: str) -> str:
@@ -58,7 +70,8 @@ def table(runs: list[Path]) -> str:
     rows: dict[tuple[str, int, str], list[dict]] = {}
     for run in runs:
         summary = json.loads((run / "embed.json").read_text(encoding="utf-8"))
-        rows.setdefault((corpus_label(run), summary["dim"], summary["method"]), []).append(summary)
+        corpus, method = row_label(run)
+        rows.setdefault((corpus, summary["dim"], method), []).append(summary)
     head = ["corpus", "d", "method", "runs", "F(X)", *(label for _, label in COLUMNS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     covered: dict[str, dict] = {}
