@@ -177,7 +177,8 @@ class ModelConfig:
 class DataConfig:
     """Where the text comes from and how it is tokenised."""
 
-    path: str | list[str] = "default"  # "default" corpus, or .txt/.jsonl/.parquet files and folders
+    # a named corpus ("default", "wide"; docs/corpora.md) and/or .txt/.jsonl/.parquet files and folders
+    path: str | list[str] = "default"
     tokenizer: str = "gpt2"  # "gpt2" or "bpe:N" (byte-level BPE trained on the training split)
     text_field: str = "text"  # field holding the text in .jsonl/.parquet records
     val_fraction: float = 0.05  # share of documents held out for validation
@@ -185,7 +186,9 @@ class DataConfig:
     def validate(self) -> None:
         paths = [self.path] if isinstance(self.path, str) else self.path
         if not paths or any(not p for p in paths):
-            raise ConfigError("data.path: must be 'default' or a non-empty list of files/folders")
+            raise ConfigError(
+                "data.path: must be 'default', 'wide' or a non-empty list of files/folders"
+            )
         tok = self.tokenizer
         if tok != "gpt2":
             n = tok.removeprefix("bpe:")

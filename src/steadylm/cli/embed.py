@@ -17,9 +17,19 @@ relatedness), SimLex-999, MEN (Spearman) and the Google and MSR analogies (3CosA
   sgns       gensim's word2vec skip-gram with negative sampling (SGD), same vocabulary and window
   svd_sppmi  truncated SVD of the shifted positive PMI matrix (Levy & Goldberg 2014)
 
+A flag wins over --set, which wins over --config (an [embed] table), which wins over the defaults.
 DIR gets embed.json, vectors.txt (word2vec text), vectors.safetensors (`steadylm tev
 DIR/vectors.safetensors` works on it), objective.jsonl/.png, config.toml, provenance.json
 and status.json. See docs/embed.md."""
+
+
+# Flags that set one [embed] key each: (name, type, metavar). Given flags override --config and --set.
+_OPTIONS = (
+    ("method", str, "|".join(METHODS)), ("dim", int, "D"), ("vocab", int, "N"), ("window", int, "W"),
+    ("neg", int, "K"), ("iters", int, "N"), ("step", str, "LAMBDA|auto"), ("epochs", int, "N"),
+    ("sample", float, "T"), ("svd_iters", int, "N"), ("seed", int, "S"), ("text_field", str, "NAME"),
+    ("device", str, "DEVICE"),
+)  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,43 +40,38 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d = EmbedConfig()
-    p.add_argument("--method", default=d.method, metavar="|".join(METHODS), help=help_of("method"))
-    p.add_argument(
-        "--dim", type=int, default=d.dim, metavar="D", help=f"{help_of('dim')} (default {d.dim})"
-    )
     p.add_argument(
         "--out", required=True, metavar="DIR", help="run folder to create (must not hold files)"
     )
     p.add_argument(
-        "--corpus", nargs="+", default=d.corpus, metavar="default|PATH", help=help_of("corpus")
+        "--corpus", nargs="+", metavar="NAME|PATH", help=f"{help_of('corpus')} (default {d.corpus})"
     )
-    p.add_argument("--text-field", default=d.text_field, metavar="NAME", help=help_of("text_field"))
-    for name, typ, meta in (("vocab", int, "N"), ("window", int, "W"), ("neg", int, "K"), ("iters", int, "N"),
-                            ("epochs", int, "N"), ("sample", float, "T"), ("svd_iters", int, "N"),
-                            ("seed", int, "S")):  # fmt: skip
-        p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=getattr(d, name), metavar=meta,
+    for name, typ, meta in _OPTIONS:
+        p.add_argument(f"--{name.replace('_', '-')}", type=typ, metavar=meta,
                        help=f"{help_of(name)} (default {getattr(d, name)})")  # fmt: skip
-    p.add_argument(
-        "--step",
-        default=d.step,
-        metavar="LAMBDA|auto",
-        help=f"{help_of('step')} (default {d.step})",
-    )
-    p.add_argument("--no-line-search", dest="line_search", action="store_false",
+    p.add_argument("--no-line-search", dest="line_search", action="store_false", default=None,
                    help="ro_sgns: keep --step fixed, as the paper does (F may then fall or diverge)")  # fmt: skip
-    p.add_argument("--device", default=d.device, metavar="DEVICE", help=help_of("device"))
+    p.add_argument("--config", metavar="FILE", help="a TOML file with an [embed] table")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="embed.KEY=VALUE",
+        help="override one key, e.g. --set embed.dim=200 (repeatable; values are TOML)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from steadylm.config import toml_value
+    from steadylm.embed.config import load_embed_config
     from steadylm.embed.job import run as run_job
 
-    cfg = EmbedConfig(
-        method=args.method, dim=args.dim, vocab=args.vocab, window=args.window, neg=args.neg,
-        corpus=list(args.corpus), text_field=args.text_field, iters=args.iters, step=args.step,
-        line_search=args.line_search, epochs=args.epochs, sample=args.sample, svd_iters=args.svd_iters,
-        seed=args.seed, device=args.device,
-    )  # fmt: skip
+    given = {name: getattr(args, name) for name, _, _ in _OPTIONS}
+    given |= {"corpus": args.corpus, "line_search": args.line_search}
+    flags = [f"embed.{k}={toml_value(v)}" for k, v in given.items() if v is not None]
+    cfg = load_embed_config(args.config, [*args.overrides, *flags])
     run_job(cfg, args.out, progress=not args.no_progress)
     return 0

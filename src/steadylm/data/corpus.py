@@ -170,16 +170,58 @@ def user_files(paths: str | list[str]) -> list[Path]:
     return files
 
 
+# Corpora chosen by name in `data.path` and `--corpus`, resolved in `named_corpus`; any other entry
+# is a file or folder of the user's.
+CORPUS_NAMES = ("default", "wide")
+
+
+def named_corpus(name: str, progress: bool = True) -> list[Document]:
+    """The documents of the corpus called `name` (one of CORPUS_NAMES)."""
+    if name == "default":
+        return default_corpus(progress)
+    if name == "wide":
+        from steadylm.data.wide import wide_corpus  # wide.py builds on this module
+
+        return wide_corpus(progress)
+    raise DataError(f"no corpus named {name!r}; corpora: {', '.join(CORPUS_NAMES)}")
+
+
+def corpus_sources(name: str) -> list[dict]:
+    """What the named corpus is made of (packages, pins, extraction versions): a prepared dataset's
+    key changes with any of them."""
+    default = [
+        {"package": a.requirement, "sha256": a.sha256, "extraction": DEFAULT_CORPUS_VERSION}
+        for a in DEFAULT_SOURCES
+    ]
+    if name == "default":
+        return default
+    from steadylm.data.wide import WIDE_CORPUS_VERSION, WIDE_SOURCES
+
+    return default + [
+        {
+            "package": f"{a.registry}:{a.requirement}",
+            "sha256": a.sha256,
+            "extraction": WIDE_CORPUS_VERSION,
+        }
+        for a, _ in WIDE_SOURCES
+    ]
+
+
 def read_corpus(
     paths: str | list[str], text_field: str = "text", progress: bool = True
 ) -> list[Document]:
-    """The documents that `paths` name, as `data.path` takes them: "default" entries stand for the
-    default corpus, the others are the user's files and folders (both may be mixed)."""
+    """The documents that `paths` name, as `data.path` takes them: entries in CORPUS_NAMES stand for
+    those corpora, the others are the user's files and folders (both may be mixed). A document that two
+    named corpora share ("wide" holds "default") is read once."""
     paths = [paths] if isinstance(paths, str) else list(paths)
-    files = [p for p in paths if p != "default"]
-    return (default_corpus(progress) if "default" in paths else []) + (
-        read_user_corpus(files, text_field) if files else []
-    )
+    files = [p for p in paths if p not in CORPUS_NAMES]
+    docs: list[Document] = []
+    seen: set[str] = set()
+    for name in dict.fromkeys(p for p in paths if p in CORPUS_NAMES):
+        new = [doc for doc in named_corpus(name, progress) if doc.name not in seen]
+        seen.update(doc.name for doc in new)
+        docs += new
+    return docs + (read_user_corpus(files, text_field) if files else [])
 
 
 def read_user_corpus(paths: str | list[str], text_field: str = "text") -> list[Document]:

@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 from steadylm.config import DataConfig
 from steadylm.data.cache import cache_dir
 from steadylm.data.corpus import (
-    DEFAULT_CORPUS_VERSION,
-    DEFAULT_SOURCES,
+    CORPUS_NAMES,
     Document,
+    corpus_sources,
     read_corpus,
     split_documents,
     user_files,
@@ -59,14 +59,14 @@ class PreparedData:
 def prepare(data_cfg: DataConfig, progress: bool = True) -> PreparedData:
     """Build, or reuse, the prepared dataset for `data_cfg`.
 
-    `data_cfg.path` entries equal to "default" stand for the default corpus; the others are the user's
-    files and folders (both may be mixed). "bpe:N" tokenizers are trained on the training split only.
+    `data_cfg.path` entries that name a corpus ("default", "wide") stand for it; the others are the
+    user's files and folders (both may be mixed). "bpe:N" tokenizers are trained on the training split only.
     """
     bpe_size(data_cfg.tokenizer)  # reject a bad tokenizer name before any work
     paths = [data_cfg.path] if isinstance(data_cfg.path, str) else list(data_cfg.path)
-    use_default = "default" in paths
-    files = [p for p in paths if p != "default"]
-    sources = _sources(use_default, user_files(files) if files else [])
+    names = list(dict.fromkeys(p for p in paths if p in CORPUS_NAMES))
+    files = [p for p in paths if p not in CORPUS_NAMES]
+    sources = _sources(names, user_files(files) if files else [])
     recipe = {
         "format": FORMAT_VERSION,
         "sources": sources,
@@ -75,7 +75,7 @@ def prepare(data_cfg: DataConfig, progress: bool = True) -> PreparedData:
         "text_field": data_cfg.text_field,
     }
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-    label = "default" if use_default and not files else "user"
+    label = "+".join(names) if names and not files else "user"
     folder = cache_dir() / "datasets" / f"{label}-{data_cfg.tokenizer.replace(':', '')}-{key}"
     if (folder / "meta.json").is_file():
         return load_prepared(folder)
@@ -132,14 +132,9 @@ def load_prepared(dir: Path | str) -> PreparedData:
     return PreparedData(folder, train, val, tok, meta)
 
 
-def _sources(use_default: bool, files: list[Path]) -> list[dict]:
+def _sources(names: list[str], files: list[Path]) -> list[dict]:
     """What the data is made of, precisely enough that any change gives a new dataset key."""
-    sources = []
-    if use_default:
-        sources += [
-            {"package": a.requirement, "sha256": a.sha256, "extraction": DEFAULT_CORPUS_VERSION}
-            for a in DEFAULT_SOURCES
-        ]
+    sources = [source for name in names for source in corpus_sources(name)]
     for file in files:
         stat = file.stat()
         sources.append(

@@ -1,12 +1,23 @@
-"""The options of `steadylm embed`, in one dataclass whose field comments serve as `--help`."""
+"""The options of `steadylm embed`, in one dataclass whose field comments serve as `--help`.
+
+The same options form the `[embed]` table of a TOML file (`--config`) and the `embed.key=value`
+overrides of `--set` and of sweep specs (`[sweep] job = "embed"`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from steadylm.config import table_toml
+from steadylm.config import ConfigError, apply_section, parse_override, table_toml, validate_section
 from steadylm.errors import SteadyLMError
+from steadylm.registry import suggest
+
+SECTION = "embed"
 
 METHODS = ("ro_sgns", "sgns", "svd_sppmi")
 
@@ -28,9 +39,10 @@ class EmbedConfig:
     vocab: int = _opt(10_000, "the N most frequent words; pairs with other words are dropped")
     window: int = _opt(2, "context words on each side (the paper's word2vec 'window 5' is 2)")
     neg: int = _opt(5, "negative samples k; also the shift log k of SPPMI")
-    corpus: list[str] = field(
-        default_factory=lambda: ["default"],
-        metadata={"help": "'default' and/or .txt/.jsonl/.parquet files and folders"},
+    # Like `data.path` of the train config: one name or path, or a list of them.
+    corpus: str | list[str] = _opt(
+        "default",
+        "a named corpus ('default', 'wide') and/or .txt/.jsonl/.parquet files and folders",
     )
     text_field: str = _opt("text", "field holding the text in .jsonl/.parquet records")
     iters: int = _opt(25, "ro_sgns: projector-splitting iterations")
@@ -76,16 +88,51 @@ class EmbedConfig:
             raise SteadyLMError(
                 "--no-line-search needs a numeric --step (the fixed lambda), e.g. --step 5e-5"
             )
-        if not self.corpus or any(not p for p in self.corpus):
+        paths = [self.corpus] if isinstance(self.corpus, str) else self.corpus
+        if not paths or any(not p for p in paths):
             raise SteadyLMError(
-                "--corpus: give 'default' or files/folders (.txt, .jsonl, .parquet)"
+                "--corpus: give 'default', 'wide' or files/folders (.txt, .jsonl, .parquet)"
             )
         return self
 
     def to_toml(self) -> str:
-        return table_toml("embed", dataclasses.asdict(self))
+        return table_toml(SECTION, dataclasses.asdict(self))
 
 
 def help_of(name: str) -> str:
     """The one-line description of option `name`, as `--help` shows it."""
     return next(f.metadata["help"] for f in dataclasses.fields(EmbedConfig) if f.name == name)
+
+
+def load_embed_config(
+    source: str | Path | None = None, overrides: Sequence[str] = ()
+) -> EmbedConfig:
+    """A validated EmbedConfig from an optional TOML file with an `[embed]` table, then
+    `embed.key=value` overrides in order (a later one wins)."""
+    cfg = EmbedConfig()
+    if source is not None:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(
+                f"--config: no such file {str(path)!r} (a TOML file with an [{SECTION}] table)"
+            )
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"--config: cannot read {str(path)!r} ({e})") from None
+        _apply(cfg, data, str(path))
+    for item in overrides:
+        section, key, value = parse_override(item)
+        _apply(cfg, {section: {key: value}}, "--set")
+    validate_section(SECTION, cfg)
+    return cfg
+
+
+def _apply(cfg: EmbedConfig, data: dict[str, Any], origin: str) -> None:
+    for section, values in data.items():
+        if section != SECTION:
+            raise ConfigError(
+                f"{origin}: unknown section [{section}]; an embed config has one section, [{SECTION}]"
+                + suggest(section, [SECTION])
+            )
+        apply_section(cfg, SECTION, values, origin)

@@ -1,4 +1,5 @@
-"""The jobs a sweep can run (`[sweep] job = "train" | "finetune" | "attack"`), resolved by name here.
+"""The jobs a sweep can run (`[sweep] job = "train" | "finetune" | "attack" | "embed"`), resolved
+by name here.
 
 Each job says which config sections its keys belong to, which key takes the sweep's seeds, how
 a config is built from the spec's base and overrides, how one run is trained in-process, and
@@ -95,6 +96,27 @@ def _attack_run(cfg: Any, run_dir: Path, resume: bool) -> RunOutcome:
     return RunOutcome(read_status(run_dir).get("status", "failed"), 0)
 
 
+def _embed_sections() -> dict[str, type]:
+    from steadylm.embed.config import SECTION, EmbedConfig
+
+    return {SECTION: EmbedConfig}
+
+
+def _embed_load(base: str | None, overrides: Sequence[str]) -> Any:
+    from steadylm.embed.config import load_embed_config
+
+    return load_embed_config(base or None, overrides)
+
+
+def _embed_run(cfg: Any, run_dir: Path, resume: bool) -> RunOutcome:
+    """An embed run is written whole or not at all, so there is nothing to resume: a run dir that
+    is not finished does not exist (the sweep skips finished ones)."""
+    from steadylm.embed.job import run
+
+    summary = run(cfg, run_dir, progress=False, log=lambda line: None)
+    return RunOutcome("finished", summary["iterations"])
+
+
 JOBS = {
     "train": SweepJob(
         "train", "train", "train.seed", True, _train_sections, _train_load, _train_run
@@ -110,5 +132,8 @@ JOBS = {
     ),
     "attack": SweepJob(
         "attack", "attack", "attack.seed", False, _attack_sections, _attack_load, _attack_run
+    ),
+    "embed": SweepJob(
+        "embed", "embed", "embed.seed", False, _embed_sections, _embed_load, _embed_run
     ),
 }

@@ -21,9 +21,9 @@
     partition = "gpu"          # also: account, time (minutes), nodes, gpus, procs, cpus, mem_gb
     gpus = 4                   # per node; a run over several processes runs under torchrun
 
-    [sweep]                    # another job: its own sections; seeds set finetune.seed
-    job = "finetune"           # "train" (default) or "finetune"; base is then an optional
-                               # TOML file with a [finetune] table
+    [sweep]                    # another job: its own section; seeds set finetune.seed (embed.seed)
+    job = "finetune"           # "train" (default), "finetune" or "embed"; base is then an optional
+                               # TOML file with a [finetune] ([embed]) table
 
 Keys are `section.key` as in `--set`, quoted or as TOML dotted keys (`model.n_layer = [4, 8]`).
 Runs are variants x grid x seeds, named from what varies, e.g. `mlra-n_layer8-lr3e-3-s1`.
