@@ -9,7 +9,7 @@ def test_flops_per_token_counts_the_tied_head_once_and_no_positions():
     cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, vocab_size=100, block_size=16)
     model = GPT(cfg)
     n = sum(p.numel() for p in model.parameters()) - 16 * 32  # wte appears once in parameters()
-    assert bench.flops_per_token(model) == 6 * n + 12 * 2 * 32 * 16
+    assert model.flops_per_token() == 6 * n + 12 * 2 * 32 * 16
 
 
 def test_periodic_plan_times_each_monitor_on_its_least_shared_step():
@@ -60,7 +60,7 @@ def test_flops_per_token_counts_a_tt_models_head_matmul_and_not_its_cores():
     for head in ("tied_dense", "separate"):
         tt = GPT(ModelConfig(n_layer=2, n_embd=32, n_head=4, vocab_size=100, block_size=16, embedding="tt",
                              tt_rank=4, tt_head=head))
-        assert bench.flops_per_token(tt) == bench.flops_per_token(dense)
+        assert tt.flops_per_token() == dense.flops_per_token()
 
 
 def test_tt_cost_measures_every_part_on_a_small_shape():
