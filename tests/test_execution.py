@@ -36,8 +36,19 @@ def test_auto_is_bf16_where_native_and_fp32_where_emulated(cfg):
 
 
 def test_auto_keeps_the_precision_a_resumed_run_started_with(cfg):
-    assert resolve_precision(cfg, _hw(native=True), recorded="fp32") == "fp32"
-    assert resolve_precision(cfg, _hw(native=False), recorded="fp32") == "fp32"
+    assert resolve_precision(cfg, _hw(native=True), resumed={"precision": "fp32"}) == "fp32"
+    assert resolve_precision(cfg, _hw(native=False), resumed={"precision": "fp32"}) == "fp32"
+    assert resolve_precision(cfg, _hw(native=True), resumed={}) == "bf16"  # nothing recorded
+
+
+def test_auto_compile_keeps_the_choice_a_resumed_run_started_with(cfg):
+    long = 6e12  # FLOPs per token: any run is long enough to compile
+    assert resolve_compile(cfg, _hw(native=False), "fp32", long)[0]
+    assert resolve_compile(cfg, _hw(native=False), "fp32", long, resumed={"compile": False}) == (
+        False, "auto: kept from the run's start (off)")
+    assert resolve_compile(cfg, _hw(native=False), "fp32", 1.0, resumed={"compile": True})[0]
+    # A run from before "auto" recorded nothing: it ran eager, and stays eager.
+    assert not resolve_compile(cfg, _hw(native=False), "fp32", long, resumed={})[0]
 
 
 def test_explicit_bf16_on_emulating_hardware_warns_once_with_the_slowdown(cfg, capsys):
@@ -122,16 +133,18 @@ def test_probe_on_this_machine_is_fast_cached_and_recorded(tmp_path):
 
 def test_a_resumed_auto_run_keeps_its_recorded_precision(tmp_path, capsys):
     corpus = write_corpus(tmp_path / "corpus")
-    cfg = tiny_config(corpus, **{"train.precision": "auto"})
+    cfg = tiny_config(corpus, **{"train.precision": "auto", "train.compile": "auto"})
     run = tmp_path / "run"
     trainer = Trainer(cfg, run, progress=False, stop_at=4)
     trainer.fit()
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["precision"] == trainer.precision and prov["hardware"]["name"] == trainer.hardware.name
-    assert "compile" in prov and prov["compile_reason"].startswith("train.compile=")
+    assert prov["compile"] is False and prov["compile_reason"].startswith("auto: estimated eager run")
     assert f"precision {trainer.precision}" in capsys.readouterr().err  # the start-up line
     # As if the run had started on a host that chose the other precision.
     other = "bf16" if trainer.precision == "fp32" else "fp32"
     (run / "provenance.json").write_text(json.dumps({**prov, "precision": other}))
-    resumed = Trainer(tiny_config(corpus, **{"train.precision": "auto"}), run, resume=True, progress=False)
+    again = tiny_config(corpus, **{"train.precision": "auto", "train.compile": "auto"})
+    resumed = Trainer(again, run, resume=True, progress=False)
     assert resumed.precision == other
+    assert resumed.compile is False and resumed.compile_reason == "auto: kept from the run's start (off)"

@@ -38,13 +38,14 @@ MATMUL_EFFICIENCY = 0.5
 _warned: set[str] = set()  # warnings already given in this process
 
 
-def resolve_precision(cfg: Config, hw: Hardware, recorded: str | None = None) -> str:
-    """The precision `train.precision` means on `hw`. `recorded` is the precision a resumed run
-    was started with (provenance.json), which "auto" keeps."""
+def resolve_precision(cfg: Config, hw: Hardware, resumed: dict | None = None) -> str:
+    """The precision `train.precision` means on `hw`. `resumed` is the provenance.json of the
+    run being resumed: "auto" keeps the precision it started with."""
     asked = cfg.train.precision
     device_type = hw.device.split(":")[0]
+    recorded = (resumed or {}).get("precision")
     if asked == "auto":
-        asked = recorded or ("bf16" if hw.native_bf16 else "fp32")
+        asked = recorded if recorded in AUTOCAST else ("bf16" if hw.native_bf16 else "fp32")
     if asked == "fp16" and device_type != "cuda":
         raise SteadyLMError(
             "train.precision: 'fp16' needs CUDA (it relies on a grad scaler); use 'bf16' or 'fp32' on CPU"
@@ -69,12 +70,23 @@ def resolve_precision(cfg: Config, hw: Hardware, recorded: str | None = None) ->
 
 
 def resolve_compile(
-    cfg: Config, hw: Hardware, precision: str, flops_per_token: float, world_size: int = 1
+    cfg: Config,
+    hw: Hardware,
+    precision: str,
+    flops_per_token: float,
+    world_size: int = 1,
+    resumed: dict | None = None,
 ) -> tuple[bool, str]:
-    """Whether to torch.compile the model, and the reason in a few words."""
+    """Whether to torch.compile the model, and the reason in a few words. `resumed` is the
+    provenance.json of the run being resumed: "auto" keeps the choice it recorded (compiled
+    and eager steps agree only to rounding, so switching mid-run would break exact resume),
+    and a run that recorded none started before "auto" existed and ran eager."""
     asked = cfg.train.compile
     if isinstance(asked, bool):
         return asked, "train.compile=" + str(asked).lower()
+    if resumed is not None:
+        kept = bool(resumed.get("compile", False))
+        return kept, f"auto: kept from the run's start ({'on' if kept else 'off'})"
     if hw.device.startswith("cpu") and not _have_cxx():
         return False, "auto: no C++ compiler for torch.compile on CPU"
     gflops = hw.bf16_gflops if precision in ("bf16", "fp16") else hw.fp32_gflops

@@ -129,7 +129,8 @@ class Trainer:
             self.timer = StepTimer(self.ctx.device)  # enabled by `steadylm bench` only
             self._check_run_dir()
             self.hardware = probe(self.ctx.device)
-            self.precision = resolve_precision(cfg, self.hardware, self._recorded_precision())
+            self.resumed = self._resumed_provenance()
+            self.precision = resolve_precision(cfg, self.hardware, self.resumed)
             self.autocast_dtype = AUTOCAST[self.precision]
             self._setup_data(progress)
             self._setup_model()
@@ -175,7 +176,12 @@ class Trainer:
         # Built after sharding: under FSDP2 the optimizer must hold the sharded parameters.
         self.optimizer = build_optimizer(self.model, cfg.train, self.ctx.device)
         self.compile, self.compile_reason = resolve_compile(
-            cfg, self.hardware, self.precision, self.model.flops_per_token(), self.ctx.world_size
+            cfg,
+            self.hardware,
+            self.precision,
+            self.model.flops_per_token(),
+            self.ctx.world_size,
+            self.resumed,
         )
         if self.ctx.is_main:
             print(
@@ -272,17 +278,17 @@ class Trainer:
                     f"only {', '.join(sorted(RESUMABLE_TRAIN_KEYS))} may change"
                 )
 
-    def _recorded_precision(self) -> str | None:
-        """On --resume, the precision the run started with (provenance.json), which "auto"
-        keeps whatever this host would choose."""
+    def _resumed_provenance(self) -> dict | None:
+        """On --resume, the run's provenance.json: "auto" precision and compile keep the choices
+        it recorded at the start, whatever this host would choose."""
         path = self.run_dir / rundir.PROVENANCE
         if not (self.resume and path.is_file()):
             return None
         try:
-            recorded = json.loads(path.read_text()).get("precision")
+            recorded = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        return recorded if recorded in AUTOCAST else None
+        return recorded if isinstance(recorded, dict) else None
 
     def _resolve_vocab(self, data: PreparedData) -> int:
         """Fills model.vocab_size = 0 from the tokenizer; returns the tokenizer's size (TEV's rows)."""
