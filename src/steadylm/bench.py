@@ -414,16 +414,54 @@ def _ratios(
     return best_bf16, ratios
 
 
+def _compare_in_process(compiled: bool, steps: int, warmup: int) -> dict[str, Any]:
+    """Runs in a spawned process: steadylm's trainer and the plain loop side by side, their
+    timed steps interleaved (steadylm, plain, steadylm, ...) so that load from other processes
+    falls on both alike. Returns each side's step times and the first compiled steps' time."""
+    from steadylm.bench_nanogpt import plain_step
+    from steadylm.config import load_config
+    from steadylm.train.trainer import Trainer
+
+    over = ['train.precision="fp32"', f"train.compile={str(compiled).lower()}"]
+    trainer = Trainer(
+        load_config(None, [*REFERENCE, *over]), Path(tempfile.mkdtemp()) / "run", progress=False
+    )
+    plain = plain_step(REFERENCE_SHAPE, REFERENCE_BATCH, compile=compiled)
+    sync = _sync_for(trainer.ctx.device)
+    step = 1  # typical steps: the periodic monitors first fire at step 50
+
+    def ours() -> None:
+        nonlocal step
+        float(trainer.train_step(step).row["loss"])
+        step += 1
+
+    def theirs() -> None:
+        float(plain())
+
+    times: dict[str, list[float]] = {"steadylm": [], "plain": []}
+    warm: dict[str, float] = {}
+    for name, fn in (("steadylm", ours), ("plain", theirs)):
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            fn()
+        warm[name] = time.perf_counter() - t0
+    for _ in range(steps):
+        for name, fn in (("steadylm", ours), ("plain", theirs)):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {"times": times, "warmup_s": warm}
+
+
 def compare_nanogpt(
-    steps: int = 6, warmup: int = 3, compile: bool = False, progress: Callable[[str], None] = print
+    steps: int = 6, warmup: int = 3, compile: bool = True, progress: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """steadylm (fp32, every default monitor on) against the plain nanoGPT-equivalent loop
     (`steadylm.bench_nanogpt`, fp32, no monitors) at the reference config, eager and, with
-    `compile`, both compiled. Each measurement runs in a fresh process, in the order steadylm,
-    plain, plain, steadylm, so a machine that slows down or speeds up during the comparison
-    moves both sides alike; each side's figure is the mean of its two medians."""
-    from steadylm.bench_nanogpt import measure_plain
-
+    `compile`, both compiled. Both run in one fresh process per mode with their steps
+    interleaved; the ratio is the median over steps of plain step time / steadylm step time
+    taken pairwise, robust to a machine whose load changes during the comparison."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokens = REFERENCE_BATCH * REFERENCE_SHAPE["block_size"]
     out: dict[str, Any] = {
@@ -434,30 +472,24 @@ def compare_nanogpt(
         "torch": torch.__version__,
         "rows": {},
     }
-    modes = [False, True] if compile else [False]
-    for compiled in modes:
-        suffix = " + compile" if compiled else ""
-        ours = ['train.precision="fp32"', f"train.compile={str(compiled).lower()}"]
-        warm = warmup + (2 if compiled else 0)
-        times: dict[str, list[float]] = {"steadylm": [], "plain": []}
-        for side in ("steadylm", "plain", "plain", "steadylm"):
-            progress(f"compare nanogpt: {side} fp32{suffix}")
-            if side == "steadylm":
-                m = measure_training("steadylm", ours, steps, warm, periodic=False)
-                times[side].append(m.step_s)
-            else:
-                with mp.get_context("spawn").Pool(1) as pool:
-                    args = (REFERENCE_SHAPE, REFERENCE_BATCH, steps, warm, compiled)
-                    times[side].append(pool.apply(measure_plain, args))
-        ours_s, plain_s = (statistics.mean(times[k]) for k in ("steadylm", "plain"))
-        out["rows"][f"fp32{suffix}"] = {
+    for compiled in [False, True] if compile else [False]:
+        label = "fp32 + compile" if compiled else "fp32"
+        progress(f"compare nanogpt: steadylm and the plain loop, {label}")
+        with mp.get_context("spawn").Pool(1) as pool:
+            r = pool.apply(_compare_in_process, (compiled, steps, warmup + (2 if compiled else 0)))
+        ours_s, plain_s = (statistics.median(r["times"][k]) for k in ("steadylm", "plain"))
+        pairs = [p / o for o, p in zip(r["times"]["steadylm"], r["times"]["plain"])]
+        out["rows"][label] = {
             "steadylm_step_s": ours_s,
             "plain_step_s": plain_s,
             "steadylm_tokens_per_s": tokens / ours_s,
             "plain_tokens_per_s": tokens / plain_s,
-            "ratio": plain_s / ours_s,
-            "steadylm_runs_s": times["steadylm"],
-            "plain_runs_s": times["plain"],
+            "ratio": statistics.median(pairs),
+            "ratio_min": min(pairs),
+            "ratio_max": max(pairs),
+            "steadylm_times_s": r["times"]["steadylm"],
+            "plain_times_s": r["times"]["plain"],
+            "warmup_s": r["warmup_s"],
         }
     return out
 
@@ -469,16 +501,16 @@ def format_compare(r: dict[str, Any]) -> str:
         _hardware_line(r.get("hardware")),
         "reference config (GPT-2 vocab, 6 x 256, 4 heads, block 256, batch 8), fp32; steadylm with "
         "every default monitor on (typical steps), the plain loop with none:",
-        f"{'run':<16} {'steadylm tok/s':>15} {'plain tok/s':>12} {'ratio':>7}",
+        f"{'run':<16} {'steadylm tok/s':>15} {'plain tok/s':>12} {'ratio':>7}  (range over steps)",
     ]
     for label, row in r["rows"].items():
         lines.append(
             f"{label:<16} {row['steadylm_tokens_per_s']:>15.0f} {row['plain_tokens_per_s']:>12.0f} "
-            f"{row['ratio']:>6.2f}x"
+            f"{row['ratio']:>6.2f}x  ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})"
         )
     lines.append(
-        "(ratio = steadylm tokens/s over the plain loop's; each figure the mean of two runs, "
-        "ordered steadylm, plain, plain, steadylm)"
+        "(tokens/s from median step times; ratio = steadylm's speed over the plain loop's, the "
+        "median over pairs of interleaved steps in one process)"
     )
     return "\n".join(lines)
 

@@ -14,8 +14,7 @@ monitors, no host sync inside the step. Only its speed is used: it never trains 
 from __future__ import annotations
 
 import math
-import statistics
-import time
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -82,11 +81,11 @@ def plain_optimizer(model: nn.Module, device: torch.device) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, lr=6e-4, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 
-def measure_plain(
-    shape: dict[str, int], batch_size: int, steps: int, warmup: int, compile: bool = False
-) -> float:
-    """Median seconds per optimizer step of the plain loop at `shape` (vocab_size, block_size,
-    n_layer, n_head, n_embd) on the default device, after `warmup` steps."""
+def plain_step(
+    shape: dict[str, int], batch_size: int, compile: bool = False
+) -> Callable[[], torch.Tensor]:
+    """One optimizer step of the plain loop at `shape` (vocab_size, block_size, n_layer, n_head,
+    n_embd) on the default device, as a function returning the step's loss (on the device)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = PlainGPT(**shape).to(device)
@@ -104,12 +103,4 @@ def measure_plain(
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        loss = step()
-        float(loss)  # the step's work is done (on CUDA, waits for it)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return step
