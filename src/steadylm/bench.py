@@ -417,7 +417,8 @@ def _ratios(
 def _compare_in_process(compiled: bool, steps: int, warmup: int) -> dict[str, Any]:
     """Runs in a spawned process: steadylm's trainer and the plain loop side by side, their
     timed steps interleaved (steadylm, plain, steadylm, ...) so that load from other processes
-    falls on both alike. Returns each side's step times and the first compiled steps' time."""
+    falls on both alike. Returns each side's step times, wall-clock and this process's CPU
+    time, and the warm-up steps' time (compilation included)."""
     from steadylm.bench_nanogpt import plain_step
     from steadylm.config import load_config
     from steadylm.train.trainer import Trainer
@@ -439,6 +440,7 @@ def _compare_in_process(compiled: bool, steps: int, warmup: int) -> dict[str, An
         float(plain())
 
     times: dict[str, list[float]] = {"steadylm": [], "plain": []}
+    cpu: dict[str, list[float]] = {"steadylm": [], "plain": []}
     warm: dict[str, float] = {}
     for name, fn in (("steadylm", ours), ("plain", theirs)):
         t0 = time.perf_counter()
@@ -447,11 +449,12 @@ def _compare_in_process(compiled: bool, steps: int, warmup: int) -> dict[str, An
         warm[name] = time.perf_counter() - t0
     for _ in range(steps):
         for name, fn in (("steadylm", ours), ("plain", theirs)):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             sync()
             times[name].append(time.perf_counter() - t0)
-    return {"times": times, "warmup_s": warm}
+            cpu[name].append(time.process_time() - c0)
+    return {"times": times, "cpu": cpu, "warmup_s": warm}
 
 
 def compare_nanogpt(
@@ -461,7 +464,9 @@ def compare_nanogpt(
     (`steadylm.bench_nanogpt`, fp32, no monitors) at the reference config, eager and, with
     `compile`, both compiled. Both run in one fresh process per mode with their steps
     interleaved; the ratio is the median over steps of plain step time / steadylm step time
-    taken pairwise, robust to a machine whose load changes during the comparison."""
+    taken pairwise, robust to a machine whose load changes during the comparison. On a CPU the
+    same ratio of CPU time is given too: with one thread it is what the step costs whatever
+    other processes take of the machine."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokens = REFERENCE_BATCH * REFERENCE_SHAPE["block_size"]
     out: dict[str, Any] = {
@@ -479,6 +484,7 @@ def compare_nanogpt(
             r = pool.apply(_compare_in_process, (compiled, steps, warmup + (2 if compiled else 0)))
         ours_s, plain_s = (statistics.median(r["times"][k]) for k in ("steadylm", "plain"))
         pairs = [p / o for o, p in zip(r["times"]["steadylm"], r["times"]["plain"])]
+        cpu_pairs = [p / o for o, p in zip(r["cpu"]["steadylm"], r["cpu"]["plain"])]
         out["rows"][label] = {
             "steadylm_step_s": ours_s,
             "plain_step_s": plain_s,
@@ -487,8 +493,13 @@ def compare_nanogpt(
             "ratio": statistics.median(pairs),
             "ratio_min": min(pairs),
             "ratio_max": max(pairs),
+            "cpu_ratio": statistics.median(cpu_pairs) if device.type == "cpu" else None,
+            "steadylm_cpu_s": statistics.median(r["cpu"]["steadylm"]),
+            "plain_cpu_s": statistics.median(r["cpu"]["plain"]),
             "steadylm_times_s": r["times"]["steadylm"],
             "plain_times_s": r["times"]["plain"],
+            "steadylm_cpu_times_s": r["cpu"]["steadylm"],
+            "plain_cpu_times_s": r["cpu"]["plain"],
             "warmup_s": r["warmup_s"],
         }
     return out
@@ -501,16 +512,19 @@ def format_compare(r: dict[str, Any]) -> str:
         _hardware_line(r.get("hardware")),
         "reference config (GPT-2 vocab, 6 x 256, 4 heads, block 256, batch 8), fp32; steadylm with "
         "every default monitor on (typical steps), the plain loop with none:",
-        f"{'run':<16} {'steadylm tok/s':>15} {'plain tok/s':>12} {'ratio':>7}  (range over steps)",
+        f"{'run':<16} {'steadylm tok/s':>15} {'plain tok/s':>12} {'ratio':>7}  (range)  CPU-time ratio",
     ]
     for label, row in r["rows"].items():
+        cpu = f"{row['cpu_ratio']:.2f}x" if row.get("cpu_ratio") is not None else "-"
         lines.append(
             f"{label:<16} {row['steadylm_tokens_per_s']:>15.0f} {row['plain_tokens_per_s']:>12.0f} "
-            f"{row['ratio']:>6.2f}x  ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})"
+            f"{row['ratio']:>6.2f}x  ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})  {cpu}"
         )
     lines.append(
-        "(tokens/s from median step times; ratio = steadylm's speed over the plain loop's, the "
-        "median over pairs of interleaved steps in one process)"
+        "(tokens/s from median wall-clock step times; ratio = steadylm's speed over the plain "
+        "loop's, the median over pairs of interleaved steps in one process, with its range over "
+        "pairs; the CPU-time ratio is the same from process CPU time, unaffected by other "
+        "processes when running one thread)"
     )
     return "\n".join(lines)
 
