@@ -43,12 +43,12 @@ def test_auto_keeps_the_precision_a_resumed_run_started_with(cfg):
 
 def test_auto_compile_keeps_the_choice_a_resumed_run_started_with(cfg):
     long = 6e12  # FLOPs per token: any run is long enough to compile
-    assert resolve_compile(cfg, _hw(native=False), "fp32", long)[0]
-    assert resolve_compile(cfg, _hw(native=False), "fp32", long, resumed={"compile": False}) == (
+    assert resolve_compile(cfg, _hw(native=True), "bf16", long)[0]
+    assert resolve_compile(cfg, _hw(native=True), "bf16", long, resumed={"compile": False}) == (
         False, "auto: kept from the run's start (off)")
-    assert resolve_compile(cfg, _hw(native=False), "fp32", 1.0, resumed={"compile": True})[0]
+    assert resolve_compile(cfg, _hw(native=True), "bf16", 1.0, resumed={"compile": True})[0]
     # A run from before "auto" recorded nothing: it ran eager, and stays eager.
-    assert not resolve_compile(cfg, _hw(native=False), "fp32", long, resumed={})[0]
+    assert not resolve_compile(cfg, _hw(native=True), "bf16", long, resumed={})[0]
 
 
 def test_explicit_bf16_on_emulating_hardware_warns_once_with_the_slowdown(cfg, capsys):
@@ -76,17 +76,29 @@ def test_fp16_needs_cuda(cfg):
 def test_compile_auto_is_off_for_short_runs_and_on_for_long_ones(cfg, monkeypatch):
     monkeypatch.setattr(execution, "_have_cxx", lambda: True)
     flops = 6 * 1e6  # a 1M-parameter model
-    on, reason = resolve_compile(cfg, _hw(native=False), "fp32", flops)
+    on, reason = resolve_compile(cfg, _hw(native=True), "bf16", flops)
     assert not on and reason.startswith("auto: estimated eager run") and "< 10 x 60 s" in reason
-    # 128 tokens a step (batch 8 x block 16) x 6e6 FLOPs / (60 GFLOP/s x 0.5): 38 s in all.
+    # bf16 at 120 GFLOP/s: 128 tokens a step (batch 8 x block 16) x 6e6 FLOPs / (120 GFLOP/s
+    # x 0.5) is 12.8 ms, 19 s in all.
     cfg.train.max_steps = 1500
-    assert not resolve_compile(cfg, _hw(native=False), "fp32", flops)[0]
-    # 2048 tokens a step: 0.41 s a step, 614 s in all, past ten times the 60 s compile.
+    assert not resolve_compile(cfg, _hw(native=True), "bf16", flops)[0]
+    # 2048 tokens a step: 0.2 s a step, 307 s in all; at 3000 steps 614 s, past 10 x 60 s.
     cfg.model.block_size, cfg.train.batch_size, cfg.train.micro_batch_size = 256, 8, 8
-    on, reason = resolve_compile(cfg, _hw(native=False), "fp32", flops)
+    assert not resolve_compile(cfg, _hw(native=True), "bf16", flops)[0]
+    cfg.train.max_steps = 3000
+    on, reason = resolve_compile(cfg, _hw(native=True), "bf16", flops)
     assert on and ">= 10 x 60 s" in reason
     # Two ranks split the batch: each rank's run is half as long.
-    assert not resolve_compile(cfg, _hw(native=False), "fp32", flops, world_size=2)[0]
+    assert not resolve_compile(cfg, _hw(native=True), "bf16", flops, world_size=2)[0]
+    # On CUDA the same rule, in fp32 too.
+    assert resolve_compile(cfg, _hw(native=True, device="cuda:0"), "fp32", 2 * flops)[0]
+
+
+def test_compile_auto_stays_eager_for_fp32_on_cpu(cfg, monkeypatch):
+    monkeypatch.setattr(execution, "_have_cxx", lambda: True)
+    cfg.train.max_steps = 10**9
+    on, reason = resolve_compile(cfg, _hw(native=False), "fp32", 6e9)
+    assert not on and reason.startswith("auto: off for fp32 on CPU")
 
 
 def test_compile_true_and_false_are_kept_and_auto_needs_a_compiler(cfg, monkeypatch):
@@ -96,7 +108,7 @@ def test_compile_true_and_false_are_kept_and_auto_needs_a_compiler(cfg, monkeypa
     assert resolve_compile(cfg, _hw(native=False), "fp32", 1.0) == (False, "train.compile=false")
     cfg.train.compile, cfg.train.max_steps = "auto", 10**9
     monkeypatch.setattr(execution, "_have_cxx", lambda: False)
-    assert resolve_compile(cfg, _hw(native=False), "fp32", 1e9) == (
+    assert resolve_compile(cfg, _hw(native=True), "bf16", 1e9) == (
         False, "auto: no C++ compiler for torch.compile on CPU")
 
 
@@ -139,7 +151,7 @@ def test_a_resumed_auto_run_keeps_its_recorded_precision(tmp_path, capsys):
     trainer.fit()
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["precision"] == trainer.precision and prov["hardware"]["name"] == trainer.hardware.name
-    assert prov["compile"] is False and prov["compile_reason"].startswith("auto: estimated eager run")
+    assert prov["compile"] is False and prov["compile_reason"].startswith("auto: ")
     assert f"precision {trainer.precision}" in capsys.readouterr().err  # the start-up line
     # As if the run had started on a host that chose the other precision.
     other = "bf16" if trainer.precision == "fp32" else "fp32"

@@ -73,10 +73,14 @@ class Hardware:
             what = ", ".join(self.flags) or "none of " + "/".join(SPEED_FLAGS[:3])
         else:
             what = "CPU flags not readable"
-        speed = f"matmul fp32 {self.fp32_gflops:.0f} GFLOP/s, bf16 {self.bf16_gflops:.0f}"
+        speed = f"matmul fp32 {_gflops(self.fp32_gflops)} GFLOP/s, bf16 {_gflops(self.bf16_gflops)}"
         slower = f"bf16 emulated ({self.bf16_slowdown:.0f}x slower than fp32)"
         verdict = "bf16 native" if self.native_bf16 else slower
         return f"{self.device} {self.name} ({what}); {speed}: {verdict}"
+
+
+def _gflops(x: float) -> str:
+    return f"{x:.0f}" if x >= 10 else f"{x:.1f}"
 
 
 def processor_name(device: torch.device) -> str:

@@ -7,8 +7,10 @@ run started on one host and resumed on another trains in one precision throughou
 bf16 where it is emulated warns once with the measured slowdown (`train.precision_strict = true`
 makes it an error).
 
-`train.compile = "auto"` compiles when compiling pays with room to spare: when the run's
-estimated eager time is at least COMPILE_PAYS_AT times the compile time. With the speed-up
+`train.compile = "auto"` compiles when compiling pays with room to spare: never for fp32 on a CPU,
+where the step is matmul-bound and `steadylm bench --compare nanogpt` measured steadylm's
+compiled step no faster than its eager one; otherwise when the run's estimated eager time is at
+least COMPILE_PAYS_AT times the compile time. With the speed-up
 compile brings to this model (1.1-1.3x measured by `steadylm bench`), compiling saves 10-25% of
 the eager time, so at ten times the compile time the saving is at least its cost. The eager
 time is estimated as max_steps x tokens per step x `GPT.flops_per_token` over the probe's
@@ -87,6 +89,8 @@ def resolve_compile(
     if resumed is not None:
         kept = bool(resumed.get("compile", False))
         return kept, f"auto: kept from the run's start ({'on' if kept else 'off'})"
+    if hw.device.startswith("cpu") and precision == "fp32":
+        return False, "auto: off for fp32 on CPU (matmul-bound: compiling measured no faster)"
     if hw.device.startswith("cpu") and not _have_cxx():
         return False, "auto: no C++ compiler for torch.compile on CPU"
     gflops = hw.bf16_gflops if precision in ("bf16", "fp16") else hw.fp32_gflops
