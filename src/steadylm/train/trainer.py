@@ -14,6 +14,7 @@ ranks, unscaled, measured) and `_update` (the guards' verdict, clipping and the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
@@ -128,7 +129,8 @@ class Trainer:
         try:
             self.timer = StepTimer(self.ctx.device)  # enabled by `steadylm bench` only
             self._check_run_dir()
-            self.hardware = probe(self.ctx.device)
+            hw = probe(self.ctx.device)
+            self.hardware = dataclasses.replace(hw, native_bf16=self._all_ranks(hw.native_bf16))
             self.resumed = self._resumed_provenance()
             self.precision = resolve_precision(cfg, self.hardware, self.resumed)
             self.autocast_dtype = AUTOCAST[self.precision]
@@ -183,6 +185,9 @@ class Trainer:
             self.ctx.world_size,
             self.resumed,
         )
+        everywhere = self._all_ranks(self.compile)  # a collective: every rank calls it
+        if self.compile and not everywhere:
+            self.compile, self.compile_reason = False, "auto: another rank's estimate said off"
         if self.ctx.is_main:
             print(
                 f"steadylm: {self.hardware.summary()}; precision {self.precision}, "
@@ -277,6 +282,14 @@ class Trainer:
                     f"({getattr(saved.train, key)!r} vs {getattr(self.cfg.train, key)!r}); "
                     f"only {', '.join(sorted(RESUMABLE_TRAIN_KEYS))} may change"
                 )
+
+    def _all_ranks(self, flag: bool) -> bool:
+        """True only if every rank says so. Each rank times its own hardware probe, and the
+        ranks must still choose one precision and one compile setting."""
+        if not self.ctx.enabled:
+            return flag
+        t = torch.tensor([float(flag)], device=self.ctx.device)
+        return bool(self.ctx.all_reduce_sum(t).item() == self.ctx.world_size)
 
     def _resumed_provenance(self) -> dict | None:
         """On --resume, the run's provenance.json: "auto" precision and compile keep the choices
