@@ -160,3 +160,19 @@ def test_a_resumed_auto_run_keeps_its_recorded_precision(tmp_path, capsys):
     resumed = Trainer(again, run, resume=True, progress=False)
     assert resumed.precision == other
     assert resumed.compile is False and resumed.compile_reason == "auto: kept from the run's start (off)"
+
+
+def test_strict_bf16_on_emulating_hardware_exits_2_before_writing_the_run(tmp_path, capsys, monkeypatch):
+    from helpers import tiny_overrides
+    from steadylm.cli import main
+    from steadylm.train import trainer
+
+    monkeypatch.setattr(trainer, "probe", lambda device: _hw(native=False))
+    corpus = write_corpus(tmp_path / "corpus")
+    over = tiny_overrides(corpus, **{"train.precision": "bf16", "train.precision_strict": True})
+    out = tmp_path / "run"
+    code = main(["train", *[x for o in over for x in ("--set", o)], "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "bf16 matmuls are emulated on this CPU (Test CPU" in err and "40x slower" in err
+    assert not out.exists()
