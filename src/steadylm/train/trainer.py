@@ -188,12 +188,6 @@ class Trainer:
         everywhere = self._all_ranks(self.compile)  # a collective: every rank calls it
         if self.compile and not everywhere:
             self.compile, self.compile_reason = False, "auto: another rank's estimate said off"
-        if self.ctx.is_main:
-            print(
-                f"steadylm: {self.hardware.summary()}; precision {self.precision}, "
-                f"compile {'on' if self.compile else 'off'} ({self.compile_reason})",
-                file=sys.stderr,
-            )
         if self.compile:
             # An OptimizedModule, an nn.Module; the stubs type compile's result as a callable.
             self.forward_model = cast(torch.nn.Module, torch.compile(self.forward_model))
@@ -813,7 +807,12 @@ class Trainer:
     def _fit(self) -> RunResult:
         cfg = self.cfg
         start = self._restore() if self.resume else 0
-        if self.ctx.is_main:
+        if self.ctx.is_main:  # after the checks that may refuse the run, each one line
+            print(
+                f"steadylm: {self.hardware.summary()}; precision {self.precision}, "
+                f"compile {'on' if self.compile else 'off'} ({self.compile_reason})",
+                file=sys.stderr,
+            )
             if not self.resume:
                 self._write_run_files()
             self._set_status("running", step=start)
