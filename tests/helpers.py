@@ -34,6 +34,9 @@ def tiny_overrides(corpus: Path, **extra) -> list[str]:
         "train.max_steps": 8, "train.batch_size": 8, "train.micro_batch_size": 4, "train.lr": 3e-3,
         "train.min_lr": 3e-4, "train.warmup_steps": 2, "train.eval_every": 4, "train.eval_batches": 2,
         "train.checkpoint_every": 4, "train.log_every": 2,
+        # Explicit: "auto" means bf16 on hardware with native bf16, and exact-resume and
+        # equality tests need fp32 and eager steps wherever the suite runs.
+        "train.precision": "fp32", "train.compile": False,
     }
     base.update(extra)
     return [f"{k}={toml_value(v)}" for k, v in base.items()]

@@ -64,6 +64,8 @@ def test_toml_round_trip(tmp_path):
         (["train.batch_size=10", "train.micro_batch_size=4"], "not divisible by train.micro_batch_size=4"),
         (["model.attention=mlr"], "model.attention: 'mlr' is not one of mha, mlra .*did you mean 'mlra'"),
         (["train.precision=fp8"], "train.precision: 'fp8' is not one of auto, fp32, bf16, fp16"),
+        (["train.compile=yes"], "train.compile: expected true, false or \"auto\", got 'yes'"),
+        (["train.compile=1"], "train.compile: expected a boolean or a string, got 1"),
         (["data.tokenizer=bpe:x"], "data.tokenizer: 'bpe:x' is not valid"),
         (["train.min_lr=1", "train.lr=0.1"], "train.min_lr: 1.0 exceeds train.lr=0.1"),
         (["model.dropout=1.5"], "model.dropout: must be in \\[0, 1\\)"),
@@ -122,3 +124,10 @@ def test_choices_and_their_error_come_from_the_dispatch_tables(monkeypatch):
         load_config(None, ["model.attention=tyo"])
     with pytest.raises(ConfigError, match=r"^model.norm_layout: 'x' is not one of " + ", ".join(norms.NORM_LAYOUTS) + "$"):
         load_config(None, ["model.norm_layout=x"])
+
+
+def test_compile_takes_true_false_or_auto():
+    assert load_config(None, []).train.compile == "auto"
+    assert load_config(None, ["train.compile=auto"]).train.compile == "auto"
+    assert load_config(None, ["train.compile=true"]).train.compile is True
+    assert load_config(None, ["train.compile=false"]).train.compile is False

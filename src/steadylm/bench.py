@@ -5,15 +5,13 @@ thread count, and targets are ratios between figures measured here, so a noisy s
 moves numerator and denominator together. Training measurements run in a fresh process each
 (spawned), so peak memory is that configuration's alone.
 
-FLOPs per token: 6·N (N without position embeddings, the tied head counted once) plus 12·L·d·T
-for attention (T = block size), both forward and backward.
+FLOPs per token: `GPT.flops_per_token` (6·N plus attention, forward and backward).
 """
 
 from __future__ import annotations
 
 import math
 import multiprocessing as mp
-import platform
 import resource
 import statistics
 import tempfile
@@ -25,20 +23,21 @@ from typing import Any
 
 import torch
 
+from steadylm.hardware import Hardware, probe, processor_name
+
 # The reference configuration of the performance work: GPT-2 vocabulary, 6 layers of width 256,
 # 4 heads, 256-token blocks, batch 8, every default monitor on.
+REFERENCE_SHAPE = {"vocab_size": 50257, "block_size": 256, "n_layer": 6, "n_head": 4, "n_embd": 256}
+REFERENCE_BATCH = 8
 REFERENCE = [
-    "model.n_layer=6",
-    "model.n_embd=256",
-    "model.n_head=4",
-    "model.block_size=256",
-    "model.vocab_size=50257",
+    *(f"model.{k}={v}" for k, v in REFERENCE_SHAPE.items()),
     'data.tokenizer="gpt2"',
-    "train.batch_size=8",
-    "train.micro_batch_size=8",
+    f"train.batch_size={REFERENCE_BATCH}",
+    f"train.micro_batch_size={REFERENCE_BATCH}",
     "train.max_steps=100000",
     "train.eval_every=0",
     "train.checkpoint_every=0",
+    "train.compile=false",  # each row names its precision and compile setting
 ]
 MONITORS_OFF = [
     "monitor.tev_every=0",
@@ -85,16 +84,6 @@ def matmul_peak(
     return 2 * n**3 / median_time(lambda: a @ b, reps, warmup=2, sync=_sync_for(device))
 
 
-def flops_per_token(model) -> float:
-    # 6·N with the head's V·d matmul counted once: the tied table's parameters, or a separate
-    # head's; a TT embedding's cores only feed lookups and the reconstruction, not counted.
-    cfg = model.config
-    embedding_and_head = ("transformer.wte", "transformer.wpe", "lm_head")
-    params = model.named_parameters()
-    n = sum(p.numel() for name, p in params if not name.startswith(embedding_and_head))
-    return 6 * (n + cfg.vocab_size * cfg.n_embd) + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
-
-
 @dataclass
 class TrainMeasure:
     label: str
@@ -109,21 +98,6 @@ class TrainMeasure:
         default_factory=dict
     )  # extra seconds of periodic monitor steps
     compile_s: float | None = None  # first (compiling) steps, when compiled
-
-
-def processor_name(device: torch.device) -> str:
-    """The GPU's or CPU's model name: the same machine type can land on different processors
-    (bf16 matmuls are several times faster on CPUs with AMX), so figures name theirs."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def periodic_plan(cadence: dict[str, int], after: int) -> list[tuple[str, int, list[str]]]:
@@ -145,8 +119,11 @@ def periodic_plan(cadence: dict[str, int], after: int) -> list[tuple[str, int, l
     return plan
 
 
-def _measure_training(label: str, overrides: list[str], steps: int, warmup: int) -> TrainMeasure:
-    """Runs in a spawned process: build the trainer, time `steps` steps after `warmup`."""
+def _measure_training(
+    label: str, overrides: list[str], steps: int, warmup: int, periodic: bool = True
+) -> TrainMeasure:
+    """Runs in a spawned process: build the trainer, time `steps` steps after `warmup`, then
+    (with `periodic`) the periodic monitors' steps."""
     from steadylm.config import load_config
     from steadylm.train.trainer import Trainer
 
@@ -174,19 +151,21 @@ def _measure_training(label: str, overrides: list[str], steps: int, warmup: int)
         sections.append(trainer.timer.take())
         step += 1
     step_s = statistics.median(times)
-    periodic, gradvar_s = _periodic_costs(trainer, sync, step_s, after=step)
+    extra, gradvar_s = (
+        _periodic_costs(trainer, sync, step_s, after=step) if periodic else ({}, None)
+    )
     tokens = cfg.train.batch_size * cfg.model.block_size
     return TrainMeasure(
         label=label,
         step_s=step_s,
         tokens_per_s=tokens / step_s,
-        flops_per_s=flops_per_token(trainer.model) * tokens / step_s,
+        flops_per_s=trainer.model.flops_per_token() * tokens / step_s,
         sections={k: statistics.median(s.get(k, 0.0) for s in sections) for k in sections[0]},
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         n_params=trainer.model.num_parameters(),
         gradvar_s=gradvar_s,
-        periodic=periodic,
-        compile_s=warm_s if cfg.train.compile else None,
+        periodic=extra,
+        compile_s=warm_s if trainer.compile else None,
     )
 
 
@@ -225,9 +204,11 @@ def _periodic_costs(
     return periodic, gradvar_s
 
 
-def measure_training(label: str, overrides: list[str], steps: int, warmup: int) -> TrainMeasure:
+def measure_training(
+    label: str, overrides: list[str], steps: int, warmup: int, periodic: bool = True
+) -> TrainMeasure:
     with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_measure_training, (label, overrides, steps, warmup))
+        return pool.apply(_measure_training, (label, overrides, steps, warmup, periodic))
 
 
 def tev_cost(rows: int = 50257, d: int = 768, reps: int = 9) -> dict[str, float]:
@@ -306,19 +287,24 @@ def tokenizer_throughput(n_chars: int = 2_000_000) -> dict[str, float]:
 def run(
     steps: int = 6, warmup: int = 3, compile: bool = True, progress: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Every measurement and ratio; the CLI prints it as a table or JSON."""
+    """Every measurement and ratio; the CLI prints it as a table or JSON. Where bf16 matmuls are
+    emulated (`steadylm.hardware`), the bf16 rows are skipped: a bf16 step would take minutes."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    hw = probe(device)
     out: dict[str, Any] = {
         "device": str(device),
         "processor": processor_name(device),
+        "hardware": hw.as_dict(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
     progress("matmul peak (fp32, bf16)")
     out["peak_fp32_flops"] = matmul_peak(torch.float32, device)
-    out["peak_bf16_flops"] = matmul_peak(torch.bfloat16, device)
-    measures = _measure_training_steps(steps, warmup, compile, progress)
+    out["peak_bf16_flops"] = matmul_peak(torch.bfloat16, device) if hw.native_bf16 else None
+    measures = _measure_training_steps(steps, warmup, compile, hw.native_bf16, progress)
     out["training"] = {k: vars(v) for k, v in measures.items()}
+    progress("output layer and loss (fused: forward and gradient in one pass)")
+    out["head"] = head_cost(device, bf16=hw.native_bf16)
     progress("TEV on 50257 x 768")
     out.update(tev_cost())
     progress("TT embedding at the reference config")
@@ -326,7 +312,7 @@ def run(
     progress("tokenizer throughput")
     out.update(tokenizer_throughput())
     best_bf16, ratios = _ratios(out, measures)
-    out["best_bf16"] = best_bf16.label
+    out["best_bf16"] = best_bf16.label if best_bf16 else None
     out["ratios"] = ratios
     out["targets"] = {
         name: {
@@ -341,18 +327,21 @@ def run(
 
 
 def _measure_training_steps(
-    steps: int, warmup: int, compile: bool, progress: Callable[[str], None]
+    steps: int, warmup: int, compile: bool, bf16: bool, progress: Callable[[str], None]
 ) -> dict[str, TrainMeasure]:
-    """Time the training step in each configuration (fp32 with and without monitors, bf16,
-    MLRA, and bf16 compiled when `compile`), keyed by label."""
+    """Time the training step in each configuration (fp32 with and without monitors, MLRA, fp32
+    compiled when `compile`; with `bf16`, bf16 eager and compiled), keyed by label."""
     runs = [
         ("fp32", ['train.precision="fp32"']),
         ("fp32, monitors off", ['train.precision="fp32"', *MONITORS_OFF]),
-        ("bf16", ['train.precision="bf16"']),
         ("mlra fp32", ['train.precision="fp32"', 'model.attention="mlra"']),
     ]
     if compile:
-        runs.append(("bf16 + compile", ['train.precision="bf16"', "train.compile=true"]))
+        runs.append(("fp32 + compile", ['train.precision="fp32"', "train.compile=true"]))
+    if bf16:
+        runs.append(("bf16", ['train.precision="bf16"']))
+        if compile:
+            runs.append(("bf16 + compile", ['train.precision="bf16"', "train.compile=true"]))
     measures = {}
     for label, overrides in runs:
         progress(f"training step: {label}")
@@ -362,22 +351,48 @@ def _measure_training_steps(
     return measures
 
 
+def head_cost(device: torch.device, bf16: bool, reps: int = 3) -> dict[str, float]:
+    """Seconds of the fused output layer and loss at the reference config (2048 tokens, width
+    256, GPT-2 vocabulary). `lm_head_loss` makes the head's gradients during the forward pass
+    (softmax minus one-hot, while the logits are hot), so the training step's "forward" section
+    holds all three of the head's matmuls, forward and backward, and its "backward" section only
+    the blocks' backward: this is the share of "forward" that is the head."""
+    from steadylm.model.lm_head_loss import lm_head_loss
+
+    tokens, d = REFERENCE_BATCH * REFERENCE_SHAPE["block_size"], REFERENCE_SHAPE["n_embd"]
+    h = (torch.randn(tokens, d, device=device) * 0.5).requires_grad_()
+    w = (torch.randn(REFERENCE_SHAPE["vocab_size"], d, device=device) * 0.02).requires_grad_()
+    y = torch.randint(0, REFERENCE_SHAPE["vocab_size"], (tokens,), device=device)
+    sync = _sync_for(device)
+    out = {"head_fp32_s": median_time(lambda: lm_head_loss(h, w, y), reps, warmup=1, sync=sync)}
+    if bf16:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out["head_bf16_s"] = median_time(
+                lambda: lm_head_loss(h, w, y), reps, warmup=1, sync=sync
+            )
+    return out
+
+
 def _ratios(
     out: dict[str, Any], measures: dict[str, TrainMeasure]
-) -> tuple[TrainMeasure, dict[str, float]]:
-    """The fastest bf16 configuration, and the ratios judged against TARGETS: shares of the
-    matmul peak, bf16 speed-ups, the monitors' and data's share of a step, MLRA against MHA,
-    and TEV's, the gradient variance's and the TT embedding's costs."""
-    fp32, bf16, off = measures["fp32"], measures["bf16"], measures["fp32, monitors off"]
+) -> tuple[TrainMeasure | None, dict[str, float | None]]:
+    """The fastest bf16 configuration (None without bf16 rows), and the ratios judged against
+    TARGETS: shares of the matmul peak, bf16 speed-ups, the monitors' and data's share of a
+    step, MLRA against MHA, and TEV's, the gradient variance's and the TT embedding's costs."""
+    fp32, off = measures["fp32"], measures["fp32, monitors off"]
+    bf16 = measures.get("bf16")
     tt = out["tt"]
-    best_bf16 = max(
-        (m for k, m in measures.items() if k.startswith("bf16")), key=lambda m: m.tokens_per_s
-    )
-    ratios = {
+    bf16_rows = [m for k, m in measures.items() if k.startswith("bf16")]
+    best_bf16 = max(bf16_rows, key=lambda m: m.tokens_per_s) if bf16_rows else None
+    compiled = measures.get("fp32 + compile")
+    ratios: dict[str, float | None] = {
         "fp32_fraction_of_peak": fp32.flops_per_s / out["peak_fp32_flops"],
-        "bf16_fraction_of_peak": bf16.flops_per_s / out["peak_bf16_flops"],
-        "bf16_speedup_over_fp32": best_bf16.tokens_per_s / fp32.tokens_per_s,
-        "bf16_speedup_over_fp32_eager": bf16.tokens_per_s / fp32.tokens_per_s,
+        "bf16_fraction_of_peak": bf16.flops_per_s / out["peak_bf16_flops"]
+        if bf16 and out["peak_bf16_flops"]
+        else None,
+        "bf16_speedup_over_fp32": best_bf16.tokens_per_s / fp32.tokens_per_s if best_bf16 else None,
+        "bf16_speedup_over_fp32_eager": bf16.tokens_per_s / fp32.tokens_per_s if bf16 else None,
+        "fp32_compile_speedup": compiled.tokens_per_s / fp32.tokens_per_s if compiled else None,
         "monitor_share": (
             fp32.sections.get("monitors", 0.0) + fp32.periodic.get("amortised_s", 0.0)
         )
@@ -399,6 +414,121 @@ def _ratios(
     return best_bf16, ratios
 
 
+def _compare_in_process(compiled: bool, steps: int, warmup: int) -> dict[str, Any]:
+    """Runs in a spawned process: steadylm's trainer and the plain loop side by side, their
+    timed steps interleaved (steadylm, plain, steadylm, ...) so that load from other processes
+    falls on both alike. Returns each side's step times, wall-clock and this process's CPU
+    time, and the warm-up steps' time (compilation included)."""
+    from steadylm.bench_nanogpt import plain_step
+    from steadylm.config import load_config
+    from steadylm.train.trainer import Trainer
+
+    over = ['train.precision="fp32"', f"train.compile={str(compiled).lower()}"]
+    trainer = Trainer(
+        load_config(None, [*REFERENCE, *over]), Path(tempfile.mkdtemp()) / "run", progress=False
+    )
+    plain = plain_step(REFERENCE_SHAPE, REFERENCE_BATCH, compile=compiled)
+    sync = _sync_for(trainer.ctx.device)
+    step = 1  # typical steps: the periodic monitors first fire at step 50
+
+    def ours() -> None:
+        nonlocal step
+        float(trainer.train_step(step).row["loss"])
+        step += 1
+
+    def theirs() -> None:
+        float(plain())
+
+    times: dict[str, list[float]] = {"steadylm": [], "plain": []}
+    cpu: dict[str, list[float]] = {"steadylm": [], "plain": []}
+    warm: dict[str, float] = {}
+    for name, fn in (("steadylm", ours), ("plain", theirs)):
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            fn()
+        warm[name] = time.perf_counter() - t0
+    for _ in range(steps):
+        for name, fn in (("steadylm", ours), ("plain", theirs)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {"times": times, "cpu": cpu, "warmup_s": warm}
+
+
+def compare_nanogpt(
+    steps: int = 6, warmup: int = 3, compile: bool = True, progress: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """steadylm (fp32, every default monitor on) against the plain nanoGPT-equivalent loop
+    (`steadylm.bench_nanogpt`, fp32, no monitors) at the reference config, eager and, with
+    `compile`, both compiled. Both run in one fresh process per mode with their steps
+    interleaved; the ratio is the median over steps of plain step time / steadylm step time
+    taken pairwise, robust to a machine whose load changes during the comparison. On a CPU the
+    same ratio of CPU time is given too: with one thread it is what the step costs whatever
+    other processes take of the machine."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokens = REFERENCE_BATCH * REFERENCE_SHAPE["block_size"]
+    out: dict[str, Any] = {
+        "device": str(device),
+        "processor": processor_name(device),
+        "hardware": probe(device).as_dict(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "rows": {},
+    }
+    for compiled in [False, True] if compile else [False]:
+        label = "fp32 + compile" if compiled else "fp32"
+        progress(f"compare nanogpt: steadylm and the plain loop, {label}")
+        with mp.get_context("spawn").Pool(1) as pool:
+            r = pool.apply(_compare_in_process, (compiled, steps, warmup + (2 if compiled else 0)))
+        ours_s, plain_s = (statistics.median(r["times"][k]) for k in ("steadylm", "plain"))
+        pairs = [p / o for o, p in zip(r["times"]["steadylm"], r["times"]["plain"])]
+        cpu_pairs = [p / o for o, p in zip(r["cpu"]["steadylm"], r["cpu"]["plain"])]
+        out["rows"][label] = {
+            "steadylm_step_s": ours_s,
+            "plain_step_s": plain_s,
+            "steadylm_tokens_per_s": tokens / ours_s,
+            "plain_tokens_per_s": tokens / plain_s,
+            "ratio": statistics.median(pairs),
+            "ratio_min": min(pairs),
+            "ratio_max": max(pairs),
+            "cpu_ratio": statistics.median(cpu_pairs) if device.type == "cpu" else None,
+            "steadylm_cpu_s": statistics.median(r["cpu"]["steadylm"]),
+            "plain_cpu_s": statistics.median(r["cpu"]["plain"]),
+            "steadylm_times_s": r["times"]["steadylm"],
+            "plain_times_s": r["times"]["plain"],
+            "steadylm_cpu_times_s": r["cpu"]["steadylm"],
+            "plain_cpu_times_s": r["cpu"]["plain"],
+            "warmup_s": r["warmup_s"],
+        }
+    return out
+
+
+def format_compare(r: dict[str, Any]) -> str:
+    lines = [
+        f"steadylm vs a nanoGPT-equivalent loop on {r['device']} ({r['processor']}), "
+        f"{r['threads']} threads, torch {r['torch']}",
+        _hardware_line(r.get("hardware")),
+        "reference config (GPT-2 vocab, 6 x 256, 4 heads, block 256, batch 8), fp32; steadylm with "
+        "every default monitor on (typical steps), the plain loop with none:",
+        f"{'run':<16} {'steadylm tok/s':>15} {'plain tok/s':>12} {'ratio':>7}  (range)  CPU-time ratio",
+    ]
+    for label, row in r["rows"].items():
+        cpu = f"{row['cpu_ratio']:.2f}x" if row.get("cpu_ratio") is not None else "-"
+        lines.append(
+            f"{label:<16} {row['steadylm_tokens_per_s']:>15.0f} {row['plain_tokens_per_s']:>12.0f} "
+            f"{row['ratio']:>6.2f}x  ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})  {cpu}"
+        )
+    lines.append(
+        "(tokens/s from median wall-clock step times; ratio = steadylm's speed over the plain "
+        "loop's, the median over pairs of interleaved steps in one process, with its range over "
+        "pairs; the CPU-time ratio is the same from process CPU time, unaffected by other "
+        "processes when running one thread)"
+    )
+    return "\n".join(lines)
+
+
 def format_tt(tt: dict[str, Any], share: float | None = None) -> str:
     line = (
         f"TT embedding {tt['tt_shape']} rank {tt['tt_rank']} ({tt['tt_params']:,} params), "
@@ -410,19 +540,30 @@ def format_tt(tt: dict[str, Any], share: float | None = None) -> str:
     return line if share is None else f"{line}; extra = {share:.3f} of a dense fp32 step"
 
 
-def _met(value: float, op: str, bound: float) -> bool:
+def _met(value: float | None, op: str, bound: float) -> bool | None:
+    """Whether `value` meets the target; None when it was not measured here."""
+    if value is None:
+        return None
     return {">=": value >= bound, "<": value < bound, "<=": value <= bound}[op]
+
+
+def _hardware_line(hw: dict[str, Any] | None) -> str:
+    if not hw:
+        return "hardware: not probed"
+    return "hardware: " + Hardware(**{**hw, "flags": tuple(hw["flags"])}).summary()
 
 
 def format_table(r: dict[str, Any]) -> str:
     g = 1e9
+    bf16_peak = r["peak_bf16_flops"]
     lines = [
         f"steadylm bench on {r['device']} ({r.get('processor', '?')}), {r['threads']} threads, torch {r['torch']}",
+        _hardware_line(r.get("hardware")),
         f"matmul peak ({PEAK_SHAPE}^3): fp32 {r['peak_fp32_flops'] / g:.0f} GFLOP/s, bf16 "
-        f"{r['peak_bf16_flops'] / g:.0f} GFLOP/s",
+        + (f"{bf16_peak / g:.0f} GFLOP/s" if bf16_peak else "emulated (bf16 rows skipped)"),
         "",
         "training step at the reference config (GPT-2 vocab, 6 x 256, 4 heads, block 256, batch 8):",
-        f"{'run':<20} {'step ms':>8} {'tok/s':>8} {'GFLOP/s':>8} {'peak RSS MB':>12}  data / fwd "
+        f"{'run':<20} {'step ms':>8} {'tok/s':>8} {'GFLOP/s':>8} {'peak RSS MB':>12}  data / fwd* "
         "/ bwd / optim / monitors (ms)",
     ]
     for label, m in r["training"].items():
@@ -435,10 +576,20 @@ def format_table(r: dict[str, Any]) -> str:
             f"{label:<20} {m['step_s'] * 1000:>8.0f} {m['tokens_per_s']:>8.0f} {m['flops_per_s'] / g:>8.0f} "
             f"{m['peak_rss_mb']:>12.0f}  {parts}"
         )
-    comp = r["training"].get("bf16 + compile", {}).get("compile_s")
-    if comp:
+    for label, m in r["training"].items():
+        if m.get("compile_s"):
+            lines.append(
+                f"({label}: the warm-up steps, compilation included, took {m['compile_s']:.0f} s)"
+            )
+    head = r.get("head", {})
+    if head:
+        shown = ", ".join(
+            f"{k.split('_')[1]} {v * 1000:.0f} ms" for k, v in head.items() if v is not None
+        )
         lines.append(
-            f"(bf16 + compile: the warm-up steps, compilation included, took {comp:.0f} s)"
+            "* fwd includes the output layer's backward: the fused loss makes the head's "
+            f"gradients while its logits are hot. Head and loss, forward and backward: {shown}; "
+            "bwd is the blocks' backward alone."
         )
     lines += [
         "",
@@ -452,6 +603,9 @@ def format_table(r: dict[str, Any]) -> str:
         "targets:",
     ]
     for name, t in r["targets"].items():
+        if t["value"] is None:
+            lines.append(f"  {name:<26} {'-':>8}  (target {t['op']} {t['target']})  not measured")
+            continue
         mark = "met" if t["met"] else "NOT met"
         lines.append(f"  {name:<26} {t['value']:>8.3f}  (target {t['op']} {t['target']})  {mark}")
     extra = r["ratios"]
@@ -462,7 +616,13 @@ def format_table(r: dict[str, Any]) -> str:
         f"+{per.get('act_extra_s', 0) * 1000:.0f} ms every {per.get('act_every')}, gradient variance "
         f"+{per.get('gradvar_extra_s', 0) * 1000:.0f} ms every {per.get('gradvar_every')})",
         f"  monitor share by A/B (monitors on vs off): {extra['monitor_share_ab']:+.3f}",
-        f"  bf16 eager over fp32: {extra['bf16_speedup_over_fp32_eager']:.2f} x; best bf16 run: {r['best_bf16']}",
-        f"  MLRA / MHA peak RSS: {extra['mlra_over_mha_peak_rss']:.3f}",
     ]
+    if extra.get("fp32_compile_speedup") is not None:
+        lines.append(f"  fp32 compiled over eager: {extra['fp32_compile_speedup']:.2f} x")
+    if extra.get("bf16_speedup_over_fp32_eager") is not None:
+        lines.append(
+            f"  bf16 eager over fp32: {extra['bf16_speedup_over_fp32_eager']:.2f} x; "
+            f"best bf16 run: {r['best_bf16']}"
+        )
+    lines.append(f"  MLRA / MHA peak RSS: {extra['mlra_over_mha_peak_rss']:.3f}")
     return "\n".join(lines)

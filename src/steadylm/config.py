@@ -219,8 +219,14 @@ class TrainConfig:
     z_loss: float = 0.0
     batch_size: int = 32  # global sequences per optimizer step, whatever the world size
     micro_batch_size: int = 8  # sequences per forward pass per rank
+    # "auto": bf16 autocast where bf16 matmuls are native (CUDA from compute capability 8.0, CPUs
+    # with AVX512-BF16 or AMX), fp32 elsewhere; resolved once per run and kept on --resume.
     precision: str = choice("auto", ("auto", "fp32", "bf16", "fp16"))
-    compile: bool = False
+    # true: stop with an error, rather than warn, when the precision asked for is emulated here.
+    precision_strict: bool = False
+    # torch.compile: true, false, or "auto" (on when the run's estimated eager time is at least
+    # ten times the compile time; docs/performance.md states the rule).
+    compile: bool | str = "auto"
     # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2 fully_shard per block)
     parallel: str = choice("ddp", ("ddp", "fsdp"))
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
@@ -266,6 +272,10 @@ class TrainConfig:
             raise ConfigError(
                 f"train.batch_size: {self.batch_size} is not divisible by "
                 f"train.micro_batch_size={self.micro_batch_size}"
+            )
+        if isinstance(self.compile, str) and self.compile != "auto":
+            raise ConfigError(
+                f'train.compile: expected true, false or "auto", got {self.compile!r}'
             )
 
 
@@ -391,7 +401,7 @@ def check_type(name: str, value: Any, hint: Any) -> Any:
 
 def _matches(value: Any, hint: Any) -> bool:
     """Whether `value` is of the (str, int, list[...]) type `hint`; bool is not an int here."""
-    if hint in (str, int):
+    if hint in (str, int, bool):
         return type(value) is hint
     if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint)
@@ -403,7 +413,11 @@ def _describe(hint: Any, plural: bool = False) -> str:
     if typing.get_origin(hint) is list:
         item = _describe(typing.get_args(hint)[0], plural=True)
         return ("lists of " if plural else "a list of ") + item
-    names = {str: ("a string", "strings"), int: ("an integer", "integers")}[hint]
+    names = {
+        str: ("a string", "strings"),
+        int: ("an integer", "integers"),
+        bool: ("a boolean", "booleans"),
+    }[hint]
     return names[plural]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 import steadylm
+from steadylm.hardware import probe
 
 
 def git_hash() -> str | None:
@@ -29,16 +30,17 @@ def git_hash() -> str | None:
 
 
 def provenance(device: torch.device, **extra: Any) -> dict[str, Any]:
-    """steadylm and torch versions, git hash, device, threads and start time, plus `extra`."""
+    """steadylm and torch versions, git hash, device, what it does fast (`steadylm.hardware`),
+    threads and start time, plus `extra`."""
+    hw = probe(device)
     return {
         "steadylm_version": steadylm.__version__,
         "git_hash": git_hash(),
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device_name": hw.name,
+        "hardware": hw.as_dict(),
         "threads": torch.get_num_threads(),
         **extra,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

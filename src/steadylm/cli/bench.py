@@ -20,14 +20,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "gradient-variance reference against TEV; MLRA vs MHA step time and peak memory; the TT "
         "embedding's per-step cost (gather, tied-head reconstruction, TEV; rank 16); tokenizer "
         "throughput and the data reader's share. Medians after warm-up; each training "
-        "configuration runs in a fresh process. Needs the default corpus (fetched on first use).",
+        "configuration runs in a fresh process. The first line names the processor and what it "
+        "does fast; where bf16 matmuls are emulated the bf16 rows are skipped. Needs the default "
+        "corpus (fetched on first use).",
     )
     p.add_argument("--steps", type=int, default=6, help="timed steps per configuration (default 6)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument(
         "--no-compile",
         action="store_true",
-        help="skip the torch.compile row (it compiles for ~1 min on CPU)",
+        help="skip the torch.compile rows (each compiles for about a minute on CPU)",
+    )
+    p.add_argument(
+        "--compare",
+        choices=["nanogpt"],
+        help="instead of the full benchmark: steadylm (fp32, default monitors) against a "
+        "nanoGPT-equivalent plain PyTorch loop at the reference config, side by side, eager and "
+        "(unless --no-compile) compiled; prints tokens/s of each and the ratio",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--out", metavar="DIR", help="also write bench.json and bench.md into DIR")
@@ -40,22 +49,27 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 1 or args.warmup < 0:
         raise SteadyLMError("--steps must be >= 1 and --warmup >= 0")
-    result = bench.run(
+    measure, render, name = (
+        (bench.compare_nanogpt, bench.format_compare, "compare-nanogpt")
+        if args.compare
+        else (bench.run, bench.format_table, "bench")
+    )
+    result = measure(
         steps=args.steps,
         warmup=args.warmup,
         compile=not args.no_compile,
         progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True),
     )
-    table = bench.format_table(result)
+    table = render(result)
     print(json.dumps(result, indent=1) if args.json else table)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
+        (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
         command = (
             "steadylm bench " + " ".join(a for a in sys.argv[2:])
             if len(sys.argv) > 2
             else "steadylm bench"
         )
-        (out / "bench.md").write_text(f"Produced by `{command}`.\n\n```\n{table}\n```\n")
+        (out / f"{name}.md").write_text(f"Produced by `{command}`.\n\n```\n{table}\n```\n")
     return 0

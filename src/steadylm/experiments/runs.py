@@ -48,6 +48,7 @@ NOT_RECIPE = {
         "seed",
         "device",
         "compile",
+        "precision_strict",
         "log_every",
         "checkpoint_every",
         "checkpoint_schedule",

@@ -187,6 +187,19 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())  # parameters() yields the tied weight once
         return n - self.transformer.wpe.weight.numel() if exclude_position else n
 
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token, forward and backward: 6·N (N without position embeddings,
+        the head's V·d matmul counted once: the tied table, or a separate head; a TT
+        embedding's cores only feed lookups and the reconstruction, not counted) plus 12·L·d·T
+        for attention (T = block size)."""
+        cfg = self.config
+        embedding_and_head = ("transformer.wte", "transformer.wpe", "lm_head")
+        params = self.named_parameters()
+        n = sum(p.numel() for name, p in params if not name.startswith(embedding_and_head))
+        return (
+            6 * (n + cfg.vocab_size * cfg.n_embd) + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+        )
+
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         """The embedding output (B, T, C) that enters block 0 (before dropout)."""
         B, T = idx.shape

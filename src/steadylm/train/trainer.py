@@ -14,6 +14,7 @@ ranks, unscaled, measured) and `_update` (the guards' verdict, clipping and the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
@@ -31,6 +32,7 @@ from steadylm.config import Config, config_from_dict
 from steadylm.data.prepare import PreparedData, prepare
 from steadylm.data.reader import SequenceReader, eval_sequences
 from steadylm.errors import DataError, SteadyLMError
+from steadylm.hardware import probe
 from steadylm.model.gpt import GPT
 from steadylm.model.taps import BlockTaps
 from steadylm.model.tt_embedding import TTEmbedding
@@ -40,6 +42,7 @@ from steadylm.provenance import provenance
 from steadylm.train import faults
 from steadylm.train.checkpoint import Component, load_checkpoint, prune_checkpoints, save_checkpoint
 from steadylm.train.distributed import DistContext, init_distributed, shutdown
+from steadylm.train.execution import AUTOCAST, resolve_compile, resolve_precision
 from steadylm.train.metrics import MetricsLog, truncate_metrics
 from steadylm.train.monitoring import TrainingMonitors, Verdict
 from steadylm.train.optim import build_optimizer, lr_at
@@ -65,6 +68,7 @@ RESUMABLE_TRAIN_KEYS = {
     "keep_checkpoints",
     "log_every",
     "compile",
+    "precision_strict",
     "device",
     "checkpoint_schedule",
 }
@@ -104,17 +108,6 @@ class _Sums:
     last_x: torch.Tensor | None = None
 
 
-def _precision(cfg: Config, device: torch.device) -> tuple[torch.dtype | None, str]:
-    p = cfg.train.precision
-    if p == "auto":
-        p = "bf16" if device.type == "cuda" else "fp32"
-    if p == "fp16" and device.type != "cuda":
-        raise SteadyLMError(
-            "train.precision: 'fp16' needs CUDA (it relies on a grad scaler); use 'bf16' or 'fp32' on CPU"
-        )
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p], p
-
-
 class Trainer:
     """Trains one run into `out`; `fit()` returns a RunResult. Building it prepares the data and
     builds the model, optimizer and monitors; `fit()` restores (with `resume`) and trains."""
@@ -135,8 +128,12 @@ class Trainer:
         self.ctx: DistContext = init_distributed(cfg.train.device)
         try:
             self.timer = StepTimer(self.ctx.device)  # enabled by `steadylm bench` only
-            self.autocast_dtype, self.precision = _precision(cfg, self.ctx.device)
             self._check_run_dir()
+            hw = probe(self.ctx.device)
+            self.hardware = dataclasses.replace(hw, native_bf16=self._all_ranks(hw.native_bf16))
+            self.resumed = self._resumed_provenance()
+            self.precision = resolve_precision(cfg, self.hardware, self.resumed)
+            self.autocast_dtype = AUTOCAST[self.precision]
             self._setup_data(progress)
             self._setup_model()
             self.position = Progress(
@@ -180,7 +177,18 @@ class Trainer:
         self.forward_model = self._parallelize()
         # Built after sharding: under FSDP2 the optimizer must hold the sharded parameters.
         self.optimizer = build_optimizer(self.model, cfg.train, self.ctx.device)
-        if cfg.train.compile:
+        self.compile, self.compile_reason = resolve_compile(
+            cfg,
+            self.hardware,
+            self.precision,
+            self.model.flops_per_token(),
+            self.ctx.world_size,
+            self.resumed,
+        )
+        everywhere = self._all_ranks(self.compile)  # a collective: every rank calls it
+        if self.compile and not everywhere:
+            self.compile, self.compile_reason = False, "auto: another rank's estimate said off"
+        if self.compile:
             # An OptimizedModule, an nn.Module; the stubs type compile's result as a callable.
             self.forward_model = cast(torch.nn.Module, torch.compile(self.forward_model))
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
@@ -269,6 +277,26 @@ class Trainer:
                     f"only {', '.join(sorted(RESUMABLE_TRAIN_KEYS))} may change"
                 )
 
+    def _all_ranks(self, flag: bool) -> bool:
+        """True only if every rank says so. Each rank times its own hardware probe, and the
+        ranks must still choose one precision and one compile setting."""
+        if not self.ctx.enabled:
+            return flag
+        t = torch.tensor([float(flag)], device=self.ctx.device)
+        return bool(self.ctx.all_reduce_sum(t).item() == self.ctx.world_size)
+
+    def _resumed_provenance(self) -> dict | None:
+        """On --resume, the run's provenance.json: "auto" precision and compile keep the choices
+        it recorded at the start, whatever this host would choose."""
+        path = self.run_dir / rundir.PROVENANCE
+        if not (self.resume and path.is_file()):
+            return None
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return recorded if isinstance(recorded, dict) else None
+
     def _resolve_vocab(self, data: PreparedData) -> int:
         """Fills model.vocab_size = 0 from the tokenizer; returns the tokenizer's size (TEV's rows)."""
         n_tok = data.tokenizer.vocab_size
@@ -329,6 +357,8 @@ class Trainer:
             self.ctx.device,
             world_size=self.ctx.world_size,
             precision=self.precision,
+            compile=self.compile,
+            compile_reason=self.compile_reason,
             dataset=str(self.data.dir),
             # Parameter counts (tied head once): what a loss-vs-embedding-size comparison needs.
             parameters=self.model.num_parameters(),
@@ -779,7 +809,12 @@ class Trainer:
     def _fit(self) -> RunResult:
         cfg = self.cfg
         start = self._restore() if self.resume else 0
-        if self.ctx.is_main:
+        if self.ctx.is_main:  # after the checks that may refuse the run, each one line
+            print(
+                f"steadylm: {self.hardware.summary()}; precision {self.precision}, "
+                f"compile {'on' if self.compile else 'off'} ({self.compile_reason})",
+                file=sys.stderr,
+            )
             if not self.resume:
                 self._write_run_files()
             self._set_status("running", step=start)
