@@ -24,7 +24,7 @@ def study(monkeypatch):
     return tt_sentiment
 
 
-def keyword_task(study, vocab: int = 120, n: int = 600, seed: int = 0):
+def keyword_task(study, vocab: int = 120, n: int = 400, seed: int = 0):
     """Label 1 iff token 7 occurs; texts of 3..12 random ids from 10..vocab-1 (never 7 or 0)."""
     rng = random.Random(seed)
 
@@ -41,7 +41,7 @@ def keyword_task(study, vocab: int = 120, n: int = 600, seed: int = 0):
 
 
 def small_config(study, **kw):
-    base = dict(dim=16, hidden=16, layers=2, rank=4, epochs=4, batch_size=32, lr=1e-2,
+    base = dict(dim=16, hidden=16, layers=2, rank=4, epochs=3, batch_size=32, lr=1e-2,
                 dropout=0.1, device="cpu", variants=["dense", "tt3"], seeds=[1, 2])  # fmt: skip
     return study.StudyConfig(**{**base, **kw}).validate()
 
