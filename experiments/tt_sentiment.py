@@ -300,8 +300,8 @@ def write_json(path: Path, obj: Any) -> None:
         f.write((json.dumps(obj, indent=1) + "\n").encode())
 
 
-def check_study(out: Path, cfg: StudyConfig) -> None:
-    """Record the settings in OUT/study.json, or stop if OUT holds runs made with other ones."""
+def study_settings(out: Path, cfg: StudyConfig) -> dict[str, Any]:
+    """The settings to record in OUT/study.json; stops if OUT holds runs made with other ones."""
     settings = {**cfg.model_settings(), "tokenizer": TOKENIZER}
     path = out / "study.json"
     if path.is_file():
@@ -312,14 +312,14 @@ def check_study(out: Path, cfg: StudyConfig) -> None:
                 f"{out} holds a study with other settings ({'; '.join(diff)}); "
                 "use another --out or the same settings"
             )
-    else:
-        write_json(path, settings)
+    return settings
 
 
 def run_study(cfg: StudyConfig, out: Path, progress: bool = True, data: Encoded | None = None):
-    """Train every (variant, seed) whose run file is missing, then write the summary and plot."""
+    """Train every (variant, seed) whose run file is missing, then write the summary and plot.
+    Nothing is written before the settings, the device and the task have been checked."""
     device = resolve_device(cfg.device, option="--device")
-    check_study(out, cfg)
+    settings = study_settings(out, cfg)
     todo = [
         (v, s)
         for s in cfg.seeds  # seed-major: an interrupted study has every variant at the first seeds
@@ -328,6 +328,8 @@ def run_study(cfg: StudyConfig, out: Path, progress: bool = True, data: Encoded 
     ]
     if todo and data is None:
         data = encode_task(cfg.task, cfg.max_length, progress)
+    if not (out / "study.json").is_file():
+        write_json(out / "study.json", settings)
     for variant, seed in tqdm(todo, desc="runs", disable=not progress):
         result = train_run(variant, seed, data, cfg, device, progress)  # type: ignore[arg-type]
         write_json(out / "runs" / f"{run_name(variant, seed)}.json", result)

@@ -113,6 +113,7 @@ def test_study_writes_runs_summary_and_plot_and_resumes(study, tmp_path):
         (["--seeds", "1", "1"], "--seeds: give distinct seeds"),
         (["--epochs", "0"], "--epochs: must be >= 1"),
         (["--threads", "0"], "--threads: must be >= 1"),
+        (["--task", "nope"], "unknown task 'nope'; valid: rt, tweets"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(study, tmp_path, capsys, args, message):
