@@ -88,7 +88,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         elif d["lo"] is None:
             diff = f"{d['mean']:+.4f} (n={d['n']}, no interval)"
         else:
-            diff = f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] (n={d['n']}, p={d['p']:.2f})"
+            diff = f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] (n={d['n']}, p={d['p']:.2g})"
         seeds = ", ".join(f"s{s} {a:.4f}" for s, a in r["test_acc"].items())
         epochs = ", ".join(str(e) for e in r["best_epoch"].values())
         lines.append(
@@ -104,11 +104,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
     colors = colors_for([r["variant"] for r in rows])
+    placed: dict[float, int] = defaultdict(int)  # variants already drawn at a compression
     for r in rows:
-        x, c = r["compression"], colors[r["variant"]]
+        # variants of equal size (dense, dense-glorot) side by side instead of on top
+        x = r["compression"] * 1.12 ** placed[round(r["compression"], 3)]
+        placed[round(r["compression"], 3)] += 1
+        c = colors[r["variant"]]
         ax.scatter([x] * r["n"], list(r["test_acc"].values()), s=14, color=c, alpha=0.5)
         ax.errorbar(x, r["test_acc_mean"], yerr=r["test_acc_sd"] or 0, fmt="o", ms=7,
-                    capsize=4, color=c, label=f"{r['variant']} ({x:.0f}×)")  # fmt: skip
+                    capsize=4, color=c, label=f"{r['variant']} ({r['compression']:.0f}×)")  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("embedding compression (dense |V|·d / embedding parameters)")
     ax.set_ylabel("test accuracy")
