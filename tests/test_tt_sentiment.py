@@ -93,7 +93,8 @@ def test_study_writes_runs_summary_and_plot_and_resumes(study, tmp_path):
     tt = rows[1]
     accs = [tt["test_acc"][s] for s in ("1", "2")]
     base = [rows[0]["test_acc"][s] for s in ("1", "2")]
-    diff = tt["diff_vs_dense"]
+    assert set(tt["diff_vs"]) == {"dense"}  # dense-glorot was not run
+    diff = tt["diff_vs"]["dense"]
     assert diff["mean"] == pytest.approx(sum(a - b for a, b in zip(accs, base)) / 2)
     assert diff["df"] == 1 and diff["lo"] <= diff["mean"] <= diff["hi"]
     assert "| tt3 |" in (tmp_path / "summary.md").read_text()
