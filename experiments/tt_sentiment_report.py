@@ -5,8 +5,9 @@
 OUT/summary.md and OUT/summary.json: per variant, test accuracy mean ± sample std over seeds, every
 seed's value, embedding parameters and compression, and the seed-paired differences against
 `dense` and, when it was run, `dense-glorot` (variant minus reference at each seed, mean with a
-Student t 95% interval on n − 1 degrees of freedom, each variant's own spread). OUT/accuracy_vs_compression.png: test accuracy against
-embedding compression, seeds as points, mean ± std as a bar.
+Student t 95% interval on n − 1 degrees of freedom, each variant's own spread).
+OUT/accuracy_vs_compression.png: test accuracy against embedding compression, seeds as points,
+mean ± std as a bar.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def load_runs(out: Path) -> list[dict[str, Any]]:
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per variant, dense first, then by compression."""
+    """One row per variant: dense, dense-glorot, then the rest by compression."""
     by_variant: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in runs:
         by_variant[r["variant"]].append(r)
@@ -69,7 +70,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "diff_vs": {b: {"mean": e.mean, "n": e.n, "df": e.df, "lo": e.lo, "hi": e.hi, "p": e.p}
                         for b, es in estimates.items() if (e := es.get(v))},
         })  # fmt: skip
-    return sorted(rows, key=lambda row: (row["variant"] not in BASELINES, row["compression"]))
+    order = {b: i for i, b in enumerate(BASELINES)}  # references first, then by compression
+    return sorted(rows, key=lambda row: (order.get(row["variant"], len(order)), row["compression"]))
 
 
 def _pm(mean: float | None, sd: float | None) -> str:
