@@ -131,7 +131,8 @@ def encode_task(task_name: str, max_length: int, progress: bool) -> Encoded:
     tok = tokenizers.Tokenizer.from_file(str(real_model_path(TOKENIZER[5:]) / "tokenizer.json"))
     tok.no_padding()  # the sentence-transformers export pads every text to a fixed length
     tok.no_truncation()
-    unk = tok.token_to_id("[UNK]")
+    unk, pad = tok.token_to_id("[UNK]"), tok.token_to_id("[PAD]")
+    assert unk is not None and pad is not None  # BERT's WordPiece has both
 
     def ids(split) -> list[tuple[list[int], int]]:
         enc = tok.encode_batch([e.text for e in split], add_special_tokens=False)
@@ -143,7 +144,7 @@ def encode_task(task_name: str, max_length: int, progress: bool) -> Encoded:
         ids(task.train),
         ids(task.validation),
         ids(task.test),
-        pad_id=tok.token_to_id("[PAD]"),
+        pad_id=pad,
     )
 
 
