@@ -93,6 +93,10 @@ def plot(recipes: dict[str, dict[str, Any]], path: Path) -> None:
         steps = [c["step"] for c in ckpts]
         n_states = len(ckpts[0]["layers"])
         for ax, f in zip(row, FIGURES):
+            if all(layer[f]["mean"] is None for c in ckpts for layer in c["layers"]):
+                ax.set_title(f"{label}: {f.replace('_', ' ')} (not in these profiles)", fontsize=8)
+                ax.set_axis_off()
+                continue
             for i in range(n_states):
                 stats = [c["layers"][i][f] for c in ckpts]
                 mean = [s["mean"] if s["mean"] is not None else float("nan") for s in stats]
