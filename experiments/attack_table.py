@@ -1,0 +1,93 @@
+"""Fooling rates of `steadylm attack` runs, per method and layer over seeds, paired against UAT.
+
+    python experiments/attack_table.py DIR [--out FILE.md]
+
+Reads every DIR/*/attack.json. A row is a method and layer (uat, luat at block N); its cells are
+the fooling rate on the victim's held-out inputs (mean ± sd over seeds, and each seed), the
+neutral-trigger baseline, and the seed-paired difference against UAT with its t interval (each
+seed's LUAT search against the UAT search of the same seed, same victim and budget).
+Runs must share the victim, the task and the search budget; the script refuses a mix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from steadylm.experiments.stats import estimate, mean_sd, paired_differences
+
+BUDGET = ("iters", "batch", "candidates", "beam", "trigger_len", "max_eval")
+LUAT_BUDGET = ("power_iters", "p", "q")  # the singular vector's; uat does not use them
+
+
+def load(folder: Path) -> list[dict[str, Any]]:
+    runs = [json.loads(f.read_text()) for f in sorted(folder.glob("*/attack.json"))]
+    if not runs:
+        raise SystemExit(f"{folder}: no */attack.json")
+    for keys, group in ((BUDGET, runs), (LUAT_BUDGET, [r for r in runs if r["method"] == "luat"])):
+        shared = {(r["classifier"], r["eval_task"], _budget(r, keys)) for r in group}
+        if len(shared) > 1:
+            raise SystemExit(f"{folder}: runs differ in victim, task or budget: {sorted(shared)}")
+    return runs
+
+
+def _budget(run: dict[str, Any], keys: tuple[str, ...]) -> str:
+    options = run.get("options", {})
+    return json.dumps({k: options.get(k) for k in keys}, sort_keys=True)
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    rates: dict[str, dict[int, float]] = defaultdict(dict)
+    for r in runs:
+        name = "uat" if r["method"] == "uat" else f"luat, block {r['layer']}"
+        rates[name][int(r["options"]["seed"])] = r["fooling_rate"]
+    baseline = mean_sd(r["baseline_fooling_rate"] for r in runs)
+    lines = [
+        f"{len(runs)} runs on {runs[0]['classifier']} ({runs[0]['eval_task']}, n_eval "
+        f"{runs[0]['n_eval']}); neutral trigger {runs[0]['baseline_trigger_text']!r}: fooling "
+        f"rate {baseline['mean']:.3f}",
+        "",
+        "| method | fooling rate, mean ± sd | per seed | − uat, paired (95% t interval) |",
+        "|---|---|---|---|",
+    ]
+    for name in sorted(rates, key=lambda n: (n != "uat", n)):
+        seeds = rates[name]
+        stat = mean_sd(seeds.values())
+        sd = "" if stat["sd"] is None else f" ± {stat['sd']:.3f}"
+        per_seed = ", ".join(f"{seeds[s]:.3f} (s{s})" for s in sorted(seeds))
+        lines.append(f"| {name} | {stat['mean']:.3f}{sd} | {per_seed} | {_vs_uat(seeds, rates)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _vs_uat(seeds: dict[int, float], rates: dict[str, dict[int, float]]) -> str:
+    if seeds is rates.get("uat") or "uat" not in rates:
+        return "—"
+    diffs = paired_differences(seeds, rates["uat"])
+    if not diffs:
+        return "no shared seed"
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = mean_sd(diffs)["sd"]
+    e = estimate(mean, n, None if sd is None else sd / n**0.5, n - 1)
+    interval = "" if e.lo is None else f" [{e.lo:+.3f}, {e.hi:+.3f}]"
+    return f"{mean:+.3f}{interval} (n = {n})"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dir", type=Path)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    text = table(load(args.dir))
+    if args.out:
+        args.out.write_text(text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
