@@ -102,8 +102,8 @@ def main() -> int:
     )
     print(f"report  {html}")
     print(
-        f"next    steadylm tev {out}/runs/*   |   steadylm sweep experiments/paper-cpu.toml --out "
-        "runs/paper-cpu --jobs 2"
+        f"next    steadylm tev {out}/runs/*   |   steadylm sweep experiments/paper-cpu-v2.toml --out "
+        "runs/paper-cpu-v2 --jobs 2"
     )
     return 0 if all(e.status == RunStatus.FINISHED for e in sweep.entries) else 1
 
