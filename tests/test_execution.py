@@ -176,3 +176,13 @@ def test_strict_bf16_on_emulating_hardware_exits_2_before_writing_the_run(tmp_pa
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert "bf16 matmuls are emulated on this CPU (Test CPU" in err and "40x slower" in err
     assert not out.exists()
+
+
+def test_the_probe_leaves_the_global_random_stream_alone():
+    """The probe runs once per process, wherever a job first asks: drawing its operands from the
+    global generator would shift every seeded run after it (a resumed fine-tune diverged)."""
+    from steadylm.hardware import matmul_gflops
+
+    state = torch.get_rng_state()
+    assert matmul_gflops(torch.float32, torch.device("cpu"), n=32) > 0
+    assert torch.equal(torch.get_rng_state(), state)

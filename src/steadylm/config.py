@@ -533,3 +533,47 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     cfg = Config()
     _apply(cfg, data, "config")
     return cfg.validate()
+
+
+# ----------------------------------------------------------------- one-section job configs
+
+T = typing.TypeVar("T")
+
+
+def load_section_config(
+    cls: type[T],
+    section: str,
+    source: str | Path | None = None,
+    overrides: typing.Sequence[str] = (),
+) -> T:
+    """A validated `cls()` for a job whose config is one `[section]` table (finetune, embed,
+    attack): from an optional TOML file, then `section.key=value` overrides in order (a later
+    one wins)."""
+    cfg = cls()
+    if source is not None:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(
+                f"--config: no such file {str(path)!r} (a TOML file with a [{section}] table)"
+            )
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"--config: cannot read {str(path)!r} ({e})") from None
+        apply_only_section(cfg, section, data, str(path))
+    for item in overrides:
+        name, key, value = parse_override(item)
+        apply_only_section(cfg, section, {name: {key: value}}, "--set")
+    validate_section(section, cfg)
+    return cfg
+
+
+def apply_only_section(cfg: Any, section: str, data: dict[str, Any], origin: str) -> None:
+    """Apply `data`'s `[section]` table to `cfg`; any other section is an error."""
+    for name, values in data.items():
+        if name != section:
+            raise ConfigError(
+                f"{origin}: unknown section [{name}]; this config has one section, [{section}]"
+                + suggest(name, [section])
+            )
+        apply_section(cfg, section, values, origin)

@@ -111,9 +111,12 @@ def _cpuinfo_lines() -> list[str]:
 
 def matmul_gflops(dtype: torch.dtype, device: torch.device, n: int = PROBE_SHAPE) -> float:
     """GFLOP/s of an n x n x n matmul in `dtype`: the best of PROBE_REPS after one warm-up (the
-    best, not the median: other processes on a shared machine only ever slow it down)."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    best, not the median: other processes on a shared machine only ever slow it down). The
+    operands come from a private generator: the probe runs once per process, at different points
+    of different jobs, and must not move the global random stream a seeded run depends on."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, generator=gen).to(dtype)
+    b = torch.randn(n, n, device=device, generator=gen).to(dtype)
     best = float("inf")
     for i in range(PROBE_REPS + 1):
         if device.type == "cuda":

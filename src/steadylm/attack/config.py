@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from steadylm.config import apply_section, parse_override, table_toml, validate_section
-from steadylm.errors import ConfigError, SteadyLMError
-from steadylm.registry import suggest
+from steadylm.config import (
+    load_section_config,
+    table_toml,
+)
+from steadylm.errors import SteadyLMError
 
 SECTION = "attack"
 METHODS = ("uat", "luat")
@@ -132,31 +132,6 @@ def help_of(name: str) -> str:
 def load_attack_config(
     source: str | Path | None = None, overrides: Sequence[str] = ()
 ) -> AttackConfig:
-    """A validated AttackConfig from an optional TOML file plus `attack.key=value` overrides."""
-    cfg = AttackConfig()
-    if source is not None:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(
-                f"--config: no such file {str(path)!r} (a TOML file with [{SECTION}])"
-            )
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"--config: cannot read {str(path)!r} ({e})") from None
-        _apply(cfg, data, str(path))
-    for item in overrides:
-        section, key, value = parse_override(item)
-        _apply(cfg, {section: {key: value}}, "--set")
-    validate_section(SECTION, cfg)
-    return cfg
-
-
-def _apply(cfg: AttackConfig, data: dict[str, Any], origin: str) -> None:
-    for section, values in data.items():
-        if section != SECTION:
-            raise ConfigError(
-                f"{origin}: unknown section [{section}]; an attack config has one section, "
-                f"[{SECTION}]" + suggest(section, [SECTION])
-            )
-        apply_section(cfg, SECTION, values, origin)
+    """A validated AttackConfig from an optional TOML file with a `[attack]` table, then
+    `attack.key=value` overrides in order (a later one wins)."""
+    return load_section_config(AttackConfig, SECTION, source, overrides)

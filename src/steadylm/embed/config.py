@@ -7,15 +7,15 @@ overrides of `--set` and of sweep specs (`[sweep] job = "embed"`).
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from steadylm.config import ConfigError, apply_section, parse_override, table_toml, validate_section
+from steadylm.config import (
+    load_section_config,
+    table_toml,
+)
 from steadylm.errors import SteadyLMError
-from steadylm.registry import suggest
 
 SECTION = "embed"
 
@@ -107,32 +107,6 @@ def help_of(name: str) -> str:
 def load_embed_config(
     source: str | Path | None = None, overrides: Sequence[str] = ()
 ) -> EmbedConfig:
-    """A validated EmbedConfig from an optional TOML file with an `[embed]` table, then
+    """A validated EmbedConfig from an optional TOML file with a `[embed]` table, then
     `embed.key=value` overrides in order (a later one wins)."""
-    cfg = EmbedConfig()
-    if source is not None:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(
-                f"--config: no such file {str(path)!r} (a TOML file with an [{SECTION}] table)"
-            )
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"--config: cannot read {str(path)!r} ({e})") from None
-        _apply(cfg, data, str(path))
-    for item in overrides:
-        section, key, value = parse_override(item)
-        _apply(cfg, {section: {key: value}}, "--set")
-    validate_section(SECTION, cfg)
-    return cfg
-
-
-def _apply(cfg: EmbedConfig, data: dict[str, Any], origin: str) -> None:
-    for section, values in data.items():
-        if section != SECTION:
-            raise ConfigError(
-                f"{origin}: unknown section [{section}]; an embed config has one section, [{SECTION}]"
-                + suggest(section, [SECTION])
-            )
-        apply_section(cfg, SECTION, values, origin)
+    return load_section_config(EmbedConfig, SECTION, source, overrides)

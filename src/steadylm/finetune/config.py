@@ -7,7 +7,6 @@ Names, types and choices are checked by the same helpers as the training config
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +16,12 @@ from steadylm.config import (
     ConfigError,
     _at_least,
     _positive,
-    apply_section,
+    apply_only_section,
     choice,
-    parse_override,
+    load_section_config,
     table_toml,
     validate_section,
 )
-from steadylm.registry import suggest
 
 SECTION = "finetune"
 METHODS = ("full", "lora", "sparsegrad")
@@ -106,41 +104,16 @@ class FinetuneConfig:
 RESUMABLE_KEYS = {"eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "device"}
 
 
-def _apply(cfg: FinetuneConfig, data: dict[str, Any], origin: str) -> None:
-    for section, values in data.items():
-        if section != SECTION:
-            raise ConfigError(
-                f"{origin}: unknown section [{section}]; a fine-tuning config has one section, [{SECTION}]"
-                + suggest(section, [SECTION])
-            )
-        apply_section(cfg, SECTION, values, origin)
-
-
 def load_finetune_config(
     source: str | Path | None = None, overrides: Sequence[str] = ()
 ) -> FinetuneConfig:
-    """A validated FinetuneConfig from an optional TOML file plus `finetune.key=value` overrides."""
-    cfg = FinetuneConfig()
-    if source is not None:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(
-                f"--config: no such file {str(path)!r} (a TOML file with a [{SECTION}] table)"
-            )
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"--config: cannot read {str(path)!r} ({e})") from None
-        _apply(cfg, data, str(path))
-    for item in overrides:
-        section, key, value = parse_override(item)
-        _apply(cfg, {section: {key: value}}, "--set")
-    validate_section(SECTION, cfg)
-    return cfg
+    """A validated FinetuneConfig from an optional TOML file with a `[finetune]` table, then
+    `finetune.key=value` overrides in order (a later one wins)."""
+    return load_section_config(FinetuneConfig, SECTION, source, overrides)
 
 
 def finetune_config_from_dict(data: dict[str, Any]) -> FinetuneConfig:
     cfg = FinetuneConfig()
-    _apply(cfg, data, "config")
+    apply_only_section(cfg, SECTION, data, "config")
     validate_section(SECTION, cfg)
     return cfg
