@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from helpers import write_corpus
 from steadylm.data import cache
 from steadylm.data.corpus import Document, default_corpus, read_user_corpus, split_documents, user_files
 from steadylm.errors import DataError
@@ -19,7 +20,7 @@ def write_jsonl(path, records):
 
 def test_txt_file_is_one_document(tmp_path):
     (tmp_path / "a.txt").write_text("héllo\nworld\n", encoding="utf-8")
-    assert read_user_corpus([str(tmp_path / "a.txt")]) == [Document(str(tmp_path / "a.txt"), "héllo\nworld\n")]
+    assert read_user_corpus([str(tmp_path / "a.txt")]) == [Document("a.txt", "héllo\nworld\n")]
 
 
 def test_utf8_byte_order_mark_is_dropped(tmp_path):
@@ -32,13 +33,13 @@ def test_jsonl_record_per_document(tmp_path):
     write_jsonl(f, [{"body": "one", "id": 1}, {"body": "two\u2028lines"}])
     f.write_text(f.read_text() + "\n")  # blank lines are skipped
     docs = read_user_corpus([str(f)], text_field="body")
-    assert docs == [Document(f"{f}:1", "one"), Document(f"{f}:2", "two\u2028lines")]
+    assert docs == [Document("d.jsonl:1", "one"), Document("d.jsonl:2", "two\u2028lines")]
 
 
 def test_parquet_row_per_document(tmp_path):
     f = tmp_path / "d.parquet"
     pq.write_table(pa.table({"text": ["alpha", None, "gamma"], "n": [1, 2, 3]}), f)
-    assert read_user_corpus([str(f)]) == [Document(f"{f}:0", "alpha"), Document(f"{f}:2", "gamma")]
+    assert read_user_corpus([str(f)]) == [Document("d.parquet:0", "alpha"), Document("d.parquet:2", "gamma")]
 
 
 def test_folder_is_read_recursively_in_sorted_order(tmp_path):
@@ -51,6 +52,7 @@ def test_folder_is_read_recursively_in_sorted_order(tmp_path):
     (tmp_path / "notes.md").write_text("not a supported type, skipped inside folders")
     docs = read_user_corpus([str(tmp_path)])
     assert [d.text for d in docs] == ["ay", "zed", "sea"]
+    assert [d.name for d in docs] == [f"{tmp_path.name}/a.txt", f"{tmp_path.name}/b/z.txt", f"{tmp_path.name}/c.jsonl:1"]
     assert user_files([str(tmp_path)]) == [tmp_path / "a.txt", tmp_path / "b" / "z.txt", tmp_path / "c.jsonl"]
 
 
@@ -115,6 +117,14 @@ def test_split_is_deterministic_disjoint_and_complete():
     assert {d.name for d in split_documents(shuffled, 0.1)[1]} == {d.name for d in val}
     # A larger fraction holds out a superset (the same hash order, cut later).
     assert {d.name for d in val} < {d.name for d in split_documents(docs, 0.3)[1]}
+
+
+def test_split_is_the_same_wherever_the_folder_lives(tmp_path):
+    for where in ("here", "elsewhere/deeper"):
+        write_corpus(tmp_path / where / "texts", n_docs=20)
+    splits = [split_documents(read_user_corpus(str(tmp_path / w / "texts")), 0.2) for w in ("here", "elsewhere/deeper")]
+    assert splits[0] == splits[1] and len(splits[0][1]) == 4
+    assert splits[0][1][0].name.startswith("texts/doc")
 
 
 def test_split_keeps_at_least_one_document_each_side():

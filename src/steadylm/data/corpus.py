@@ -145,6 +145,13 @@ def user_files(paths: str | list[str]) -> list[Path]:
 
     Hidden files and folders (a name starting with ".") inside a folder are skipped.
     """
+    return [file for file, _ in named_user_files(paths)]
+
+
+def named_user_files(paths: str | list[str]) -> list[tuple[Path, str]]:
+    """`user_files` with each file's document name: its path from the folder given, that folder's
+    own name included ("texts/a/b.txt"), or a file's name when the file is given. Names, unlike
+    absolute paths, stay the same wherever the data lives, so the split by name does too."""
     files = []
     for given in [paths] if isinstance(paths, str) else paths:
         path = Path(given).expanduser()
@@ -156,13 +163,14 @@ def user_files(paths: str | list[str]) -> list[Path]:
             )  # fmt: skip
             if not found:
                 raise DataError(f"{path}: the folder holds no {'/'.join(SUPPORTED)} files")
-            files += found
+            root = path.resolve().name
+            files += [(p, f"{root}/{p.relative_to(path).as_posix()}") for p in found]
         elif path.is_file():
             if path.suffix.lower() not in SUPPORTED:
                 raise DataError(
                     f"{path}: unsupported file type {path.suffix!r}; use {', '.join(SUPPORTED)}"
                 )
-            files.append(path)
+            files.append((path, path.name))
         else:
             raise DataError(
                 f"{path}: no such file or folder; give {', '.join(SUPPORTED)} files or folders"
@@ -225,20 +233,22 @@ def read_corpus(
 
 
 def read_user_corpus(paths: str | list[str], text_field: str = "text") -> list[Document]:
-    """Documents from `.txt` files (one per file), `.jsonl` (one per line: `file:LINE`, from 1) and
-    `.parquet` (one per row: `file:ROW`, from 0), with the text in `text_field`; folders are read
-    recursively. Empty documents are dropped; no text at all is an error.
+    """Documents from `.txt` files (one per file), `.jsonl` (one per line: `NAME:LINE`, from 1) and
+    `.parquet` (one per row: `NAME:ROW`, from 0), with the text in `text_field`; folders are read
+    recursively. NAME is the file's name as `named_user_files` gives it. Empty documents are
+    dropped; no text at all is an error.
     """
-    files = user_files(paths)
+    named = named_user_files(paths)
+    files = [file for file, _ in named]
     docs = []
-    for file in files:
+    for file, name in named:
         suffix = file.suffix.lower()
         if suffix == ".txt":
-            docs.append(Document(str(file), read_text(file)))
+            docs.append(Document(name, read_text(file)))
         elif suffix == ".jsonl":
-            docs += _read_jsonl(file, text_field)
+            docs += _read_jsonl(file, name, text_field)
         else:
-            docs += _read_parquet(file, text_field)
+            docs += _read_parquet(file, name, text_field)
     docs = [doc for doc in docs if doc.text.strip()]
     if not docs:
         shown = ", ".join(map(str, files[:3])) + (
@@ -277,7 +287,7 @@ def jsonl_records(file: Path) -> Iterator[tuple[str, Any]]:
             ) from None
 
 
-def _read_jsonl(file: Path, text_field: str) -> list[Document]:
+def _read_jsonl(file: Path, name: str, text_field: str) -> list[Document]:
     docs = []
     for where, record in jsonl_records(file):
         if not isinstance(record, dict) or text_field not in record:
@@ -291,11 +301,11 @@ def _read_jsonl(file: Path, text_field: str) -> list[Document]:
             raise DataError(
                 f"{where}: field {text_field!r} is {type(record[text_field]).__name__}, not text"
             )
-        docs.append(Document(where, record[text_field]))
+        docs.append(Document(name + where.removeprefix(str(file)), record[text_field]))
     return docs
 
 
-def _read_parquet(file: Path, text_field: str) -> list[Document]:
+def _read_parquet(file: Path, name: str, text_field: str) -> list[Document]:
     import pyarrow as pa  # imported here: reading parquet is rare and pyarrow is slow to import
     import pyarrow.parquet as pq
 
@@ -313,7 +323,7 @@ def _read_parquet(file: Path, text_field: str) -> list[Document]:
     if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
         raise DataError(f"{file}: column {text_field!r} has type {column_type}, not string")
     texts = pq.read_table(file, columns=[text_field]).column(text_field).to_pylist()
-    return [Document(f"{file}:{row}", text) for row, text in enumerate(texts) if text is not None]
+    return [Document(f"{name}:{row}", text) for row, text in enumerate(texts) if text is not None]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -326,7 +336,8 @@ def split_documents(
     """Deterministic train/validation split by whole documents.
 
     Documents are ordered by the sha256 of their name (stable across runs and machines, unlike Python's
-    `hash()`), and the first round(val_fraction * n) of that order go to validation, at least one and at
+    `hash()`, and wherever the data lives, since user documents are named from the folder given), and
+    the first round(val_fraction * n) of that order go to validation, at least one and at
     most n - 1. Both splits keep the input order.
 
     A single document cannot be split by document, so its text is split by position instead: the last

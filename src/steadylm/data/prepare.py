@@ -29,9 +29,9 @@ from steadylm.data.corpus import (
     CORPUS_NAMES,
     Document,
     corpus_sources,
+    named_user_files,
     read_corpus,
     split_documents,
-    user_files,
 )
 from steadylm.data.shards import read_shard, write_shard
 from steadylm.data.tokenizer import Tokenizer, bpe_size, build_tokenizer
@@ -66,7 +66,7 @@ def prepare(data_cfg: DataConfig, progress: bool = True) -> PreparedData:
     paths = [data_cfg.path] if isinstance(data_cfg.path, str) else list(data_cfg.path)
     names = list(dict.fromkeys(p for p in paths if p in CORPUS_NAMES))
     files = [p for p in paths if p not in CORPUS_NAMES]
-    sources = _sources(names, user_files(files) if files else [])
+    sources = _sources(names, named_user_files(files) if files else [])
     recipe = {
         "format": FORMAT_VERSION,
         "sources": sources,
@@ -132,14 +132,16 @@ def load_prepared(dir: Path | str) -> PreparedData:
     return PreparedData(folder, train, val, tok, meta)
 
 
-def _sources(names: list[str], files: list[Path]) -> list[dict]:
-    """What the data is made of, precisely enough that any change gives a new dataset key."""
+def _sources(names: list[str], files: list[tuple[Path, str]]) -> list[dict]:
+    """What the data is made of, precisely enough that any change gives a new dataset key; a user
+    file's document name is part of it, since the split goes by name."""
     sources = [source for name in names for source in corpus_sources(name)]
-    for file in files:
+    for file, doc_name in files:
         stat = file.stat()
         sources.append(
-            {"file": str(file.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        )
+            {"file": str(file.resolve()), "name": doc_name, "bytes": stat.st_size,
+             "mtime_ns": stat.st_mtime_ns}
+        )  # fmt: skip
     return sources
 
 
