@@ -577,3 +577,13 @@ def apply_only_section(cfg: Any, section: str, data: dict[str, Any], origin: str
                 + suggest(name, [section])
             )
         apply_section(cfg, section, values, origin)
+
+
+def documented(default: Any, help: str) -> Any:
+    """A dataclass field with its `--help` text: the one place a job's option is described."""
+    return field(default=default, metadata={"help": help})
+
+
+def field_help(cls: type, name: str) -> str:
+    """The `--help` text of option `name` of the dataclass `cls` (fields made by `documented`)."""
+    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)

@@ -5,12 +5,15 @@ how `steadylm sweep` runs attacks)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from steadylm.config import (
+    documented,
+    field_help,
     load_section_config,
     table_toml,
 )
@@ -20,57 +23,58 @@ SECTION = "attack"
 METHODS = ("uat", "luat")
 
 
-def _opt(default, help: str):
-    """A field with its `--help` text: the one place each option is described."""
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class AttackConfig:
     """A universal trigger against one classifier, searched on the training split and scored on
     the test split."""
 
-    classifier: str = _opt(
+    classifier: str = documented(
         "", "the victim: a `steadylm finetune` run or a Hugging Face sequence-classifier folder"
     )
-    method: str = _opt(
+    method: str = documented(
         "luat",
         "uat (HotFlip along the loss gradient) | luat (HotFlip along the (p,q)-singular vector "
         "of a hidden layer's Jacobian)",
     )
-    task: str = _opt("rt", "a task name (`steadylm tasks`) or a .jsonl/.csv file with text, label")
-    eval_task: str = _opt(
+    task: str = documented(
+        "rt", "a task name (`steadylm tasks`) or a .jsonl/.csv file with text, label"
+    )
+    eval_task: str = documented(
         "", "the task whose test split scores the trigger (task-to-task transfer; default: --task)"
     )
-    layer: str | int = _opt(
+    layer: str | int = documented(
         "auto",
         "luat: the block N (1..L) whose output is perturbed, or 'auto' (every block is tried and "
         "the best fooling rate on the selection set wins)",
     )
-    select_task: str = _opt(
+    select_task: str = documented(
         "",
         "luat --layer auto: the task whose validation split picks the layer (default: --task)",
     )
-    select_examples: int = _opt(128, "examples of the selection set (its validation split)")
-    trigger_len: int = _opt(3, "tokens in the trigger")
-    p: float = _opt(math.inf, "luat: the p of the (p,q)-singular vector (inf, or > 1)")
-    q: float = _opt(5.0, "luat: the q of the (p,q)-singular vector (> 1)")
-    power_iters: int = _opt(10, "luat: generalised power-method iterations per singular vector")
-    iters: int = _opt(10, "search iterations (each: one direction, candidates, one beam search)")
-    candidates: int = _opt(20, "HotFlip candidates per trigger position")
-    beam: int = _opt(1, "beam width of the search over positions (1: greedy)")
-    batch: int = _opt(64, "training examples per search iteration")
-    target_label: str = _opt(
+    select_examples: int = documented(128, "examples of the selection set (its validation split)")
+    trigger_len: int = documented(3, "tokens in the trigger")
+    p: float = documented(math.inf, "luat: the p of the (p,q)-singular vector (inf, or > 1)")
+    q: float = documented(5.0, "luat: the q of the (p,q)-singular vector (> 1)")
+    power_iters: int = documented(
+        10, "luat: generalised power-method iterations per singular vector"
+    )
+    iters: int = documented(
+        10, "search iterations (each: one direction, candidates, one beam search)"
+    )
+    candidates: int = documented(20, "HotFlip candidates per trigger position")
+    beam: int = documented(1, "beam width of the search over positions (1: greedy)")
+    batch: int = documented(64, "training examples per search iteration")
+    target_label: str = documented(
         "",
         "a label name or id to push every input to (targeted); by default untargeted (any change)",
     )
-    max_length: int = _opt(64, "tokens per input, special tokens and trigger included")
-    max_eval: int = _opt(0, "test examples scored (the first N of the split); 0: all")
-    profile: bool = _opt(
+    max_length: int = documented(64, "tokens per input, special tokens and trigger included")
+    max_eval: int = documented(0, "test examples scored (the first N of the split); 0: all")
+    profile: bool = documented(
         True, "compute the per-layer (p,q)-singular values at the neutral trigger (the profile)"
     )
-    profile_examples: int = _opt(32, "training examples in the sensitivity profile's batch")
-    profile_only: bool = _opt(
+    profile_examples: int = documented(32, "training examples in the sensitivity profile's batch")
+    profile_only: bool = documented(
         False,
         "only the sensitivity profile, no trigger (DIR/profile.json); CLASSIFIER may then also be "
         "a pre-trained steadylm run or checkpoint",
@@ -80,8 +84,8 @@ class AttackConfig:
         default_factory=list,
         metadata={"help": "other classifiers (run folders) scored with the trigger as text"},
     )
-    seed: int = _opt(0, "seeds the batches and the power method's start")
-    device: str = _opt("auto", "auto (cuda when available) | cpu | cuda | cuda:N")
+    seed: int = documented(0, "seeds the batches and the power method's start")
+    device: str = documented("auto", "auto (cuda when available) | cpu | cuda | cuda:N")
 
     def validate(self) -> AttackConfig:
         if not self.classifier:
@@ -124,9 +128,7 @@ class AttackConfig:
         return table_toml(SECTION, dataclasses.asdict(self))
 
 
-def help_of(name: str) -> str:
-    """The one-line description of option `name`, as `--help` shows it."""
-    return next(f.metadata["help"] for f in dataclasses.fields(AttackConfig) if f.name == name)
+help_of = functools.partial(field_help, AttackConfig)  # an option's `--help` text, by name
 
 
 def load_attack_config(

@@ -7,11 +7,14 @@ overrides of `--set` and of sweep specs (`[sweep] job = "embed"`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from steadylm.config import (
+    documented,
+    field_help,
     load_section_config,
     table_toml,
 )
@@ -22,45 +25,42 @@ SECTION = "embed"
 METHODS = ("ro_sgns", "sgns", "svd_sppmi")
 
 
-def _opt(default, help: str):
-    """A field with its `--help` text: the one place each option is described."""
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class EmbedConfig:
     """Word embeddings from one corpus by one method; every method is scored on the same counts."""
 
-    method: str = _opt(
+    method: str = documented(
         "ro_sgns",
         "ro_sgns (Riemannian SGNS from the SVD-SPPMI start) | sgns (gensim word2vec) | svd_sppmi",
     )
-    dim: int = _opt(100, "embedding dimension d, the rank of X = W C^T")
-    vocab: int = _opt(10_000, "the N most frequent words; pairs with other words are dropped")
-    window: int = _opt(2, "context words on each side (the paper's word2vec 'window 5' is 2)")
-    neg: int = _opt(5, "negative samples k; also the shift log k of SPPMI")
+    dim: int = documented(100, "embedding dimension d, the rank of X = W C^T")
+    vocab: int = documented(10_000, "the N most frequent words; pairs with other words are dropped")
+    window: int = documented(2, "context words on each side (the paper's word2vec 'window 5' is 2)")
+    neg: int = documented(5, "negative samples k; also the shift log k of SPPMI")
     # Like `data.path` of the train config: one name or path, or a list of them.
-    corpus: str | list[str] = _opt(
+    corpus: str | list[str] = documented(
         "default",
         "a named corpus ('default', 'wide') and/or .txt/.jsonl/.parquet files and folders",
     )
-    text_field: str = _opt("text", "field holding the text in .jsonl/.parquet records")
-    iters: int = _opt(25, "ro_sgns: projector-splitting iterations")
-    step: str = _opt(
+    text_field: str = documented("text", "field holding the text in .jsonl/.parquet records")
+    iters: int = documented(25, "ro_sgns: projector-splitting iterations")
+    step: str = documented(
         "auto", "ro_sgns: step lambda, or 'auto' (the first step moves X by a tenth of its norm)"
     )
-    line_search: bool = _opt(
+    line_search: bool = documented(
         True, "ro_sgns: Armijo backtracking on F from `step`; off = the paper's fixed lambda"
     )
-    epochs: int = _opt(5, "sgns: passes of gensim's SGD over the corpus")
-    sample: float = _opt(
+    epochs: int = documented(5, "sgns: passes of gensim's SGD over the corpus")
+    sample: float = documented(
         0.0, "sgns: word2vec's down-sampling threshold; 0 trains on exactly the counted pairs"
     )
-    svd_iters: int = _opt(
+    svd_iters: int = documented(
         10, "svd_sppmi (and ro_sgns's start): power iterations of the randomised truncated SVD"
     )
-    seed: int = _opt(0, "seeds gensim and the randomised SVD")
-    device: str = _opt("auto", "auto (cuda when available) | cpu | cuda | cuda:N (matrix methods)")
+    seed: int = documented(0, "seeds gensim and the randomised SVD")
+    device: str = documented(
+        "auto", "auto (cuda when available) | cpu | cuda | cuda:N (matrix methods)"
+    )
 
     def validate(self) -> EmbedConfig:
         if self.method not in METHODS:
@@ -99,9 +99,7 @@ class EmbedConfig:
         return table_toml(SECTION, dataclasses.asdict(self))
 
 
-def help_of(name: str) -> str:
-    """The one-line description of option `name`, as `--help` shows it."""
-    return next(f.metadata["help"] for f in dataclasses.fields(EmbedConfig) if f.name == name)
+help_of = functools.partial(field_help, EmbedConfig)  # an option's `--help` text, by name
 
 
 def load_embed_config(
