@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from finetune_helpers import Example, Task  # shaped like steadylm.tasks
+
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 FILLER = sorted({"".join(random.Random(i).choices(LETTERS, k=5)) for i in range(40)}) + ["the"]
 KEYWORDS = ("bad", "good")  # label ids 0 (neg) and 1 (pos), as the task file's sorted names
@@ -95,27 +97,12 @@ def write_task(path: Path, n: int = 600, seed: int = 7) -> Path:
 def finetuned_gpt(root: Path, seed: int = 0, steps: int = 120) -> Path:
     """A tiny steadylm GPT (2 blocks, d = 32, no special tokens) fine-tuned by `steadylm finetune`
     on the keyword task, mean pooling; returns the run folder."""
-    from dataclasses import dataclass
-
     from safetensors.torch import save_file
 
     from steadylm.config import Config
     from steadylm.finetune.config import load_finetune_config
     from steadylm.finetune.job import FinetuneJob
     from steadylm.model.gpt import GPT
-
-    @dataclass(frozen=True)
-    class Example:
-        text: str
-        label: int
-
-    @dataclass(frozen=True)
-    class Task:
-        name: str
-        labels: tuple[str, ...]
-        train: tuple
-        validation: tuple
-        test: tuple
 
     torch.manual_seed(seed)
     cfg = Config()
