@@ -312,11 +312,18 @@ def test_variants_that_differ_only_in_learning_rate_are_one_recipe():
                     config=config,
                 )
                 runs.append(run)
+    # a sweep's pending run has no config yet: it takes its variant's recipe, so that the
+    # baseline, looked up by variant, still names the recipe of the runs that have data
+    runs.append(Run("pre_ln-opt-s3", None, "pre_ln-opt", 6, 1e-3, 3, "pending"))
+    runs.append(Run("other-s1", None, "other", 6, 1e-3, 1, "pending"))
     names = recipes(runs)
     assert (
         names["mlra-stress-s2"] == "mlra-opt / mlra-stress"
         and names["pre_ln-opt-s1"] == "pre_ln-opt / pre_ln-stress"
+        and names["pre_ln-opt-s3"] == "pre_ln-opt / pre_ln-stress"
+        and names["other-s1"] == "other"
     )
+    runs = runs[:-2]
     for r in runs:
         loss = (
             5.0

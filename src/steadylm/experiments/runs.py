@@ -142,12 +142,11 @@ def recipes(runs: list[Run]) -> dict[str, str]:
     """Each run's recipe, for comparisons: runs whose configs agree on everything but depth,
     learning rate (and min_lr), seed and settings that do not change training are one recipe,
     named by their variant if they share one, else by their variants joined with " / " (a spec
-    that gives each learning rate its own variant, e.g. `mlra-opt` and `mlra-stress`). Runs
-    without a config keep their variant."""
+    that gives each learning rate its own variant, e.g. `mlra-opt` and `mlra-stress`). A run
+    without a config (pending in a sweep) takes the recipe of its variant's runs that have one,
+    else its variant."""
 
     def fingerprint(run: Run) -> str:
-        if not run.config:
-            return "variant:" + run.variant
         kept = {
             sec: {k: v for k, v in keys.items() if k not in NOT_RECIPE.get(sec, set())}
             for sec, keys in run.config.items()
@@ -157,10 +156,17 @@ def recipes(runs: list[Run]) -> dict[str, str]:
 
     names: dict[str, list[str]] = {}
     for r in runs:
-        names.setdefault(fingerprint(r), [])
-        if r.variant not in names[fingerprint(r)]:
-            names[fingerprint(r)].append(r.variant)
-    return {r.name: " / ".join(names[fingerprint(r)]) for r in runs}
+        if r.config:
+            names.setdefault(fingerprint(r), [])
+            if r.variant not in names[fingerprint(r)]:
+                names[fingerprint(r)].append(r.variant)
+    of_variant = {r.variant: " / ".join(names[fingerprint(r)]) for r in runs if r.config}
+    return {
+        r.name: " / ".join(names[fingerprint(r)])
+        if r.config
+        else of_variant.get(r.variant, r.variant)
+        for r in runs
+    }
 
 
 def load_run(run_dir: Path, name: str | None = None, index: dict[str, Any] | None = None) -> Run:
