@@ -110,3 +110,23 @@ def test_report_tabulates_accuracy_per_task_and_method(tmp_path):
         ("keywords", "full", 2),
         ("keywords", "sparsegrad", 2),
     }
+
+
+def test_methods_are_compared_seed_by_seed_with_t_intervals():
+    from steadylm.experiments.finetune_report import compare_methods
+
+    acc = {("full", 0): 0.80, ("full", 1): 0.82, ("full", 2): 0.81,
+           ("lora", 0): 0.70, ("lora", 1): 0.74, ("lora", 2): 0.72,
+           ("sparsegrad", 0): 0.79, ("sparsegrad", 2): 0.80}  # fmt: skip
+    done = [{"task": "rt", "method": m, "seed": s, "accuracy": a} for (m, s), a in acc.items()]
+    done.append({"task": "other", "method": "full", "seed": 0, "accuracy": 0.5})  # nothing to pair with
+    rows = {(c["task"], c["a"], c["b"]): c for c in compare_methods(done)}
+    assert set(rows) == {("rt", "lora", "full"), ("rt", "sparsegrad", "full"), ("rt", "sparsegrad", "lora")}
+    lora = rows[("rt", "lora", "full")]
+    assert lora["diffs"] == pytest.approx([-0.10, -0.08, -0.09])
+    e = lora["estimate"]  # sd 0.01, se 0.01/√3, t(0.975, 2) = 4.303
+    assert (e.n, e.df) == (3, 2) and e.mean == pytest.approx(-0.09)
+    assert e.hi == pytest.approx(-0.09 + 4.3027 * 0.01 / 3**0.5, abs=1e-4) and e.excludes_zero
+    assert lora["detectable"] > e.hi - e.mean  # power 0.8 needs more than the half-width
+    sg = rows[("rt", "sparsegrad", "full")]  # only the seeds both ran are paired
+    assert sg["diffs"] == pytest.approx([-0.01, -0.01]) and sg["estimate"].n == 2
