@@ -8,6 +8,7 @@ eval.json; runs without one (unfinished or failed) are listed with their status.
 from __future__ import annotations
 
 import json
+import statistics
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -150,9 +151,8 @@ def compare_methods(done: list[dict[str, Any]], key: str = "accuracy") -> list[d
             d = paired_differences(by[(task, a)], by[(task, b)])
             if not d:
                 continue
-            mean = sum(d) / len(d)
-            sd = (sum((x - mean) ** 2 for x in d) / (len(d) - 1)) ** 0.5 if len(d) > 1 else None
-            e = estimate(mean, len(d), sd / len(d) ** 0.5 if sd is not None else None, len(d) - 1)
+            se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else None
+            e = estimate(statistics.fmean(d), len(d), se, len(d) - 1)
             rows.append({"task": task, "a": a, "b": b, "diffs": d, "estimate": e,
                          "detectable": detectable(e)})  # fmt: skip
     return rows
