@@ -10,7 +10,7 @@ import pytest
 
 from helpers import write_corpus
 from steadylm.data import cache
-from steadylm.data.corpus import Document, default_corpus, read_user_corpus, split_documents, user_files
+from steadylm.data.corpus import Document, default_corpus, read_user_corpus, named_user_files, split_documents
 from steadylm.errors import DataError
 
 
@@ -53,7 +53,8 @@ def test_folder_is_read_recursively_in_sorted_order(tmp_path):
     docs = read_user_corpus([str(tmp_path)])
     assert [d.text for d in docs] == ["ay", "zed", "sea"]
     assert [d.name for d in docs] == [f"{tmp_path.name}/a.txt", f"{tmp_path.name}/b/z.txt", f"{tmp_path.name}/c.jsonl:1"]
-    assert user_files([str(tmp_path)]) == [tmp_path / "a.txt", tmp_path / "b" / "z.txt", tmp_path / "c.jsonl"]
+    assert [f for f, _ in named_user_files([str(tmp_path)])] == [tmp_path / "a.txt", tmp_path / "b" / "z.txt",
+                                                                 tmp_path / "c.jsonl"]
 
 
 def test_empty_documents_are_dropped_but_no_text_is_an_error(tmp_path):

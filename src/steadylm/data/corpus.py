@@ -140,18 +140,12 @@ def _kjv() -> list[Document]:
 SUPPORTED = (".txt", ".jsonl", ".parquet")
 
 
-def user_files(paths: str | list[str]) -> list[Path]:
-    """The files that `paths` name: files as given, folders expanded to their supported files, sorted.
-
-    Hidden files and folders (a name starting with ".") inside a folder are skipped.
-    """
-    return [file for file, _ in named_user_files(paths)]
-
-
 def named_user_files(paths: str | list[str]) -> list[tuple[Path, str]]:
-    """`user_files` with each file's document name: its path from the folder given, that folder's
-    own name included ("texts/a/b.txt"), or a file's name when the file is given. Names, unlike
-    absolute paths, stay the same wherever the data lives, so the split by name does too."""
+    """The files that `paths` name, each with its document name: files as given, folders expanded
+    to their supported files, sorted; hidden files and folders (a name starting with ".") inside a
+    folder are skipped. The name is the path from the folder given, that folder's own name
+    included ("texts/a/b.txt"), or a file's name when the file is given: unlike absolute paths,
+    names stay the same wherever the data lives, and so does the split by name."""
     files = []
     for given in [paths] if isinstance(paths, str) else paths:
         path = Path(given).expanduser()
