@@ -139,9 +139,13 @@ def _sources(names: list[str], files: list[tuple[Path, str]]) -> list[dict]:
     for file, doc_name in files:
         stat = file.stat()
         sources.append(
-            {"file": str(file.resolve()), "name": doc_name, "bytes": stat.st_size,
-             "mtime_ns": stat.st_mtime_ns}
-        )  # fmt: skip
+            {
+                "file": str(file.resolve()),
+                "name": doc_name,
+                "bytes": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+            }
+        )
     return sources
 
 
