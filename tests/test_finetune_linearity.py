@@ -48,6 +48,7 @@ def test_differences_are_block_means_paired_with_the_base_and_intervals_cover_th
     one = lora["linearity_no_residual"]  # one seed: a difference, no interval
     assert one["diff"] == pytest.approx(-0.05) and one["low"] is None
     table = lin.markdown(summary, "pypi:base")
+    assert "base `pypi:base`, on the default corpus's validation split" in table
     assert "| rt | full | 0,1,2 | 0.800 | 0.600 → 0.800 | +0.200 [" in table
     assert "| rt | lora | 0 | 0.700 | 0.600 → 0.550 | -0.050 [—, —]" in table
 
