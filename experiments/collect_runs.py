@@ -4,7 +4,9 @@ continued on another machine without the checkpoints.
     python experiments/collect_runs.py runs/paper-cpu-v2 results/paper-cpu-v2/sweep
 
 For every run whose status is final (finished, diverged, failed) it copies config.toml,
-provenance.json, status.json and metrics.jsonl; it also copies the sweep's index.jsonl and spec.
+provenance.json, status.json and metrics.jsonl, and the result file of a fine-tuning, attack or
+embedding run (eval.json, attack.json, embed.json and objective.jsonl) when it has one; it also
+copies the sweep's index.jsonl and spec.
 `steadylm report DEST` reads the copy as it reads the sweep. To continue the sweep elsewhere,
 copy DEST back to a sweep folder: finished runs are kept, the rest are trained.
 """
@@ -16,7 +18,16 @@ import shutil
 import sys
 from pathlib import Path
 
-SMALL_FILES = ("config.toml", "provenance.json", "status.json", "metrics.jsonl")
+SMALL_FILES = (
+    "config.toml",
+    "provenance.json",
+    "status.json",
+    "metrics.jsonl",
+    "eval.json",
+    "attack.json",
+    "embed.json",
+    "objective.jsonl",
+)
 FINAL = {"finished", "diverged", "failed"}
 
 
