@@ -2,12 +2,12 @@
 classifier fine-tuned from it, per task and method, with seed intervals.
 
     python experiments/finetune_linearity.py SWEEP [SWEEP...] --out OUT [--base pypi:all-minilm-l6-v2]
-        [--text FILE...]
+        [--text FILE... | --task NAME]
 
 SWEEP is a `steadylm sweep` folder of fine-tuning runs (or a folder of run folders); every finished
 run's exported `classifier/` is profiled, as is the base, on the same text (the validation split of
-the default corpus, the `steadylm analyze` default, or --text files as `steadylm analyze --text`
-takes them) with the same samples. Profiles are cached as
+the default corpus, the `steadylm analyze` default; --text files as `steadylm analyze --text`
+takes them; or --task NAME, the test split of a `steadylm tasks` task) with the same samples. Profiles are cached as
 OUT/profiles/NAME.json, so a rerun only profiles the runs that are new.
 
 Writes OUT/linearity.md and OUT/linearity.json: per task and method, the mean over blocks of the
@@ -37,10 +37,16 @@ def finished_runs(folders: list[Path]) -> list[Path]:
     return sorted(set(runs), key=lambda r: r.name)
 
 
-def analysis_texts(files: list[str] | None) -> list[str]:
-    """What `steadylm analyze` reads: the files given, else the default corpus's validation split."""
+def analysis_texts(files: list[str] | None, task: str | None = None) -> list[str]:
+    """The test split of `task`, else what `steadylm analyze` reads: the files given, else the
+    default corpus's validation split."""
     from steadylm.config import DataConfig
     from steadylm.data.corpus import default_corpus, read_user_corpus, split_documents
+
+    if task:
+        from steadylm.tasks import load_task
+
+        return [example.text for example in load_task(task).test]
 
     docs = (
         read_user_corpus(files)
@@ -184,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             f"no finished fine-tuning runs with an exported classifier under {args.sweeps}"
         )
     cache = args.out / "profiles"
-    texts = analysis_texts(args.text)
+    texts = analysis_texts(args.text, args.task)
     base = profile(args.base, texts, cache / "base.json")
     runs = {}
     for run in runs_found:
@@ -196,7 +202,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     summary = summarise(base, runs)
     (args.out / "linearity.json").write_text(json.dumps(summary, indent=1))
-    text = f"`{' '.join(args.text)}`" if args.text else "the default corpus's validation split"
+    text = (
+        f"the test split of `{args.task}`"
+        if args.task
+        else f"`{' '.join(args.text)}`"
+        if args.text
+        else "the default corpus's validation split"
+    )
     (args.out / "linearity.md").write_text(markdown(summary, args.base, text))
     plot(summary, runs, args.out / "linearity.png")
     print((args.out / "linearity.md").read_text())
