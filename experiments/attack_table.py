@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from steadylm.experiments.stats import estimate, mean_sd, paired_differences
+from steadylm.experiments.stats import mean_difference, mean_sd, paired_differences
 
 BUDGET = ("iters", "batch", "candidates", "beam", "trigger_len", "max_eval")
 LUAT_BUDGET = ("power_iters", "p", "q")  # the singular vector's; uat does not use them
@@ -93,12 +93,9 @@ def _vs_uat(seeds: dict[int, float], rates: dict[str, dict[int, float]]) -> str:
     diffs = paired_differences(seeds, rates["uat"])
     if not diffs:
         return "no shared seed"
-    n = len(diffs)
-    mean = sum(diffs) / n
-    sd = mean_sd(diffs)["sd"]
-    e = estimate(mean, n, None if sd is None else sd / n**0.5, n - 1)
+    e = mean_difference(diffs)
     interval = "" if e.lo is None else f" [{e.lo:+.3f}, {e.hi:+.3f}]"
-    return f"{mean:+.3f}{interval} (n = {n})"
+    return f"{e.mean:+.3f}{interval} (n = {e.n})"
 
 
 def main(argv: list[str]) -> int:

@@ -24,6 +24,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from steadylm.experiments.stats import mean_difference
+
 FIGURES = ("linearity_no_residual", "linearity")
 
 
@@ -38,22 +40,15 @@ def finished_runs(folders: list[Path]) -> list[Path]:
 
 
 def analysis_texts(files: list[str] | None, task: str | None = None) -> list[str]:
-    """The test split of `task`, else what `steadylm analyze` reads: the files given, else the
-    default corpus's validation split."""
-    from steadylm.config import DataConfig
-    from steadylm.data.corpus import default_corpus, read_user_corpus, split_documents
-
+    """The test split of `task`, else what `steadylm analyze` reads (the files given, else the
+    default corpus's validation split)."""
     if task:
         from steadylm.tasks import load_task
 
         return [example.text for example in load_task(task).test]
+    from steadylm.cli.analyze import analysis_texts as analyze_texts
 
-    docs = (
-        read_user_corpus(files)
-        if files
-        else split_documents(default_corpus(False), DataConfig().val_fraction)[1]
-    )
-    return [d.text for d in docs]
+    return analyze_texts(files, progress=False)
 
 
 def profile(model_path: str, texts: list[str], cache: Path) -> dict[str, Any]:
@@ -77,17 +72,6 @@ def block_values(prof: dict[str, Any], figure: str) -> list[float]:
     return [layer[figure] for layer in prof["layers"][1:]]
 
 
-def t_interval(diffs: list[float]) -> tuple[float, float | None, float | None]:
-    """Mean and 95% t interval of `diffs` (no interval from fewer than two)."""
-    from steadylm.experiments.stats import t_quantile
-
-    mean = statistics.fmean(diffs)
-    if len(diffs) < 2:
-        return mean, None, None
-    half = t_quantile(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
-    return mean, mean - half, mean + half
-
-
 def summarise(base: dict[str, Any], runs: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> dict:
     """Per (task, method): the seeds' block-mean figures and their differences from the base.
 
@@ -106,13 +90,13 @@ def summarise(base: dict[str, Any], runs: dict[str, tuple[dict[str, Any], dict[s
             base_blocks = block_values(base, f)
             per_seed = [block_values(p, f) for _, p in members]
             diffs = [statistics.fmean(b) - statistics.fmean(base_blocks) for b in per_seed]
-            mean, lo, hi = t_interval(diffs)
+            e = mean_difference(diffs)
             cell[f] = {
                 "base_mean": statistics.fmean(base_blocks),
                 "tuned_mean": statistics.fmean(statistics.fmean(b) for b in per_seed),
-                "diff": mean,
-                "low": lo,
-                "high": hi,
+                "diff": e.mean,
+                "low": e.lo,
+                "high": e.hi,
                 "per_block_diff": [
                     statistics.fmean(b[i] for b in per_seed) - base_blocks[i]
                     for i in range(len(base_blocks))

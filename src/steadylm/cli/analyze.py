@@ -183,7 +183,7 @@ def _profile(args: argparse.Namespace) -> tuple[dict, list[dict]]:
         run_checkpoints(path)  # reject a non-run before reading any text
         result = over_training(
             path,
-            _texts(args, progress),
+            analysis_texts(args.text, args.text_field, progress),
             args.tokens,
             args.drop_first,
             **sampling,
@@ -196,7 +196,7 @@ def _profile(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     model = load_for_analysis(args.path, device)
     result = analyze_model(
         model,
-        _texts(args, progress),
+        analysis_texts(args.text, args.text_field, progress),
         args.tokens,
         args.drop_first,
         **sampling,
@@ -205,13 +205,15 @@ def _profile(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     return result, [result]
 
 
-def _texts(args: argparse.Namespace, progress: bool) -> list[str]:
+def analysis_texts(
+    files: list[str] | None, text_field: str = "text", progress: bool = True
+) -> list[str]:
     """The user's files, else the validation documents of the default corpus (the split training uses)."""
     from steadylm.config import DataConfig
     from steadylm.data.corpus import default_corpus, read_user_corpus, split_documents
 
-    if args.text:
-        docs = read_user_corpus(args.text, args.text_field)
+    if files:
+        docs = read_user_corpus(files, text_field)
     else:
         docs = split_documents(default_corpus(progress), DataConfig().val_fraction)[1]
     return [d.text for d in docs]

@@ -8,7 +8,6 @@ eval.json; runs without one (unfinished or failed) are listed with their status.
 from __future__ import annotations
 
 import json
-import statistics
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import steadylm
 from steadylm.experiments.analysis import mean_sd
 from steadylm.experiments.document import Heading, Para, Table
-from steadylm.experiments.stats import detectable, estimate, paired_differences
+from steadylm.experiments.stats import detectable, mean_difference, paired_differences
 from steadylm.experiments.sweep import read_index, read_status
 
 METHOD_ORDER = ("full", "lora", "sparsegrad")
@@ -151,8 +150,7 @@ def compare_methods(done: list[dict[str, Any]], key: str = "accuracy") -> list[d
             d = paired_differences(by[(task, a)], by[(task, b)])
             if not d:
                 continue
-            se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else None
-            e = estimate(statistics.fmean(d), len(d), se, len(d) - 1)
+            e = mean_difference(d)
             rows.append({"task": task, "a": a, "b": b, "diffs": d, "estimate": e,
                          "detectable": detectable(e)})  # fmt: skip
     return rows

@@ -216,6 +216,15 @@ def estimate(
     return Estimate(mean, n, se, df, mean - half, mean + half, p)
 
 
+def mean_difference(diffs: Sequence[float], confidence: float = CONFIDENCE) -> Estimate:
+    """The mean of paired differences with its own t interval: SE = sd / √n on n − 1 degrees of
+    freedom (no SE from a single difference)."""
+    n = len(diffs)
+    v = np.asarray(diffs, dtype=float)
+    se = float(v.std(ddof=1)) / math.sqrt(n) if n > 1 else None
+    return estimate(float(v.mean()), n, se, n - 1, confidence)
+
+
 def paired_differences(a: Mapping[int, float | None], b: Mapping[int, float | None]) -> list[float]:
     """a − b for each seed both have a finite value for, in seed order."""
     out = []
