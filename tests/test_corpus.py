@@ -52,7 +52,8 @@ def test_folder_is_read_recursively_in_sorted_order(tmp_path):
     (tmp_path / "notes.md").write_text("not a supported type, skipped inside folders")
     docs = read_user_corpus([str(tmp_path)])
     assert [d.text for d in docs] == ["ay", "zed", "sea"]
-    assert [d.name for d in docs] == [f"{tmp_path.name}/a.txt", f"{tmp_path.name}/b/z.txt", f"{tmp_path.name}/c.jsonl:1"]
+    root = tmp_path.name
+    assert [d.name for d in docs] == [f"{root}/a.txt", f"{root}/b/z.txt", f"{root}/c.jsonl:1"]
     assert [f for f, _ in named_user_files([str(tmp_path)])] == [tmp_path / "a.txt", tmp_path / "b" / "z.txt",
                                                                  tmp_path / "c.jsonl"]
 
