@@ -191,3 +191,25 @@ def test_a_tokenizer_that_pads_to_a_fixed_length_is_run_unpadded(text_file, tmp_
     encode, decode = _hf_tokenizer(tmp_path, tmp_path, {}, None)
     ids = encode("a stable model")
     assert 0 < len(ids) < 64 and decode(ids).strip() == "a stable model"  # padded, it would be 64
+
+
+def test_gguf_loads_are_silenced_and_others_are_not(capsys):
+    """transformers' GGUF dequantisation bar is a bare tqdm that its progress switch misses."""
+    import logging
+
+    from tqdm.auto import tqdm
+
+    from steadylm.analysis.models import quiet_gguf
+
+    log = logging.getLogger("steadylm-test-quiet-gguf")
+    log.addHandler(logging.StreamHandler())  # made here, so it holds capsys's stream
+    with quiet_gguf("model.Q4_1.gguf"):
+        for _ in tqdm(range(3), desc="dequantising"):
+            pass
+        log.error("a real error")
+    err = capsys.readouterr().err
+    assert "dequantising" not in err and "a real error" in err
+    with quiet_gguf(None):
+        for _ in tqdm(range(3), desc="dequantising"):
+            pass
+    assert "dequantising" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 from steadylm import bench
 from steadylm.config import ModelConfig
 from steadylm.model.gpt import GPT
@@ -116,3 +118,25 @@ def test_the_plain_loop_steps_from_the_uniform_loss_with_finite_losses():
     losses = [float(step()) for _ in range(30)]
     # Random tokens: the model can only learn their uniform distribution, from ln 50 at init.
     assert abs(losses[0] - math.log(50)) < 0.3 and all(math.isfinite(v) for v in losses)
+
+
+def test_revision_export_holds_what_the_before_after_script_imports(tmp_path, monkeypatch):
+    """experiments/bench_revisions.py times old and new revisions through their own
+    `bench.measure_training` and `bench.MONITORS_OFF`: this revision must still provide both."""
+    import ast
+    import shutil
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("needs the git checkout")
+    monkeypatch.syspath_prepend(str(repo / "experiments"))
+    import bench_revisions
+
+    commit, src = bench_revisions.export(repo, "HEAD", tmp_path)
+    assert len(commit) == 40
+    tree = ast.parse((src / "steadylm" / "bench.py").read_text())
+    names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assigned = (t for n in tree.body if isinstance(n, ast.Assign) for t in n.targets)
+    names |= {t.id for t in assigned if isinstance(t, ast.Name)}
+    assert {"measure_training", "MONITORS_OFF"} <= names

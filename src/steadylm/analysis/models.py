@@ -17,6 +17,8 @@ is set before transformers is imported.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import sys
@@ -183,6 +185,13 @@ def _transformers():
     return transformers
 
 
+def quiet_gguf(gguf_file: str | None) -> contextlib.AbstractContextManager:
+    """Around a GGUF load: transformers dequantises under a tqdm bar of its own, which its
+    progress switch above does not reach and which floods logs with carriage returns. Logging
+    handlers keep the stream they were created with, so errors still show."""
+    return contextlib.redirect_stderr(io.StringIO()) if gguf_file else contextlib.nullcontext()
+
+
 def _huggingface(folder: Path, gguf_file: str | None = None) -> AnalysisModel:
     tf = _transformers()
     kw = {"gguf_file": gguf_file} if gguf_file else {}
@@ -190,7 +199,8 @@ def _huggingface(folder: Path, gguf_file: str | None = None) -> AnalysisModel:
     try:
         config = tf.AutoConfig.from_pretrained(folder, **kw)
         # The base model (no LM head): the blocks are all we watch, and logits would cost (T, V).
-        module = tf.AutoModel.from_pretrained(folder, dtype=torch.float32, **kw).eval()
+        with quiet_gguf(gguf_file):
+            module = tf.AutoModel.from_pretrained(folder, dtype=torch.float32, **kw).eval()
     except (OSError, ValueError, KeyError, ImportError) as e:
         raise SteadyLMError(f"{what}: transformers cannot load it ({_first_line(e)})") from None
     decoder = (

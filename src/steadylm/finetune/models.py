@@ -168,7 +168,7 @@ def _steadylm(path: Path, labels: tuple[str, ...], pooling: str) -> LoadedBase:
 
 
 def _huggingface(folder: Path, labels: tuple[str, ...], gguf_file: str | None = None) -> LoadedBase:
-    from steadylm.analysis.models import _first_line, _transformers
+    from steadylm.analysis.models import _first_line, _transformers, quiet_gguf
 
     tf = _transformers()
     kw = {"gguf_file": gguf_file} if gguf_file else {}
@@ -178,9 +178,10 @@ def _huggingface(folder: Path, labels: tuple[str, ...], gguf_file: str | None = 
         config = tf.AutoConfig.from_pretrained(folder, **kw)
         config.num_labels = len(labels)
         config.id2label, config.label2id = id2label, {v: k for k, v in id2label.items()}
-        body = tf.AutoModelForSequenceClassification.from_pretrained(
-            folder, config=config, dtype=torch.float32, ignore_mismatched_sizes=True, **kw
-        )
+        with quiet_gguf(gguf_file):
+            body = tf.AutoModelForSequenceClassification.from_pretrained(
+                folder, config=config, dtype=torch.float32, ignore_mismatched_sizes=True, **kw
+            )
     except (OSError, ValueError, KeyError, ImportError, TypeError) as e:
         raise SteadyLMError(
             f"{what}: cannot be loaded as a sequence classifier by transformers ({_first_line(e)})"
