@@ -2,13 +2,15 @@
 classifier fine-tuned from it, per task and method, with seed intervals.
 
     python experiments/finetune_linearity.py SWEEP [SWEEP...] --out OUT [--base pypi:all-minilm-l6-v2]
-        [--text FILE... | --task NAME]
+        [--text FILE... | --task NAME [--all-runs]]
 
 SWEEP is a `steadylm sweep` folder of fine-tuning runs (or a folder of run folders); every finished
 run's exported `classifier/` is profiled, as is the base, on the same text (the validation split of
 the default corpus, the `steadylm analyze` default; --text files as `steadylm analyze --text`
-takes them; or --task NAME, the test split of a `steadylm tasks` task) with the same samples. Profiles are cached as
-OUT/profiles/NAME.json, so a rerun only profiles the runs that are new.
+takes them; or --task NAME, the test split of a `steadylm tasks` task) with the same samples. With
+--task, only the runs fine-tuned on that task are profiled (the question is the task's own text;
+--all-runs adds the others). Profiles are cached as OUT/profiles/NAME.json, so a rerun only
+profiles the runs that are new.
 
 Writes OUT/linearity.md and OUT/linearity.json: per task and method, the mean over blocks of the
 linearity without the residual (Y = h_l − h_{l−1}) and with it (Y = h_l), the mean over seeds, the
@@ -29,12 +31,15 @@ from steadylm.experiments.stats import mean_difference
 FIGURES = ("linearity_no_residual", "linearity")
 
 
-def finished_runs(folders: list[Path]) -> list[Path]:
-    """Run folders under `folders` with an eval.json and an exported classifier, sorted by name."""
+def finished_runs(folders: list[Path], task: str | None = None) -> list[Path]:
+    """Run folders under `folders` with an eval.json and an exported classifier (fine-tuned on
+    `task`, when given), sorted by name."""
     runs = []
     for folder in folders:
         for eval_file in folder.rglob("eval.json"):
-            if (eval_file.parent / "classifier" / "config.json").is_file():
+            if not (eval_file.parent / "classifier" / "config.json").is_file():
+                continue
+            if task is None or json.loads(eval_file.read_text()).get("task") == task:
                 runs.append(eval_file.parent)
     return sorted(set(runs), key=lambda r: r.name)
 
@@ -169,8 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         "--text", nargs="+", help="text files or folders (default: the default corpus)"
     )
     source.add_argument("--task", help="a task's test split as the text (e.g. rt)")
+    parser.add_argument(
+        "--all-runs",
+        action="store_true",
+        help="with --task, also the runs fine-tuned on other tasks",
+    )
     args = parser.parse_args(argv)
-    runs_found = finished_runs(args.sweeps)
+    runs_found = finished_runs(args.sweeps, None if args.all_runs else args.task)
     if not runs_found:
         raise SystemExit(
             f"no finished fine-tuning runs with an exported classifier under {args.sweeps}"

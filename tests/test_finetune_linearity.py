@@ -64,6 +64,16 @@ def test_only_runs_with_an_exported_classifier_are_found(lin, tmp_path):
     assert [r.name for r in lin.finished_runs([tmp_path])] == ["a"]
 
 
+def test_a_task_text_profiles_only_the_runs_tuned_on_it(lin, tmp_path):
+    for name, task in (("r", "rt"), ("t", "tweets")):
+        run = tmp_path / "runs" / name
+        (run / "classifier").mkdir(parents=True)
+        (run / "classifier" / "config.json").write_text("{}")
+        (run / "eval.json").write_text(json.dumps({"task": task}))
+    assert [r.name for r in lin.finished_runs([tmp_path], "tweets")] == ["t"]
+    assert [r.name for r in lin.finished_runs([tmp_path])] == ["r", "t"]
+
+
 def test_text_sources_are_exclusive_and_no_runs_is_an_error(lin, tmp_path):
     with pytest.raises(SystemExit) as bad:
         lin.main([str(tmp_path), "--out", str(tmp_path / "out"), "--task", "rt", "--text", "a.txt"])
