@@ -160,3 +160,43 @@ def test_config_file_and_set_and_resume(setup, tmp_path, capsys):
     assert (r["method"], r["options"]["batch"], r["options"]["candidates"]) == ("uat", 16, 5)
     assert main([*argv, "--resume"]) == 2  # finished: nothing to start over
     assert "finished already" in capsys.readouterr().err
+
+
+def test_layer_auto_reuses_single_layer_triggers_and_refuses_other_searches(setup, tmp_path, capsys):
+    clf, task, _ = setup
+    common = ["--task", str(task), "--method", "luat", "--no-profile", "--max-eval", "40",
+              "--select-examples", "24", *FAST]  # fmt: skip
+    single = {}
+    for layer in (1, 2):
+        single[layer] = tmp_path / f"luat{layer}"
+        argv = ["attack", str(clf), *common, "--layer", str(layer), "--out", str(single[layer])]
+        assert main(argv) == 0
+    out = tmp_path / "auto"
+    assert main(["attack", str(clf), *common, "--reuse", str(single[1]), "--out", str(out)]) == 0
+    r = json.loads((out / "attack.json").read_text())
+    one, two = r["layer_selection"]
+    first = json.loads((single[1] / "attack.json").read_text())
+    assert one["reused_from"] == str(single[1]) and one["trigger_ids"] == first["trigger_ids"]
+    # Layer 2 was searched here, and the search is the one a single-layer attack runs.
+    second = json.loads((single[2] / "attack.json").read_text())
+    assert two["reused_from"] is None and two["trigger_ids"] == second["trigger_ids"]
+    best = one if one["select_fooling_rate"] >= two["select_fooling_rate"] else two
+    assert (r["layer"], r["trigger_ids"]) == (best["layer"], best["trigger_ids"])
+    capsys.readouterr()
+    bad = [
+        (["--seed", "1"], "searched with seed = 0, this attack has 1"),
+        (["--layer", "1"], "--reuse: only for --method luat --layer auto"),
+        (["--candidates", "5"], "searched with candidates = 10"),
+    ]
+    for extra, expect in bad:
+        argv = ["attack", str(clf), *common, "--reuse", str(single[1]), *extra,
+                "--out", str(tmp_path / "bad")]  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expect in err, err
+        assert not (tmp_path / "bad").exists()
+    argv = ["attack", str(clf), *common, "--reuse", str(single[1]), str(single[1]),
+            "--out", str(tmp_path / "bad")]  # fmt: skip
+    assert main(argv) == 2 and "layer 1 given twice" in capsys.readouterr().err
+    argv = ["attack", str(clf), *common, "--reuse", str(out), "--out", str(tmp_path / "bad")]
+    assert main(argv) == 2 and "a --layer auto attack; give single-layer ones" in capsys.readouterr().err

@@ -84,6 +84,14 @@ class AttackConfig:
         default_factory=list,
         metadata={"help": "other classifiers (run folders) scored with the trigger as text"},
     )
+    reuse: str | list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "luat --layer auto: earlier single-layer luat attacks (their folders) on the "
+            "same classifier, task, seed and search options, whose triggers are scored on the "
+            "selection set instead of being searched again"
+        },
+    )
     seed: int = documented(0, "seeds the batches and the power method's start")
     device: str = documented("auto", "auto (cuda when available) | cpu | cuda | cuda:N")
 
@@ -92,6 +100,8 @@ class AttackConfig:
             raise SteadyLMError("give the CLASSIFIER to attack (or attack.classifier)")
         if isinstance(self.transfer, str):
             self.transfer = [self.transfer] if self.transfer else []
+        if isinstance(self.reuse, str):
+            self.reuse = [self.reuse] if self.reuse else []
         if self.method not in METHODS:
             raise SteadyLMError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.layer != "auto" and not (str(self.layer).isdigit() and int(self.layer) >= 1):
@@ -102,6 +112,8 @@ class AttackConfig:
             if getattr(self, name) < low:
                 flag = name.replace("_", "-")
                 raise SteadyLMError(f"--{flag}: must be >= {low}, got {getattr(self, name)}")
+        if self.reuse and not (self.method == "luat" and self.layer == "auto"):
+            raise SteadyLMError("--reuse: only for --method luat --layer auto")
         if self.profile_only and (not self.profile or self.transfer):
             raise SteadyLMError("--profile-only: takes neither --no-profile nor --transfer")
         if not (self.p > 1):
@@ -118,6 +130,10 @@ class AttackConfig:
     @property
     def transfer_runs(self) -> list[str]:
         return [self.transfer] if isinstance(self.transfer, str) else list(self.transfer)
+
+    @property
+    def reuse_runs(self) -> list[str]:
+        return [self.reuse] if isinstance(self.reuse, str) else list(self.reuse)
 
     @property
     def layer_number(self) -> int | None:

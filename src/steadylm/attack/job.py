@@ -26,6 +26,7 @@ from steadylm import rundir
 from steadylm.attack.config import AttackConfig
 from steadylm.attack.evaluate import fooling_rate, predict, text_fooling_rate
 from steadylm.attack.jacobian import sensitivity_profile
+from steadylm.attack.reuse import read_reused
 from steadylm.attack.search import Batches, SearchResult, search_trigger
 from steadylm.attack.victim import Victim, load_victim
 from steadylm.device import resolve_device
@@ -106,6 +107,7 @@ class AttackJob:
         n = self.victim.n_layer
         if cfg.layer_number is not None and cfg.layer_number > n:
             raise SteadyLMError(f"--layer {cfg.layer}: {classifier} has blocks 1..{n}")
+        self.reused = read_reused(cfg, n)
 
     def _load_tasks(self) -> None:
         """The search task (train split), the scoring task (test split) and, for luat --layer
@@ -164,13 +166,18 @@ class AttackJob:
         for layer in tqdm(
             range(1, v.n_layer + 1), desc="layers", unit="layer", disable=not self.progress
         ):
-            batches.restart()
-            found = search_trigger(v, batches, cfg, self.target, layer, allowed, emb, self.progress,
-                                   desc=f"layer {layer}")  # fmt: skip
+            reused = self.reused.get(layer)
+            if reused:
+                found = SearchResult(reused.trigger, layer, reused.history, reused.seconds)
+            else:
+                batches.restart()
+                found = search_trigger(v, batches, cfg, self.target, layer, allowed, emb,
+                                       self.progress, desc=f"layer {layer}")  # fmt: skip
             rate, n = fooling_rate(v, sel_rows, sel_labels, found.trigger, self.target, sel_clean)
             per_layer.append({"layer": layer, "trigger_ids": found.trigger,
                               "trigger_text": v.decode(found.trigger), "select_fooling_rate": rate,
-                              "select_n": n, "seconds": found.seconds})  # fmt: skip
+                              "select_n": n, "seconds": found.seconds,
+                              "reused_from": reused.source if reused else None})  # fmt: skip
             if best is None or rate > best[0]:  # ties keep the shallower layer
                 best = (rate, found)
         assert best is not None

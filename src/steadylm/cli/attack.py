@@ -22,7 +22,7 @@ steadylm language model.
 See docs/attack.md."""
 
 # Options that argparse handles apart from the loop over the dataclass.
-_SPECIAL = {"classifier", "method", "transfer", "profile", "profile_only"}
+_SPECIAL = {"classifier", "method", "transfer", "reuse", "profile", "profile_only"}
 _METAVARS = {"task": "NAME", "select_task": "NAME", "eval_task": "NAME", "layer": "N|auto",
              "target_label": "LABEL", "device": "DEVICE"}  # fmt: skip
 
@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        metavar=_METAVARS.get(f.name, "N" if typ is int else f.name.upper()),
                        help=help_of(f.name) + shown)  # fmt: skip
     p.add_argument("--transfer", nargs="+", metavar="RUN", help=help_of("transfer"))
+    p.add_argument("--reuse", nargs="+", metavar="DIR", help=help_of("reuse"))
     p.add_argument("--no-profile", dest="profile", action="store_const", const=False,
                    help="skip the per-layer sensitivity profile")  # fmt: skip
     p.add_argument("--profile-only", action="store_const", const=True,
