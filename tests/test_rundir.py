@@ -56,6 +56,18 @@ def test_the_rule_catches_a_lazy_import(tmp_path):
     assert _imports(f) == ["steadylm.train.checkpoint"]
 
 
+def test_no_function_in_src_reaches_60_lines():
+    """Long functions hide state and mix concerns (docs/architecture.md): split them."""
+    long = []
+    for f in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines >= 60:
+                    long.append(f"{f.relative_to(SRC)}:{node.lineno} {node.name}: {lines} lines")
+    assert not long, "\n".join(long)
+
+
 def _fake_checkpoint(run: Path, step: int) -> Path:
     ckpt = run / rundir.CHECKPOINTS / rundir.step_dir_name(step)
     ckpt.mkdir(parents=True)

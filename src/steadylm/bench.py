@@ -562,6 +562,25 @@ def format_table(r: dict[str, Any]) -> str:
         f"matmul peak ({PEAK_SHAPE}^3): fp32 {r['peak_fp32_flops'] / g:.0f} GFLOP/s, bf16 "
         + (f"{bf16_peak / g:.0f} GFLOP/s" if bf16_peak else "emulated (bf16 rows skipped)"),
         "",
+        *_training_lines(r),
+        "",
+        f"TEV on 50257 x 768: {r['tev_step_s'] * 1000:.1f} ms per step (exact two-pass: "
+        f"{r['tev_exact_s'] * 1000:.0f} ms)",
+        f"gradient-variance reference step: {r['training']['fp32']['gradvar_s'] or 0:.3f} s of hooks "
+        f"= {r['ratios']['gradvar_over_tev']:.0f} x TEV's every-step cost",
+        format_tt(r["tt"], r["ratios"]["tt_tied_extra_share_of_fp32_step"]),
+        f"GPT-2 tokenizer: {r['tokenizer_tokens_per_s']:,.0f} tokens/s",
+        "",
+        "targets:",
+        *_target_lines(r),
+    ]
+    return "\n".join(lines)
+
+
+def _training_lines(r: dict[str, Any]) -> list[str]:
+    """The training-step table, its compile times and the note on what fwd includes."""
+    g = 1e9
+    lines = [
         "training step at the reference config (GPT-2 vocab, 6 x 256, 4 heads, block 256, batch 8):",
         f"{'run':<20} {'step ms':>8} {'tok/s':>8} {'GFLOP/s':>8} {'peak RSS MB':>12}  data / fwd* "
         "/ bwd / optim / monitors (ms)",
@@ -591,17 +610,12 @@ def format_table(r: dict[str, Any]) -> str:
             f"gradients while its logits are hot. Head and loss, forward and backward: {shown}; "
             "bwd is the blocks' backward alone."
         )
-    lines += [
-        "",
-        f"TEV on 50257 x 768: {r['tev_step_s'] * 1000:.1f} ms per step (exact two-pass: "
-        f"{r['tev_exact_s'] * 1000:.0f} ms)",
-        f"gradient-variance reference step: {r['training']['fp32']['gradvar_s'] or 0:.3f} s of hooks "
-        f"= {r['ratios']['gradvar_over_tev']:.0f} x TEV's every-step cost",
-        format_tt(r["tt"], r["ratios"]["tt_tied_extra_share_of_fp32_step"]),
-        f"GPT-2 tokenizer: {r['tokenizer_tokens_per_s']:,.0f} tokens/s",
-        "",
-        "targets:",
-    ]
+    return lines
+
+
+def _target_lines(r: dict[str, Any]) -> list[str]:
+    """Each target against its measured value, then the monitors' and precisions' figures."""
+    lines = []
     for name, t in r["targets"].items():
         if t["value"] is None:
             lines.append(f"  {name:<26} {'-':>8}  (target {t['op']} {t['target']})  not measured")
@@ -625,4 +639,4 @@ def format_table(r: dict[str, Any]) -> str:
             f"best bf16 run: {r['best_bf16']}"
         )
     lines.append(f"  MLRA / MHA peak RSS: {extra['mlra_over_mha_peak_rss']:.3f}")
-    return "\n".join(lines)
+    return lines

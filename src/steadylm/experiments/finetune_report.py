@@ -222,22 +222,7 @@ def _blocks(
             ],
             [_group_row(g) for g in groups],
         ),
-        Heading("Methods compared, seed by seed") if comparisons else None,
-        Para(
-            "Test accuracy of method a minus method b on the same task, seed by seed (a seed gives "
-            "both the same data order and classifier-head initialisation), averaged; 95% Student's t "
-            "interval on n − 1 degrees of freedom; p tests a difference of 0; 'detectable' is the "
-            "smallest true difference found with 80% power at the 0.05 level, (t(0.975) + t(0.8)) × SE. "
-            "No correction for the several pairs compared."
-        )
-        if comparisons
-        else None,
-        Table(
-            ["task", "a − b", "seeds", "per seed", "mean", "95% CI", "p", "detectable"],
-            [_comparison_row(c) for c in comparisons],
-        )
-        if comparisons
-        else None,
+        *_comparison_blocks(comparisons),
         Heading("Runs"),
         Table(
             ["run", "status", "task", "method", "seed", "accuracy", "macro-F1"],
@@ -245,6 +230,26 @@ def _blocks(
         ),
     ]
     return [b for b in blocks if b is not None]
+
+
+def _comparison_blocks(comparisons: list[dict[str, Any]]) -> list:
+    """The seed-paired method comparisons with how to read them; nothing when there are none."""
+    if not comparisons:
+        return []
+    return [
+        Heading("Methods compared, seed by seed"),
+        Para(
+            "Test accuracy of method a minus method b on the same task, seed by seed (a seed gives "
+            "both the same data order and classifier-head initialisation), averaged; 95% Student's t "
+            "interval on n − 1 degrees of freedom; p tests a difference of 0; 'detectable' is the "
+            "smallest true difference found with 80% power at the 0.05 level, (t(0.975) + t(0.8)) × SE. "
+            "No correction for the several pairs compared."
+        ),
+        Table(
+            ["task", "a − b", "seeds", "per seed", "mean", "95% CI", "p", "detectable"],
+            [_comparison_row(c) for c in comparisons],
+        ),
+    ]
 
 
 def write_into(tmp: Path, folders: list[str | Path], options) -> None:
