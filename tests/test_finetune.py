@@ -187,3 +187,28 @@ def test_cli_end_to_end_and_errors(bases, tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
         assert not bad.exists()
+
+
+def test_a_dequantised_gguf_base_exports_as_a_plain_model(tmp_path):
+    """transformers keeps the GGUF quantiser on a model it dequantised to fp32 and then refuses
+    save_pretrained, which is how a fine-tuned classifier is exported: the loader drops it."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
+    from transformers.utils.quantization_config import GgufConfig
+
+    from steadylm.finetune.models import _drop_gguf_quantizer
+
+    cfg = transformers.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32,
+                                   num_hidden_layers=1, num_attention_heads=2,
+                                   num_key_value_heads=1, num_labels=2, pad_token_id=0)  # fmt: skip
+    body = transformers.LlamaForSequenceClassification(cfg)
+    body.hf_quantizer = GgufHfQuantizer(GgufConfig(dequantize=True))
+    with pytest.raises(ValueError, match="not serializable"):
+        body.save_pretrained(tmp_path / "refused")
+    _drop_gguf_quantizer(body, tmp_path / "m.gguf")
+    body.save_pretrained(tmp_path / "saved")
+    again = transformers.LlamaForSequenceClassification.from_pretrained(tmp_path / "saved")
+    assert torch.equal(again.score.weight, body.score.weight)
+    body.model.embed_tokens.weight.data = body.model.embed_tokens.weight.data.half()
+    with pytest.raises(SteadyLMError, match="stayed quantised"):
+        _drop_gguf_quantizer(body, tmp_path / "m.gguf")

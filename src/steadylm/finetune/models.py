@@ -186,6 +186,8 @@ def _huggingface(folder: Path, labels: tuple[str, ...], gguf_file: str | None = 
         raise SteadyLMError(
             f"{what}: cannot be loaded as a sequence classifier by transformers ({_first_line(e)})"
         ) from None
+    if gguf_file:
+        _drop_gguf_quantizer(body, what)
     tok, pad_id = _hf_tokenizer(tf, folder, what, kw, config)
     if body.config.pad_token_id is None:  # decoders find the last real token by the padding id
         body.config.pad_token_id = pad_id
@@ -204,6 +206,19 @@ def _huggingface(folder: Path, labels: tuple[str, ...], gguf_file: str | None = 
         "huggingface",
         config.model_type,
     )
+
+
+def _drop_gguf_quantizer(body, what: Path) -> None:
+    """A GGUF base is dequantised to fp32 on loading, yet transformers keeps its quantiser on the
+    model and then refuses `save_pretrained` ("quantized with gguf and is not serializable"),
+    which is how a fine-tuned classifier is exported. The weights are plain fp32 tensors, so the
+    model is a plain one: drop the quantiser and its config entry."""
+    kept = [n for n, p in body.named_parameters() if p.dtype != torch.float32]
+    if kept:
+        raise SteadyLMError(f"{what}: GGUF weights stayed quantised ({kept[0]}); need fp32 weights")
+    body.hf_quantizer = None
+    if getattr(body.config, "quantization_config", None) is not None:
+        del body.config.quantization_config
 
 
 def _hf_tokenizer(
