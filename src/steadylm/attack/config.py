@@ -98,10 +98,7 @@ class AttackConfig:
     def validate(self) -> AttackConfig:
         if not self.classifier:
             raise SteadyLMError("give the CLASSIFIER to attack (or attack.classifier)")
-        if isinstance(self.transfer, str):
-            self.transfer = [self.transfer] if self.transfer else []
-        if isinstance(self.reuse, str):
-            self.reuse = [self.reuse] if self.reuse else []
+        self.transfer, self.reuse = _as_list(self.transfer), _as_list(self.reuse)
         if self.method not in METHODS:
             raise SteadyLMError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.layer != "auto" and not (str(self.layer).isdigit() and int(self.layer) >= 1):
@@ -129,11 +126,11 @@ class AttackConfig:
 
     @property
     def transfer_runs(self) -> list[str]:
-        return [self.transfer] if isinstance(self.transfer, str) else list(self.transfer)
+        return _as_list(self.transfer)
 
     @property
     def reuse_runs(self) -> list[str]:
-        return [self.reuse] if isinstance(self.reuse, str) else list(self.reuse)
+        return _as_list(self.reuse)
 
     @property
     def layer_number(self) -> int | None:
@@ -142,6 +139,13 @@ class AttackConfig:
 
     def to_toml(self) -> str:
         return table_toml(SECTION, dataclasses.asdict(self))
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    """A folder list from TOML or flags: one string (empty: none) or a list."""
+    if isinstance(value, str):
+        return [value] if value else []
+    return list(value)
 
 
 help_of = functools.partial(field_help, AttackConfig)  # an option's `--help` text, by name
