@@ -185,7 +185,8 @@ def test_layer_auto_reuses_single_layer_triggers_and_refuses_other_searches(setu
     capsys.readouterr()
     bad = [
         (["--seed", "1"], "searched with seed = 0, this attack has 1"),
-        (["--layer", "1"], "--reuse: only for --method luat --layer auto"),
+        (["--layer", "2"], "searched at layer 1, not 2"),
+        (["--method", "uat"], "a luat attack, this is uat"),
         (["--candidates", "5"], "searched with candidates = 10"),
     ]
     for extra, expect in bad:
@@ -200,3 +201,31 @@ def test_layer_auto_reuses_single_layer_triggers_and_refuses_other_searches(setu
     assert main(argv) == 2 and "layer 1 given twice" in capsys.readouterr().err
     argv = ["attack", str(clf), *common, "--reuse", str(out), "--out", str(tmp_path / "bad")]
     assert main(argv) == 2 and "a --layer auto attack; give single-layer ones" in capsys.readouterr().err
+    argv = ["attack", str(clf), *common, "--layer", "1", "--reuse", str(single[1]), str(single[2]),
+            "--out", str(tmp_path / "bad")]  # fmt: skip
+    assert main(argv) == 2 and "one folder for uat or --layer N" in capsys.readouterr().err
+
+
+def test_single_searches_reuse_a_trigger_and_only_score_it(setup, tmp_path, capsys):
+    """uat and --layer N read one earlier search back: the trigger, its history and the fooling
+    rate are the search's own, and the options that only score it (max-eval, p for uat) may
+    differ; the search's options may not."""
+    clf, task, _ = setup
+    common = ["--task", str(task), "--no-profile", *FAST]
+    for method in (["--method", "uat"], ["--method", "luat", "--layer", "2"]):
+        first, again = tmp_path / f"{method[1]}-first", tmp_path / f"{method[1]}-again"
+        argv = ["attack", str(clf), *common, *method, "--max-eval", "40"]
+        assert main([*argv, "--out", str(first)]) == 0
+        scoring_only = ["--max-eval", "60"] + (["--p", "3"] if method[1] == "uat" else [])
+        argv = ["attack", str(clf), *common, *method, *scoring_only, "--reuse", str(first),
+                "--out", str(again)]  # fmt: skip
+        assert main(argv) == 0
+        a, b = (json.loads((d / "attack.json").read_text()) for d in (first, again))
+        assert b["reused_from"] == str(first) and a["reused_from"] is None
+        assert (b["trigger_ids"], b["history"], b["layer"]) == (a["trigger_ids"], a["history"], a["layer"])
+        assert b["n_eval"] >= a["n_eval"]  # scored on more of the test split
+        capsys.readouterr()
+        argv = ["attack", str(clf), *common, *method, "--iters", "3", "--reuse", str(first),
+                "--out", str(tmp_path / "bad")]  # fmt: skip
+        assert main(argv) == 2 and "searched with iters" in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()

@@ -87,9 +87,11 @@ class AttackConfig:
     reuse: str | list[str] = field(
         default_factory=list,
         metadata={
-            "help": "luat --layer auto: earlier single-layer luat attacks (their folders) on the "
-            "same classifier, task, seed and search options, whose triggers are scored on the "
-            "selection set instead of being searched again"
+            "help": "earlier attacks (their folders) on the same classifier, task, seed and "
+            "search options whose triggers are read back instead of searched again: for luat "
+            "--layer auto, single-layer luat attacks (scored on the selection set); for uat or "
+            "--layer N, one attack of the same method and layer (scored on --eval-task and "
+            "--transfer)"
         },
     )
     seed: int = documented(0, "seeds the batches and the power method's start")
@@ -109,8 +111,10 @@ class AttackConfig:
             if getattr(self, name) < low:
                 flag = name.replace("_", "-")
                 raise SteadyLMError(f"--{flag}: must be >= {low}, got {getattr(self, name)}")
-        if self.reuse and not (self.method == "luat" and self.layer == "auto"):
-            raise SteadyLMError("--reuse: only for --method luat --layer auto")
+        if len(self.reuse) > 1 and not (self.method == "luat" and self.layer == "auto"):
+            raise SteadyLMError(
+                "--reuse: one folder for uat or --layer N (several only for luat --layer auto)"
+            )
         if self.profile_only and (not self.profile or self.transfer):
             raise SteadyLMError("--profile-only: takes neither --no-profile nor --transfer")
         if not (self.p > 1):

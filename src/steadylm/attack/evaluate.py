@@ -21,14 +21,18 @@ EVAL_BATCH = 64
 def predict(
     victim: Victim, rows: Sequence[list[int]], trigger: Sequence[int] | None = None, bar: str = ""
 ) -> torch.Tensor:
-    """Predicted label ids (N,) on the CPU, with `trigger` inserted when given; a progress bar
-    named `bar` when one is given."""
-    out = []
+    """Predicted label ids (N,) on the CPU, in the order of `rows`, with `trigger` inserted when
+    given; a progress bar named `bar` when one is given. Inputs are batched by length, so a batch
+    pads to nearly its own length rather than to the longest input of a random draw (about half
+    the token positions of a short-text task)."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    out = torch.zeros(len(rows), dtype=torch.long)
     starts = range(0, len(rows), EVAL_BATCH)
     for i in tqdm(starts, desc=bar, unit="batch", disable=not bar, leave=False):
-        ids, mask = victim.batch(rows[i : i + EVAL_BATCH], trigger)
-        out.append(victim.model(ids, mask).argmax(-1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+        batch = order[i : i + EVAL_BATCH]
+        ids, mask = victim.batch([rows[j] for j in batch], trigger)
+        out[batch] = victim.model(ids, mask).argmax(-1).cpu()
+    return out
 
 
 def eligible(clean: torch.Tensor, labels: torch.Tensor, target: int | None) -> torch.Tensor:
@@ -68,10 +72,13 @@ def text_fooling_rate(
     trigger_text: str,
     target: int | None,
     bar: str = "",
+    clean: torch.Tensor | None = None,
 ) -> tuple[float, int]:
     """The fooling rate of a trigger given as text, prepended to each text and tokenised with it
-    (how a trigger crosses to a model with another tokenizer)."""
-    clean = predict(victim, victim.encode(texts, 0), bar=bar)
+    (how a trigger crosses to a model with another tokenizer); `clean` may pass the predictions
+    on the texts alone when they are already known."""
+    if clean is None:
+        clean = predict(victim, victim.encode(texts, 0), bar=bar)
     keep = eligible(clean, labels, target)
     kept = [f"{trigger_text} {t}" for t, k in zip(texts, keep.tolist()) if k]
     if not kept:

@@ -156,6 +156,9 @@ class AttackJob:
         allowed = v.candidate_mask(emb.shape[0])
         if cfg.method == "uat" or cfg.layer_number is not None:
             layer = None if cfg.method == "uat" else cfg.layer_number
+            reused = self.reused.get(layer)
+            if reused:
+                return SearchResult(reused.trigger, layer, reused.history, reused.seconds), []
             return search_trigger(
                 v, batches, cfg, self.target, layer, allowed, emb, self.progress
             ), []
@@ -183,6 +186,15 @@ class AttackJob:
         assert best is not None
         return best[1], per_layer
 
+    def _reused_from(self) -> str | None:
+        """The --reuse folder the trigger was read from, for uat and --layer N (auto records it
+        per layer in layer_selection)."""
+        cfg = self.cfg
+        if cfg.method == "luat" and cfg.layer_number is None:
+            return None
+        reused = self.reused.get(None if cfg.method == "uat" else cfg.layer_number)
+        return reused.source if reused else None
+
     def _transfer(self, trigger_text: str) -> dict[str, dict[str, Any]]:
         cfg, out = self.cfg, {}
         test = self.eval_task.test[: cfg.max_eval or None]
@@ -193,8 +205,9 @@ class AttackJob:
             other = load_victim(path, self.device, cfg.max_length)
             _check_labels(self.eval_task, other, f"--transfer {path}")
             bar = f"transfer {Path(path).name}" if self.progress else ""
-            rate, n = text_fooling_rate(other, texts, labels, trigger_text, self.target, bar)
-            base, _ = text_fooling_rate(other, texts, labels, neutral, self.target, bar)
+            clean = predict(other, other.encode(texts, 0), bar=bar)
+            rate, n = text_fooling_rate(other, texts, labels, trigger_text, self.target, bar, clean)
+            base, _ = text_fooling_rate(other, texts, labels, neutral, self.target, bar, clean)
             out[path] = {"fooling_rate": rate, "n_eval": n, "baseline_fooling_rate": base}
         return out
 
@@ -288,6 +301,7 @@ class AttackJob:
             "transfer_detail": transfer,
             "sensitivity": profile,
             "layer_selection": per_layer,
+            "reused_from": self._reused_from(),
             "history": found.history,
             "classifier": self.classifier,
             "task": self.task.name,
