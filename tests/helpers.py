@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import subprocess
 from pathlib import Path
 
 from steadylm.config import load_config, toml_value
@@ -11,6 +14,22 @@ _WORDS = (
     "the a stable model learns tokens from text while gradients flow through deep layers and "
     "embeddings drift slowly under noise so we measure variance at every step of training"
 ).split()
+
+
+def run_tree(cmd: list[str], *, timeout: float, **kw) -> subprocess.CompletedProcess:
+    """`subprocess.run(cmd, capture_output=True, text=True, timeout=...)` for commands that start
+    processes of their own (torchrun and its ranks, a sweep and its runs): the command leads a
+    new process group, and on timeout the whole group is killed, not only the direct child,
+    so a hung test leaves no orphan ranks loading the machine. Raises TimeoutExpired as run does."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kw)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def write_corpus(folder: Path, n_docs: int = 12, words_per_doc: int = 400, seed: int = 0) -> Path:

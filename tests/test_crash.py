@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import tiny_config, tiny_overrides, write_corpus
+from helpers import run_tree, tiny_config, tiny_overrides, write_corpus
 from steadylm.errors import CheckpointError
 from steadylm.rundir import latest_checkpoint, step_dir_name, verify_checkpoint
 from steadylm.train import checkpoint as ckpt_io
@@ -22,8 +22,7 @@ STEPS = 8
 
 
 def _cli(args, env, **kw):
-    return subprocess.run([sys.executable, "-m", "steadylm", *args], env=env, capture_output=True, text=True,
-                          timeout=300, **kw)
+    return run_tree([sys.executable, "-m", "steadylm", *args], env=env, timeout=300, **kw)
 
 
 def _losses(run):

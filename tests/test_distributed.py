@@ -3,12 +3,11 @@
 import json
 import os
 import socket
-import subprocess
 import sys
 
 import pytest
 
-from helpers import tiny_overrides, write_corpus
+from helpers import run_tree, tiny_overrides, write_corpus
 from steadylm.train.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -27,8 +26,8 @@ def _train(out, overrides, nproc, env):
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "steadylm"]
-    proc = subprocess.run([*cmd, "train", *sets, "--out", str(out), "--no-progress"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = run_tree([*cmd, "train", *sets, "--out", str(out), "--no-progress"],
+                          env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [r for r in read_metrics(out / "metrics.jsonl") if "event" not in r]
 
@@ -67,13 +66,13 @@ def test_resume_on_a_different_world_size(setup):
     out = root / "reshard"
     sets = [x for o in over for x in ("--set", o)]
     port = str(_free_port())
-    first = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    first = run_tree([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                             "--master_addr", "127.0.0.1", "--master_port", port, "-m", "steadylm", "train", *sets,
                             "--out", str(out), "--no-progress", "--stop-at", "3"],
-                           env=env, capture_output=True, text=True, timeout=300)
+                           env=env, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
-    second = subprocess.run([sys.executable, "-m", "steadylm", "train", "--out", str(out), "--resume", "--no-progress"],
-                            env=env, capture_output=True, text=True, timeout=300)
+    second = run_tree([sys.executable, "-m", "steadylm", "train", "--out", str(out), "--resume", "--no-progress"],
+                            env=env, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "world size 2, now 1" in second.stderr
     rows = [r for r in read_metrics(out / "metrics.jsonl") if "event" not in r]
@@ -93,9 +92,9 @@ def test_tt_embedding_under_ddp_matches_one_process(setup):
         for key in ("loss", "grad_norm", "tev_mean", "tev_std"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
     sets = [x for o in [*tt, 'train.parallel="fsdp"'] for x in ("--set", o)]
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    proc = run_tree([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "steadylm",
                            "train", *sets, "--out", str(root / "tt_fsdp"), "--no-progress"],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, timeout=300)
     assert proc.returncode != 0 and "does not support model.embedding='tt'" in proc.stderr
     assert not (root / "tt_fsdp" / "config.toml").exists()

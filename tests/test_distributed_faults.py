@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from helpers import tiny_overrides, write_corpus
+from helpers import run_tree, tiny_overrides, write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def test_write_failure_on_one_rank_stops_all_ranks(tmp_path, parallel):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "steadylm", "train", *sets, "--out", str(run), "--no-progress"]
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        proc = run_tree(cmd, env=env, timeout=240)
     except subprocess.TimeoutExpired:
         pytest.fail("the ranks hung after one of them failed to write its checkpoint")
     assert proc.returncode != 0

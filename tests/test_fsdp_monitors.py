@@ -3,14 +3,13 @@
 import math
 import os
 import socket
-import subprocess
 import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import tiny_overrides, write_corpus
+from helpers import run_tree, tiny_overrides, write_corpus
 from steadylm.rundir import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -28,7 +27,7 @@ def _train(out, overrides, env):
     sets = [x for o in overrides for x in ("--set", o)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "steadylm", "train", *sets, "--out", str(out), "--no-progress"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_tree(cmd, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return read_metrics(out)
 
@@ -74,8 +73,8 @@ def test_sigma_reparam_under_fsdp_trains_like_one_process(tmp_path):
     over = tiny_overrides(corpus, **{"train.max_steps": 4, "train.checkpoint_every": 4, "train.eval_every": 2,
                                      "model.reparam": "sigma"})
     sets = [x for o in over for x in ("--set", o)]
-    single = subprocess.run([sys.executable, "-m", "steadylm", "train", *sets, "--out", str(tmp_path / "one"),
-                             "--no-progress"], env=env, capture_output=True, text=True, timeout=300)
+    single = run_tree([sys.executable, "-m", "steadylm", "train", *sets, "--out", str(tmp_path / "one"),
+                             "--no-progress"], env=env, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     fsdp = _train(tmp_path / "fsdp", [*over, 'train.parallel="fsdp"'], env)
     one = [r for r in read_metrics(tmp_path / "one") if "event" not in r]

@@ -3,12 +3,11 @@ kill without redoing finished runs, and failed runs recorded while the sweep goe
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
-from helpers import tiny_overrides, write_corpus
+from helpers import run_tree, tiny_overrides, write_corpus
 from steadylm.cli import main
 from steadylm.config import parse_override
 from steadylm.experiments.spec import parse_spec, short_float, toml_value
@@ -164,7 +163,7 @@ def _sweep_process(spec, out, fault=None, jobs=1):
     if fault:
         env["STEADYLM_FAULT"] = fault
     cmd = [sys.executable, "-m", "steadylm", "sweep", str(spec), "--out", str(out), "--no-progress", "--jobs", str(jobs)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return run_tree(cmd, env=env, timeout=300)
 
 
 @pytest.mark.slow

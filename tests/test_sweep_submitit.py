@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from helpers import tiny_overrides, write_corpus
+from helpers import run_tree, tiny_overrides, write_corpus
 from steadylm.cli import main
 from steadylm.config import ConfigError
 from steadylm.experiments.spec import parse_spec
@@ -82,7 +82,7 @@ def _sweep(spec, out, fault=None):
         env["STEADYLM_FAULT"] = fault
     cmd = [sys.executable, "-m", "steadylm", "sweep", str(spec), "--out", str(out), "--no-progress",
            "--launcher", "submitit"]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return run_tree(cmd, env=env, timeout=300)
 
 
 @pytest.mark.slow
