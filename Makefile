@@ -19,7 +19,7 @@ demo: $(STAMP)
 
 # Lint, format and types first (configured in pyproject.toml): seconds, before minutes of tests.
 lint: $(STAMP)
-	$(BIN)/ruff check src
+	$(BIN)/ruff check src tests experiments
 	$(BIN)/ruff format --check src
 	$(BIN)/mypy
 

@@ -10,10 +10,11 @@ from pathlib import Path
 
 from steadylm.config import load_config, toml_value
 
-_WORDS = (
-    "the a stable model learns tokens from text while gradients flow through deep layers and "
-    "embeddings drift slowly under noise so we measure variance at every step of training"
-).split()
+_WORDS = [
+    "the", "a", "stable", "model", "learns", "tokens", "from", "text", "while", "gradients", "flow",
+    "through", "deep", "layers", "and", "embeddings", "drift", "slowly", "under", "noise", "so",
+    "we", "measure", "variance", "at", "every", "step", "of", "training",
+]
 
 
 def run_tree(cmd: list[str], *, timeout: float, **kw) -> subprocess.CompletedProcess:

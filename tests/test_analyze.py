@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from tests.helpers import tiny_config, write_corpus
 
 from steadylm.cli import main
 from steadylm.train.schedule import is_log_step
 from steadylm.train.trainer import Trainer
-from tests.helpers import tiny_config, write_corpus
 
 TOKENS = "96"
 

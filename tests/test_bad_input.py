@@ -55,7 +55,8 @@ def cache(tmp_path, monkeypatch):
 
 def _train(tmp_path, data_path, *extra):
     over = tiny_overrides(tmp_path, **{"data.path": str(data_path)})
-    return main(["train", *[x for o in over for x in ("--set", o)], *extra, "--out", str(tmp_path / "run"), "--no-progress"])
+    return main(["train", *[x for o in over for x in ("--set", o)], *extra,
+                 "--out", str(tmp_path / "run"), "--no-progress"])
 
 
 def _bad_data(kind, d):
@@ -77,7 +78,8 @@ def _bad_data(kind, d):
     return d / name, name
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty-folder", "empty-file", "binary", "non-utf8", "bad-jsonl", "unsupported"])
+@pytest.mark.parametrize("kind", ["missing", "empty-folder", "empty-file", "binary", "non-utf8", "bad-jsonl",
+                                  "unsupported"])
 def test_bad_data_exits_2_and_names_the_file(tmp_path, capsys, cache, kind):
     path, needle = _bad_data(kind, tmp_path)
     code = _train(tmp_path, path)
@@ -95,7 +97,8 @@ def test_resume_guards(tmp_path, capsys, cache):
     # an output folder that holds a run, without --resume
     _assert_one_line_exit_2(_train(tmp_path, corpus), capsys.readouterr().err)
     # an incompatible config on --resume
-    _assert_one_line_exit_2(_train(tmp_path, corpus, "--set", "model.n_layer=3", "--resume"), err := capsys.readouterr().err)
+    _assert_one_line_exit_2(_train(tmp_path, corpus, "--set", "model.n_layer=3", "--resume"),
+                            err := capsys.readouterr().err)
     assert "model.n_layer differs" in err
     # the data changed under the run: a different BPE is trained, which no longer matches the checkpoint
     # (every document changes: which one is held out depends on its path, so one alone may be validation)

@@ -43,11 +43,12 @@ def test_table_renders_every_target():
                                "mlra_over_mha_step_time", "monitor_share_ab", "bf16_speedup_over_fp32_eager",
                                "mlra_over_mha_peak_rss", "monitor_share_every_step", "gradvar_over_tev",
                                "tt_tied_extra_share_of_fp32_step")}
-    result = {"device": "cpu", "processor": "Some CPU", "threads": 2, "torch": "x", "peak_fp32_flops": 3e11, "peak_bf16_flops": 2e12,
+    result = {"device": "cpu", "processor": "Some CPU", "threads": 2, "torch": "x", "peak_fp32_flops": 3e11,
+              "peak_bf16_flops": 2e12,
               "training": {"fp32": m}, "tev_step_s": 0.01, "tev_exact_s": 0.1, "tokenizer_tokens_per_s": 1e6,
               "ratios": ratios, "best_bf16": "bf16",
-              "tt": {"tt_shape": "(37,37,37)x(4,8,8)", "tt_rank": 16, "tt_tokens": 2048, "tt_params": 50000, "tt_gather_s": 0.01, "tt_full_s": 0.02,
-                     "tt_tev_s": 0.03, "dense_lookup_s": 0.001},
+              "tt": {"tt_shape": "(37,37,37)x(4,8,8)", "tt_rank": 16, "tt_tokens": 2048, "tt_params": 50000,
+                     "tt_gather_s": 0.01, "tt_full_s": 0.02, "tt_tev_s": 0.03, "dense_lookup_s": 0.001},
               "targets": {k: {"value": 1.0, "op": op, "target": t, "met": bench._met(1.0, op, t)}
                           for k, (op, t) in bench.TARGETS.items()}}
     table = bench.format_table(result)

@@ -1,13 +1,20 @@
 """Config: presets load, overrides apply, and every kind of bad input is one clear ConfigError."""
 
+import dataclasses
+import tomllib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import dataclasses
-import tomllib
-
-from steadylm.config import Config, ConfigError, config_from_dict, load_config, preset_names, toml_value
+from steadylm.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    load_config,
+    preset_names,
+    toml_value,
+)
 
 
 def test_presets_load_and_validate():
@@ -120,9 +127,11 @@ def test_choices_and_their_error_come_from_the_dispatch_tables(monkeypatch):
     # A new entry in the table is a valid name at once, listed in the error with the others.
     monkeypatch.setitem(attention.ATTENTION._entries, "toy", attention.MultiHeadAttention)
     assert load_config(None, ["model.attention=toy"]).model.attention == "toy"
-    with pytest.raises(ConfigError, match=r"^model.attention: 'tyo' is not one of mha, mlra, toy \(did you mean 'toy'\?\)$"):
+    with pytest.raises(ConfigError,
+                       match=r"^model.attention: 'tyo' is not one of mha, mlra, toy \(did you mean 'toy'\?\)$"):
         load_config(None, ["model.attention=tyo"])
-    with pytest.raises(ConfigError, match=r"^model.norm_layout: 'x' is not one of " + ", ".join(norms.NORM_LAYOUTS) + "$"):
+    with pytest.raises(ConfigError,
+                       match=r"^model.norm_layout: 'x' is not one of " + ", ".join(norms.NORM_LAYOUTS) + "$"):
         load_config(None, ["model.norm_layout=x"])
 
 

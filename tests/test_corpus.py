@@ -10,7 +10,13 @@ import pytest
 
 from helpers import write_corpus
 from steadylm.data import cache
-from steadylm.data.corpus import Document, default_corpus, read_user_corpus, named_user_files, split_documents
+from steadylm.data.corpus import (
+    Document,
+    default_corpus,
+    named_user_files,
+    read_user_corpus,
+    split_documents,
+)
 from steadylm.errors import DataError
 
 

@@ -67,7 +67,8 @@ def test_kill_at_fault_point_then_resume_exactly(setup, fault, expected_latest):
 
 def test_sigterm_saves_a_checkpoint_and_resume_is_exact(setup):
     root, env, sets, _ = setup
-    long = [*sets, "--set", "train.max_steps=400", "--set", "train.checkpoint_every=1000", "--set", "train.eval_every=0"]
+    long = [*sets, "--set", "train.max_steps=400", "--set", "train.checkpoint_every=1000",
+            "--set", "train.eval_every=0"]
     whole = _cli(["train", *long, "--out", str(root / "long_whole"), "--no-progress"], env)
     assert whole.returncode == 0
     run = root / "long_split"

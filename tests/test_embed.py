@@ -127,7 +127,8 @@ def test_three_methods_end_to_end(tmp_path, corpus, fake_benchmarks, capsys):
         printed = capsys.readouterr().out
         assert "objective  F(X) = " in printed and "peak mem" in printed
         summary = json.loads((out / "embed.json").read_text())
-        for key in ["method", "dim", "vocab", "objective", "ws353", "ws353_sim", "ws353_rel", "simlex999", "men", "google_analogy", "msr_analogy", "oov"]:  # fmt: skip
+        for key in ["method", "dim", "vocab", "objective", "ws353", "ws353_sim", "ws353_rel", "simlex999", "men",
+                    "google_analogy", "msr_analogy", "oov"]:  # fmt: skip
             assert key in summary, key
         assert summary["method"] == method and summary["dim"] == 8 and summary["vocab"] == 80
         assert (
@@ -203,7 +204,8 @@ def test_bad_corpora_stop_with_one_line(tmp_path, capsys):
 
 
 def test_pair_and_analogy_parsers_read_the_real_formats():
-    tab = "# The WordSimilarity-353 Test Collection\n# Word 1\tWord 2\tHuman (mean)\nTiger\tcat\t7.35\nstock\tCD\t1.31\n\n"
+    tab = ("# The WordSimilarity-353 Test Collection\n# Word 1\tWord 2\tHuman (mean)\n"
+           "Tiger\tcat\t7.35\nstock\tCD\t1.31\n\n")
     assert parse_pairs(tab) == [("tiger", "cat", 7.35), ("stock", "cd", 1.31)]
     assert parse_pairs("sun sunlight 50.000000\nautomobile car 50.000000\n") == [
         ("sun", "sunlight", 50.0), ("automobile", "car", 50.0)]  # fmt: skip

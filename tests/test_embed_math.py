@@ -32,7 +32,10 @@ def random_counts(n: int = 7, seed: int = 0) -> Counts:
 def brute_force_F(D: np.ndarray, X: np.ndarray, k: int) -> float:
     w, c, total = D.sum(1), D.sum(0), D.sum()
     B = k * np.outer(w, c) / total
-    log_sig = lambda x: -np.log1p(np.exp(-x))
+
+    def log_sig(x):
+        return -np.log1p(np.exp(-x))
+
     return float((D * log_sig(X) + B * log_sig(-X)).sum())
 
 
@@ -45,7 +48,8 @@ def test_objective_matches_the_formula_and_blocking_does_not_change_it():
     )
     want = brute_force_F(counts.D.numpy(), (L @ R.T).numpy(), k=5)
     for block in (1, 3, 1024):
-        assert sgns_objective(counts, L, R, neg=5, block=block).F == pytest.approx(want, rel=1e-12)
+        got = sgns_objective(counts, L, R, neg=5, block=block).F
+        assert got == pytest.approx(want, rel=1e-12)
 
 
 def test_gradient_matches_finite_differences():

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 import torch
-from finetune_helpers import keyword_task, tiny_bert, tiny_gpt, write_jsonl
 from safetensors.torch import load_file
 
+from finetune_helpers import keyword_task, tiny_bert, tiny_gpt, write_jsonl
 from steadylm.errors import SteadyLMError
 from steadylm.finetune.config import load_finetune_config
 from steadylm.finetune.export import load_classifier

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-from finetune_helpers import keyword_task, tiny_bert, write_jsonl
 
+from finetune_helpers import keyword_task, tiny_bert, write_jsonl
 from steadylm.errors import SteadyLMError
 from steadylm.experiments.report import write_report
 from steadylm.experiments.spec import parse_spec

@@ -57,7 +57,8 @@ def test_fsdp_logs_every_monitor_ddp_logs(tmp_path):
                 assert b[key] > 0 and math.isfinite(b[key]), (a["step"], key)
                 continue
             assert b[key] == pytest.approx(a[key], rel=2e-4, abs=1e-6), (a["step"], key)
-    for key in ("grad_norm/h.1", "grad_var/h.1", "tev_seen_mean", "update_ratio/embed", "rms/h.0", "attn_logit_max", "logz_max"):
+    for key in ("grad_norm/h.1", "grad_var/h.1", "tev_seen_mean", "update_ratio/embed", "rms/h.0", "attn_logit_max",
+                "logz_max"):
         assert any(key in r for r in steps[1]), key
     histograms = [[e for e in rows if e.get("event") == "tev_histogram"] for rows in (ddp, fsdp)]
     assert [h["step"] for h in histograms[1]] == [h["step"] for h in histograms[0]] == [1, 3]

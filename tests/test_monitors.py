@@ -156,9 +156,11 @@ def test_param_stats_per_block_norms_and_update_ratio():
     F.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
     stats = ParamStatsMonitor(model)
     gn = stats.grad_norms()
-    blocks = {"embed": [model.transformer.wte.weight], **{f"h.{i}": list(b.parameters()) for i, b in enumerate(model.transformer.h)}}
+    blocks = {"embed": [model.transformer.wte.weight],
+              **{f"h.{i}": list(b.parameters()) for i, b in enumerate(model.transformer.h)}}
     for g, ps in blocks.items():
-        assert gn[f"grad_norm/{g}"].item() == pytest.approx(torch.cat([p.grad.flatten() for p in ps]).norm().item(), rel=1e-5)
+        assert gn[f"grad_norm/{g}"].item() == pytest.approx(torch.cat([p.grad.flatten() for p in ps]).norm().item(),
+                                                            rel=1e-5)
     before = {g: torch.cat([p.detach().flatten().clone() for p in ps]) for g, ps in blocks.items()}
     stats.snapshot()
     torch.optim.SGD(model.parameters(), lr=0.5).step()
@@ -166,7 +168,8 @@ def test_param_stats_per_block_norms_and_update_ratio():
     for g, ps in blocks.items():
         after = torch.cat([p.detach().flatten() for p in ps])
         assert out[f"param_norm/{g}"].item() == pytest.approx(after.norm().item(), rel=1e-5)
-        assert out[f"update_ratio/{g}"].item() == pytest.approx(((after - before[g]).norm() / before[g].norm()).item(), rel=1e-4)
+        assert out[f"update_ratio/{g}"].item() == pytest.approx(((after - before[g]).norm() / before[g].norm()).item(),
+                                                                rel=1e-4)
     assert stats.param_norms()["param_norm/h.1"].item() == pytest.approx(out["param_norm/h.1"].item(), rel=1e-6)
     with pytest.raises(RuntimeError, match="snapshot"):
         stats.update_ratios()

@@ -76,7 +76,8 @@ def test_callback_logs_tev_and_gradient_statistics(tmp_path):
 
 
 def test_callback_rejects_gradvar_without_accumulation(tmp_path):
-    cfg = transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=V, n_positions=T, bos_token_id=0, eos_token_id=0)
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=V, n_positions=T, bos_token_id=0,
+                                  eos_token_id=0)
     ids = torch.randint(0, V, (4, T))
     args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2,
                                           report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True)

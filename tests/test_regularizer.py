@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from tests.helpers import tiny_config, write_corpus
 
 from steadylm.config import ModelConfig
 from steadylm.model.gpt import GPT
@@ -13,7 +14,6 @@ from steadylm.model.taps import BlockTaps
 from steadylm.train.metrics import read_metrics
 from steadylm.train.regularizers import penalty_sum
 from steadylm.train.trainer import Trainer
-from tests.helpers import tiny_config, write_corpus
 
 
 def test_penalty_values_by_hand():
@@ -79,7 +79,8 @@ def test_trainer_logs_the_term_and_lambda_zero_changes_nothing(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", n_docs=6, words_per_doc=200)
     common = dict(**{"train.max_steps": 3, "train.eval_every": 0, "train.checkpoint_every": 0, "train.log_every": 1})
     base = Trainer(tiny_config(corpus, **common), tmp_path / "base", progress=False).fit()
-    zero = Trainer(tiny_config(corpus, **common, **{"train.linearity_reg": 0.0}), tmp_path / "zero", progress=False).fit()
+    zero = Trainer(tiny_config(corpus, **common, **{"train.linearity_reg": 0.0}), tmp_path / "zero",
+                   progress=False).fit()
     reg = Trainer(tiny_config(corpus, **common, **{"train.linearity_reg": 0.5}), tmp_path / "reg", progress=False).fit()
     rows = {name: [r for r in read_metrics(res.run_dir / "metrics.jsonl") if "event" not in r]
             for name, res in (("base", base), ("zero", zero), ("reg", reg))}

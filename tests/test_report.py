@@ -10,8 +10,8 @@ import statistics
 
 import numpy as np
 import pytest
-from helpers import tiny_overrides, write_corpus
 
+from helpers import tiny_overrides, write_corpus
 from steadylm.cli import main
 from steadylm.config import load_config
 from steadylm.experiments.unigram import COLLAPSE_MARGIN, reference
@@ -114,7 +114,10 @@ def _close(cell, expected):
 
 def _finals(run_dir):
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    last = lambda k: [float(r[k]) for r in rows if k in r and "event" not in r][-1]
+
+    def last(k):
+        return [float(r[k]) for r in rows if k in r and "event" not in r][-1]
+
     return {k: last(k) for k in ("val_loss", "val_ppl", "tev_mean", "tev_std")}
 
 
@@ -240,5 +243,6 @@ def test_preface_is_placed_under_the_title_in_both_renderings(handmade, tmp_path
     assert "MLRA lowers **TEV** at every depth.\n\n- first `claim` continued\n- second\n" in md
     html = (out / "report.html").read_text()
     assert "<h2>Reading</h2>" in html and "<li>first <code>claim</code> continued</li>" in html
-    assert main(["report", str(handmade / "flat"), "--out", str(tmp_path / "x"), "--preface", str(tmp_path / "none.md")]) == 2
+    assert main(["report", str(handmade / "flat"), "--out", str(tmp_path / "x"),
+                 "--preface", str(tmp_path / "none.md")]) == 2
     assert "--preface: cannot read" in capsys.readouterr().err

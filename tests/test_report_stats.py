@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 import pytest
-from helpers import tiny_config, write_corpus
 from scipy import stats as sp
 
+from helpers import tiny_config, write_corpus
 from steadylm.data.prepare import prepare
 from steadylm.experiments import analysis
 from steadylm.experiments.runs import Run, recipes

@@ -43,16 +43,19 @@ model.attention = "mlra"
     s = parse_spec(spec)
     plans = s.runs()
     assert len(plans) == 2 * 2 * 2 * 2
-    assert [p.name for p in plans[:3]] == ["base-n_layer2-lr1e-3-s1", "base-n_layer2-lr1e-3-s2", "base-n_layer2-lr3e-3-s1"]
+    assert [p.name for p in plans[:3]] == ["base-n_layer2-lr1e-3-s1", "base-n_layer2-lr1e-3-s2",
+                                           "base-n_layer2-lr3e-3-s1"]
     last = plans[-1]
     assert last.name == "mlra-vp-n_layer3-lr3e-3-s2"  # a one-value grid key does not vary, so it is not in names
-    assert last.variant == "mlra-vp" and last.seed == 2 and last.grid == {"model.n_layer": 3, "train.lr": 3e-3, "train.warmup_steps": 1}
+    assert last.variant == "mlra-vp" and last.seed == 2
+    assert last.grid == {"model.n_layer": 3, "train.lr": 3e-3, "train.warmup_steps": 1}
     over = last.overrides
     assert over["model.attention"] == "mlra" and over["model.mlra_init"] == "variance_preserving"
     assert over["train.seed"] == 2 and over["train.lr"] == 3e-3 and over["data.tokenizer"] == "bpe:300"
     cfgs = dict((p.name, c) for p, c in s.resolve())
     c = cfgs["mlra-vp-n_layer3-lr3e-3-s2"]
-    assert (c.model.n_layer, c.train.lr, c.train.seed, c.model.attention, c.train.warmup_steps) == (3, 3e-3, 2, "mlra", 1)
+    assert ((c.model.n_layer, c.train.lr, c.train.seed, c.model.attention, c.train.warmup_steps)
+            == (3, 3e-3, 2, "mlra", 1))
     assert c.train.max_steps == 8  # from [sweep.set]
     assert cfgs["base-n_layer2-lr1e-3-s1"].model.attention == "mha"
 
@@ -87,7 +90,8 @@ BAD_SPECS = [
     ('[sweep.variants.x]\n"modle.attention" = "mlra"', "unknown section 'modle'", "model"),
     ('[sweep.variants.x]\n"model.attention" = "mlra"\n[sweep.variants.y]\n"model.mlra_rank" = 4',
      "run y-s1: model.mlra_rank=4 only applies", "mlra"),
-    ('[sweep.grid]\n"train.weight_decay" = [0.1, -1.0]', "run weight_decay-1-s1: train.weight_decay: must be >= 0", "-1.0"),
+    ('[sweep.grid]\n"train.weight_decay" = [0.1, -1.0]',
+     "run weight_decay-1-s1: train.weight_decay: must be >= 0", "-1.0"),
     ('[sweep.grid]\n"train.lr" = [1e-3, 3e-3]', "train.lr is set in both [sweep.set] and [sweep.grid]", "one place"),
     ('[sweep.grid]\n"train.seed" = [1, 2]', "train.seed is set in both", "seeds"),
     ('[sweep.grid]\n"train.beta1" = 0.9', "expected a non-empty list", "train.beta1"),
@@ -162,7 +166,8 @@ def _sweep_process(spec, out, fault=None, jobs=1):
         env["OMP_NUM_THREADS"] = "1"  # fixed threads; with --jobs the sweep splits them itself
     if fault:
         env["STEADYLM_FAULT"] = fault
-    cmd = [sys.executable, "-m", "steadylm", "sweep", str(spec), "--out", str(out), "--no-progress", "--jobs", str(jobs)]
+    cmd = [sys.executable, "-m", "steadylm", "sweep", str(spec), "--out", str(out), "--no-progress",
+           "--jobs", str(jobs)]
     return run_tree(cmd, env=env, timeout=300)
 
 

@@ -95,7 +95,8 @@ def test_monitor_state_dict_round_trip():
 
 
 def test_for_model_tied_gpt_and_untied_head():
-    cfg = load_config(None, ["model.n_layer=1", "model.n_embd=16", "model.n_head=2", "model.block_size=8", "model.vocab_size=33"])
+    cfg = load_config(None, ["model.n_layer=1", "model.n_embd=16", "model.n_head=2", "model.block_size=8",
+                             "model.vocab_size=33"])
     gpt = GPT(cfg.model)
     mon = TEVMonitor.for_model(gpt, vocab_size=30)
     assert "tev_head_mean" not in mon.compute()  # GPT ties lm_head to wte

@@ -62,7 +62,8 @@ def test_safetensors_file_json_and_human_output(tmp_path, capsys):
 
 def test_hf_gpt2_folder_with_padding_rows_and_tokenizer(tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=48, n_positions=8, bos_token_id=0, eos_token_id=0)
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=48, n_positions=8, bos_token_id=0,
+                                  eos_token_id=0)
     model = transformers.GPT2LMHeadModel(cfg)
     with torch.no_grad():  # rows 40.. are padding in this checkpoint; make them stand out
         model.transformer.wte.weight[40:] *= 50
@@ -85,7 +86,8 @@ def test_hf_gpt2_folder_with_padding_rows_and_tokenizer(tmp_path, capsys):
 def test_hf_bert_and_llama_folders(tmp_path, capsys, arch):
     transformers = pytest.importorskip("transformers")
     if arch == "bert":
-        cfg = transformers.BertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32, vocab_size=60)
+        cfg = transformers.BertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32,
+                                      vocab_size=60)
         model = transformers.BertModel(cfg)
     else:
         cfg = transformers.LlamaConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32,
@@ -104,7 +106,8 @@ def test_hf_folder_with_pytorch_model_bin(tmp_path, capsys):
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 30}))
     wte = torch.randn(30, 8, dtype=torch.float16)
-    torch.save({"transformer.wte.weight": wte, "transformer.wpe.weight": torch.randn(4, 8)}, folder / "pytorch_model.bin")
+    torch.save({"transformer.wte.weight": wte, "transformer.wpe.weight": torch.randn(4, 8)},
+               folder / "pytorch_model.bin")
     r = tev_json(capsys, folder)
     assert r["dtype"] == "torch.float16"
     assert r["mu_tev"] == pytest.approx(tev_summary(wte)[0].item(), rel=1e-5)
@@ -116,7 +119,8 @@ def write_gguf(path, weight: np.ndarray, tokens: list[str]) -> None:
     w = gguf.GGUFWriter(str(path), arch="llama")
     w.add_tokenizer_model("gpt2")
     w.add_token_list(tokens)
-    w.add_tensor("token_embd.weight", gguf.quantize(weight, gguf.GGMLQuantizationType.Q8_0), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.add_tensor("token_embd.weight", gguf.quantize(weight, gguf.GGMLQuantizationType.Q8_0),
+                 raw_dtype=gguf.GGMLQuantizationType.Q8_0)
     w.add_tensor("blk.0.attn_q.weight", np.zeros((64, 64), np.float32))
     w.add_tensor("output_norm.weight", np.ones(64, np.float32))
     w.write_header_to_file()
@@ -150,7 +154,8 @@ def test_steadylm_run_and_checkpoint_folders(tmp_path, capsys):
     from steadylm.train.distributed import DistContext
     from steadylm.train.state import ModelWeights
 
-    cfg = load_config(None, ["model.n_layer=1", "model.n_embd=16", "model.n_head=2", "model.block_size=8", "model.vocab_size=40"])
+    cfg = load_config(None, ["model.n_layer=1", "model.n_embd=16", "model.n_head=2", "model.block_size=8",
+                             "model.vocab_size=40"])
     model = GPT(cfg.model)
     tok = tmp_path / "tokenizer.json"
     word_tokenizer(tok, [f"w{i}" for i in range(36)])  # rows 36..39 are padding
@@ -173,7 +178,8 @@ def test_steadylm_run_and_checkpoint_folders(tmp_path, capsys):
     assert [x["step"] for x in both] == [2, 4]
     code, out, _ = tev(capsys, run / "checkpoints" / "step_000002", run)
     lines = out.splitlines()
-    assert code == 0 and lines[0].split() == ["path", "format", "tensor", "dtype", "vocab", "d_model", "mu_TEV", "sigma_TEV"]
+    assert code == 0
+    assert lines[0].split() == ["path", "format", "tensor", "dtype", "vocab", "d_model", "mu_TEV", "sigma_TEV"]
     assert len(lines) == 4 and lines[3].startswith(str(run)) and f"{figures[4][0]:.6g}" in lines[3]
 
 

@@ -11,9 +11,15 @@ from hypothesis import strategies as st
 
 from steadylm.data import tokenizer as tokmod
 from steadylm.data.cache import Artifact
-from steadylm.fsutil import sha256_file
-from steadylm.data.tokenizer import Tokenizer, build_tokenizer, gpt2_bpe_files, gpt2_tokenizer, train_bpe
+from steadylm.data.tokenizer import (
+    Tokenizer,
+    build_tokenizer,
+    gpt2_bpe_files,
+    gpt2_tokenizer,
+    train_bpe,
+)
 from steadylm.errors import DataError
+from steadylm.fsutil import sha256_file
 
 SAMPLES = [
     "Hello world! The quick brown fox jumps over the lazy dog.<|endoftext|> naïve café 🚀",

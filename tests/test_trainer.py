@@ -83,7 +83,8 @@ def test_gradient_accumulation_matches_one_pass(tmp_path, corpus):
 
 
 def _run_cli(args, env):
-    return subprocess.run([sys.executable, "-m", "steadylm", *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "steadylm", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
 
 
 @pytest.mark.slow
@@ -104,7 +105,8 @@ def test_exact_resume_in_new_process_across_epoch_boundary_with_dropout(tmp_path
     a = [r for r in read_metrics(tmp_path / "whole" / "metrics.jsonl") if "event" not in r]
     b = [r for r in read_metrics(tmp_path / "split" / "metrics.jsonl") if "event" not in r]
     assert [r["step"] for r in b] == list(range(16))
-    epochs = json.loads((tmp_path / "whole" / "checkpoints" / "step_000016" / "train_state" / "trainer.json").read_text())
+    epochs = json.loads(
+        (tmp_path / "whole" / "checkpoints" / "step_000016" / "train_state" / "trainer.json").read_text())
     assert epochs["reader"]["epoch"] >= 2, "the run must cross an epoch boundary"
     for key in ("loss", "grad_norm", "tev_mean", "tev_std", "lr"):
         assert [r[key] for r in a] == [r[key] for r in b], key

@@ -208,8 +208,9 @@ def test_sigma_reparam_starts_at_w0_with_gamma_sigma_w0():
     model = model_of(reparam="sigma", attention="mlra", mlra_mode="per_head", mlra_out=True)
     layers = _reparametrised_layers(model)
     names = {n.split(".", 3)[-1] for n, _ in layers}
-    assert names == {"attn.c_attn_down", "attn.c_attn_up", "attn.c_proj_down", "attn.c_proj_up", "mlp.c_fc", "mlp.c_proj"}
-    for name, m in layers:
+    assert names == {"attn.c_attn_down", "attn.c_attn_up", "attn.c_proj_down", "attn.c_proj_up", "mlp.c_fc",
+                     "mlp.c_proj"}
+    for _name, m in layers:
         torch.testing.assert_close(m.sigma.gamma.detach(), torch.linalg.matrix_norm(_blocks(m), ord=2))
         torch.testing.assert_close(m.sigma(m.weight), m.weight, rtol=1e-5, atol=1e-7)
     # Ŵ = W₀ at init: the same forward as the plain model with the same raw weights
@@ -251,13 +252,15 @@ def test_sigma_reparam_forward_is_pure_and_state_is_checkpointed():
     with torch.no_grad():
         fc.weight.add_(0.1 * torch.randn_like(fc.weight))
     model.after_optimizer_step()
-    assert not torch.equal(state["transformer.h.0.mlp.c_fc.sigma.u"], model.state_dict()["transformer.h.0.mlp.c_fc.sigma.u"])
+    assert not torch.equal(state["transformer.h.0.mlp.c_fc.sigma.u"],
+                           model.state_dict()["transformer.h.0.mlp.c_fc.sigma.u"])
 
 
 def test_sigma_reparam_excludes_the_tied_embedding():
     model = model_of(reparam="sigma")
     assert type(model.lm_head) is nn.Linear and model.lm_head.weight is model.transformer.wte.weight
-    assert not any(n.startswith(("transformer.wte", "transformer.wpe", "lm_head")) for n, _ in _reparametrised_layers(model))
+    assert not any(n.startswith(("transformer.wte", "transformer.wpe", "lm_head"))
+                   for n, _ in _reparametrised_layers(model))
     with torch.no_grad():
         model.transformer.wte.weight.mul_(3.0)  # no σ anywhere rescales it back
         idx = tokens()
@@ -311,7 +314,7 @@ def test_sub_ln_extra_norms_and_magneto_init():
     for name in ("attn", "mlp"):
         getattr(block, name).c_proj.register_forward_hook(lambda m, a, o, name=name: seen.__setitem__(name, a[0]))
     model(tokens())
-    for name, h in seen.items():
+    for _name, h in seen.items():
         torch.testing.assert_close(h.mean(-1), torch.zeros_like(h.mean(-1)), atol=1e-5, rtol=0)
         torch.testing.assert_close(h.var(-1, unbiased=False), torch.ones_like(h.mean(-1)), atol=1e-3, rtol=0)
 
@@ -438,7 +441,8 @@ def test_lm_loss_is_summed_ce_plus_z_loss_with_its_gradient(dtype):
         (dict(mlra_mode="per_head"), "model.mlra_mode='per_head' only applies"),
         (dict(mlra_init="variance_preserving"), "model.mlra_init='variance_preserving' only applies"),
         (dict(mlra_out=True), "model.mlra_out=True only applies"),
-        (dict(attention="mlra", qkv_init_scale=0.5), "model.qkv_init_scale=0.5 is the init control for model.attention='mha'"),
+        (dict(attention="mlra", qkv_init_scale=0.5),
+         "model.qkv_init_scale=0.5 is the init control for model.attention='mha'"),
         (dict(attention="mlra", mlra_rank=65), "model.mlra_rank=65 exceeds n_embd=64"),
         (dict(attention="mlra", mlra_mode="per_head", mlra_rank=17), "model.mlra_rank=17 exceeds head_dim=16"),
     ],
