@@ -13,8 +13,10 @@ classifies correctly; the fooling rates are the ones `--transfer` computes (the 
 A trigger is not scored on the classifier it was searched on (its own fooling rate, on token ids,
 is in its attack.json and copied here). Each victim's `base` (the pre-trained model it was
 fine-tuned from, from its run's config) is recorded so that a table can keep same-initialisation
-pairs apart. A trigger text found by several attacks is scored once per classifier. All attacks
-must share the scoring task, test-set size, trigger length and target.
+pairs apart. A trigger text found by several attacks is scored once per classifier, and the
+texts an earlier run already scored into --out (same classifier path, same scoring) are read
+back, so adding attacks to a study scores only their triggers. All attacks must share the
+scoring task, test-set size, trigger length and target.
 Writes --out (JSON); experiments/attack_transfer_table.py turns it into tables.
 """
 
@@ -77,10 +79,15 @@ def _same(a: str, b: str) -> bool:
 
 
 def score_victim(
-    path: str, runs: list[dict[str, Any]], scoring: dict[str, Any], device: torch.device
+    path: str,
+    runs: list[dict[str, Any]],
+    scoring: dict[str, Any],
+    device: torch.device,
+    known: dict[str, float],
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """One classifier: its clean accuracy and neutral baseline, and each other attack's fooling
-    rate on it, by attack folder."""
+    rate on it, by attack folder; the trigger texts in `known` (text -> rate) are not scored
+    again."""
     t0 = time.perf_counter()
     victim = load_victim(path, device, scoring["max_length"])
     task = load_task(scoring["eval_task"], progress=False)
@@ -92,15 +99,27 @@ def score_victim(
     neutral = " ".join([NEUTRAL_WORD] * scoring["trigger_len"])
     base, n = text_fooling_rate(victim, texts, labels, neutral, target, clean=clean)
     others = [r for r in runs if not _same(r["classifier"], path)]
-    by_text: dict[str, float] = {}  # a trigger found more than once is scored once
-    for text in tqdm(sorted({r["trigger_text"] for r in others}), desc=Path(path).name,
-                     unit="trigger"):  # fmt: skip
+    by_text = dict(known)  # a trigger found more than once is scored once
+    new = sorted({r["trigger_text"] for r in others} - set(by_text))
+    for text in tqdm(new, desc=Path(path).name, unit="trigger"):
         by_text[text] = text_fooling_rate(victim, texts, labels, text, target, clean=clean)[0]
     rates = {r["folder"]: by_text[r["trigger_text"]] for r in others}
     info = {"path": path, "base": base_of(path), "n_eval": n,
             "clean_accuracy": float((clean == labels).float().mean()),
-            "baseline_fooling_rate": base, "seconds": time.perf_counter() - t0}  # fmt: skip
+            "baseline_fooling_rate": base, "seconds": time.perf_counter() - t0,
+            "scored_now": len(new), "by_trigger_text": by_text}  # fmt: skip
     return info, rates
+
+
+def known_rates(out: Path, scoring: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per classifier path, the trigger texts an earlier run of this script scored into `out`
+    with the same scoring options (none when `out` does not exist or was scored otherwise)."""
+    if not out.is_file():
+        return {}
+    earlier = json.loads(out.read_text())
+    if earlier.get("scoring") != scoring:
+        return {}
+    return {v["path"]: v.get("by_trigger_text", {}) for v in earlier["victims"].values()}
 
 
 def main(argv: list[str]) -> int:
@@ -116,15 +135,16 @@ def main(argv: list[str]) -> int:
         raise SystemExit("--victim: give NAME=CLASSIFIER, each NAME once")
     runs, scoring = read_attacks(args.attacks)
     device = resolve_device(args.device, option="--device")
+    known = known_rates(args.out, scoring)
     out: dict[str, Any] = {"scoring": scoring, "victims": {}, "attacks": []}
     scores: dict[str, dict[str, float]] = {r["folder"]: {} for r in runs}
     for name, path in victims.items():
-        info, rates = score_victim(path, runs, scoring, device)
+        info, rates = score_victim(path, runs, scoring, device, known.get(path, {}))
         out["victims"][name] = info
         for folder, rate in rates.items():
             scores[folder][name] = rate
         print(f"{name}: clean accuracy {info['clean_accuracy']:.3f}, neutral {info['baseline_fooling_rate']:.3f}, "
-              f"{len(rates)} triggers in {info['seconds']:.0f} s", file=sys.stderr)  # fmt: skip
+              f"{info['scored_now']} new triggers scored in {info['seconds']:.0f} s", file=sys.stderr)  # fmt: skip
     for r in runs:
         own = next((n for n, p in victims.items() if _same(p, r["classifier"])), None)
         out["attacks"].append({

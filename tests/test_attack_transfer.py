@@ -64,6 +64,11 @@ def test_scores_match_the_attack_jobs_own_transfer(scripts, study):
         assert data["victims"]["b"]["baseline_fooling_rate"] == pytest.approx(
             run["transfer_detail"][str(b)]["baseline_fooling_rate"]
         )
+    # Run again into the same file: every trigger text is read back, none scored again.
+    assert attack_transfer.main(argv) == 0
+    again = json.loads(out.read_text())
+    assert again["victims"]["b"]["scored_now"] == 0 < data["victims"]["b"]["scored_now"]
+    assert [e["scores"] for e in again["attacks"]] == [e["scores"] for e in data["attacks"]]
 
 
 def test_table_pairs_luat_with_uat_by_seed(scripts, study):
