@@ -178,22 +178,37 @@ def gaps(data: dict[str, Any]) -> list[str]:
 
 
 def task_to_task(study: Path) -> list[str]:
+    """Per source and domain, UAT and LUAT (block picked on the domain) over seeds; then per
+    source the mean over domains (one value per seed: a seed's triggers serve every domain), and
+    both sources pooled as in the model-to-model table."""
     lines = ["| source → domain | inputs | neutral | UAT | LUAT, block picked on the domain | "
              "blocks picked | LUAT − UAT |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    per_seed: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for folder in sorted(study.glob("*-rt-to-*")):
         runs = [json.loads(f.read_text()) for f in sorted(folder.glob("*/attack.json"))]
-        uat = {r["options"]["seed"]: r for r in runs if r["method"] == "uat"}
-        luat = {r["options"]["seed"]: r for r in runs if r["method"] == "luat"}
         if not runs:
             continue
+        uat = {r["options"]["seed"]: r for r in runs if r["method"] == "uat"}
+        luat = {r["options"]["seed"]: r for r in runs if r["method"] == "luat"}
         rate = {s: r["fooling_rate"] for s, r in uat.items()}
         lrate = {s: r["fooling_rate"] for s, r in luat.items()}
+        source = folder.name.split("-rt-to-")[0]
+        for seed in sorted(set(rate) & set(lrate)):
+            per_seed[source][seed].append(lrate[seed] - rate[seed])
         diffs = paired_differences(lrate, rate)
         blocks = ", ".join(f"{luat[s]['layer']} s{s}" for s in sorted(luat))
         name = folder.name.replace("-rt-to-", " → ")
         lines.append(f"| {name} | {runs[0]['n_eval']} | {_fmt(r['baseline_fooling_rate'] for r in runs)} "
                      f"| {_fmt(rate.values())} | {_fmt(lrate.values())} | {blocks} | "
                      f"{_diff(mean_difference(diffs) if diffs else None)} |")  # fmt: skip
+    means = {src: [float(np.mean(v)) for v in seeds.values()] for src, seeds in per_seed.items()}
+    for src, values in means.items():
+        lines.append(f"| {src}, mean over domains | | | | | | {_diff(mean_difference(values))} |")
+    if len(means) > 1:
+        e = _pooled(means)
+        det = detectable(e)
+        lines.append(f"| all sources, pooled | | | | | | {_diff(e)}"
+                     f"{'' if det is None else f' (detectable {det:.3f})'} |")  # fmt: skip
     return lines
 
 
