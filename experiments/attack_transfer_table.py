@@ -6,9 +6,10 @@ Reads STUDY_DIR/transfer.json (experiments/attack_transfer.py) and the task-to-t
 STUDY_DIR/SOURCE-rt-to-DOMAIN/*/attack.json (experiments/attack-study.sh). Every difference is
 LUAT − UAT paired by search seed (the same seed draws the same batches for both searches).
 
-Pooled over pairs: each source seed contributes the mean of its differences over the victims of
-other families (they share the seed's two triggers, so they are not independent draws); the
-sources' seed variances are pooled (df = Σ (seeds − 1)). The smallest effect the design could
+Pooled over pairs: each source seed contributes the mean of its differences over the other
+families (each family, a pre-trained base, first averaged over its victims, so copies of one
+model count once; the victims share the seed's two triggers, so they are not independent
+draws); the sources' seed variances are pooled (df = Σ (seeds − 1)). The smallest effect the design could
 detect is stated at 80% power and the 5% level; p-values over the seven LUAT rows (six blocks
 and the selected one) are Holm-corrected.
 """
@@ -159,13 +160,14 @@ def gaps(data: dict[str, Any]) -> list[str]:
             diffs = paired_differences(r.get(key, {}), r.get("uat", {}))
             cells[key, s, n] = mean_difference(diffs) if diffs else None
         for s in sources:
-            cross = [n for ss, n in pairs if ss == s and n != s]
-            per_seed = defaultdict(list)
-            for n in cross:
+            # seed -> family (pre-trained base) -> differences on that family's victims
+            per_seed: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+            for n in [n for ss, n in pairs if ss == s and n != s]:
                 r = _rows(sources[s], lambda a, n=n: a["scores"].get(n))
                 for seed in sorted(set(r.get(key, {})) & set(r.get("uat", {}))):
-                    per_seed[seed].append(r[key][seed] - r["uat"][seed])
-            per_source[s] = [float(np.mean(v)) for v in per_seed.values()]
+                    per_seed[seed][victims[n]["base"]].append(r[key][seed] - r["uat"][seed])
+            per_source[s] = [float(np.mean([np.mean(d) for d in fam.values()]))
+                             for fam in per_seed.values()]  # fmt: skip
         pooled[key] = _pooled(per_source)
     adjusted = holm([None if e is None else e.p for e in pooled.values()])
     for key, p in zip(keys, adjusted):
