@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -17,18 +18,38 @@ _WORDS = [
 ]
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc), found before any is killed: a rank whose parent
+    dies is re-parented to init and could no longer be traced back."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def run_tree(cmd: list[str], *, timeout: float, **kw) -> subprocess.CompletedProcess:
     """`subprocess.run(cmd, capture_output=True, text=True, timeout=...)` for commands that start
-    processes of their own (torchrun and its ranks, a sweep and its runs): the command leads a
-    new process group, and on timeout the whole group is killed, not only the direct child,
-    so a hung test leaves no orphan ranks loading the machine. Raises TimeoutExpired as run does."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, **kw)
+    processes of their own (torchrun and its ranks, a sweep and its runs): on timeout every
+    process below the command is killed with it, including those in sessions of their own
+    (torchrun starts each rank so), so a hung test leaves no orphans loading the machine.
+    Raises TimeoutExpired as run does."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        for pid in [*_descendants(proc.pid), proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()  # not communicate: the pipes are closed once every holder is dead
         raise
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 

@@ -1,4 +1,5 @@
-"""tests/helpers.run_tree: a timed-out command is killed with every process it started."""
+"""tests/helpers.run_tree: a timed-out command is killed with every process it started, also one
+in a session of its own, and the call returns rather than waiting on pipes the orphan holds."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def _alive(pid: int) -> bool:
 
 def test_timeout_kills_the_grandchildren_too(tmp_path):
     pid_file = tmp_path / "pid"
-    parent = ("import subprocess, sys, time; p = subprocess.Popen(['sleep', '60']); "
+    # The grandchild leads a session of its own, as torchrun's ranks do.
+    parent = ("import subprocess, sys, time; "
+              "p = subprocess.Popen(['sleep', '60'], start_new_session=True); "
               f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")  # fmt: skip
     with pytest.raises(subprocess.TimeoutExpired):
         run_tree([sys.executable, "-c", parent], timeout=3)
