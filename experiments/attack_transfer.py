@@ -33,8 +33,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from steadylm.attack.evaluate import predict, text_fooling_rate
+from steadylm.attack.evaluate import text_fooling_rates
 from steadylm.attack.job import resolve_target
+from steadylm.attack.reuse import same_classifier
 from steadylm.attack.victim import NEUTRAL_WORD, load_victim
 from steadylm.device import resolve_device
 from steadylm.tasks import load_task
@@ -74,10 +75,6 @@ def base_of(classifier: str) -> str:
     return str(tomllib.loads(config.read_text()).get("finetune", {}).get("base", ""))
 
 
-def _same(a: str, b: str) -> bool:
-    return Path(a).resolve() == Path(b).resolve()
-
-
 def score_victim(
     path: str,
     runs: list[dict[str, Any]],
@@ -95,14 +92,13 @@ def score_victim(
     texts = [e.text for e in test]
     labels = torch.tensor([e.label for e in test], dtype=torch.long)
     target = resolve_target(scoring["target_label"], victim.labels)
-    clean = predict(victim, victim.encode(texts, 0))
     neutral = " ".join([NEUTRAL_WORD] * scoring["trigger_len"])
-    base, n = text_fooling_rate(victim, texts, labels, neutral, target, clean=clean)
-    others = [r for r in runs if not _same(r["classifier"], path)]
-    by_text = dict(known)  # a trigger found more than once is scored once
-    new = sorted({r["trigger_text"] for r in others} - set(by_text))
-    for text in tqdm(new, desc=Path(path).name, unit="trigger"):
-        by_text[text] = text_fooling_rate(victim, texts, labels, text, target, clean=clean)[0]
+    others = [r for r in runs if not same_classifier(r["classifier"], path)]
+    new = sorted({r["trigger_text"] for r in others} - set(known) - {neutral})
+    bar = tqdm([neutral, *new], desc=Path(path).name, unit="trigger")
+    clean, by_text, n = text_fooling_rates(victim, texts, labels, bar, target)
+    base = by_text[neutral]
+    by_text = {**known, **by_text}  # a trigger found more than once is scored once
     rates = {r["folder"]: by_text[r["trigger_text"]] for r in others}
     info = {"path": path, "base": base_of(path), "n_eval": n,
             "clean_accuracy": float((clean == labels).float().mean()),
@@ -146,7 +142,7 @@ def main(argv: list[str]) -> int:
         print(f"{name}: clean accuracy {info['clean_accuracy']:.3f}, neutral {info['baseline_fooling_rate']:.3f}, "
               f"{info['scored_now']} new triggers scored in {info['seconds']:.0f} s", file=sys.stderr)  # fmt: skip
     for r in runs:
-        own = next((n for n, p in victims.items() if _same(p, r["classifier"])), None)
+        own = next((n for n, p in victims.items() if same_classifier(p, r["classifier"])), None)
         out["attacks"].append({
             "folder": r["folder"], "classifier": r["classifier"], "source": own,
             "source_base": base_of(r["classifier"]), "method": r["method"], "layer": r["layer"],

@@ -56,7 +56,15 @@ def _key(a: dict[str, Any]) -> str:
     return "luat, selected" if a["selected"] else f"luat, block {a['layer']}"
 
 
-ORDER = ["uat", *(f"luat, block {b}" for b in range(1, 13)), "luat, selected"]
+def _order(keys: Iterable[str]) -> list[str]:
+    """uat, then luat by block number (any depth), then the selected block."""
+
+    def rank(k: str) -> tuple[int, int]:
+        if k == "uat":
+            return (0, 0)
+        return (2, 0) if k == "luat, selected" else (1, int(k.rsplit(" ", 1)[1]))
+
+    return sorted(set(keys), key=rank)
 
 
 def _fmt(values: Iterable[float]) -> str:
@@ -112,7 +120,7 @@ def matrix(data: dict[str, Any]) -> list[str]:
         own = _rows(attacks, lambda a: a["own_fooling_rate"])
         cols = {n: _rows(attacks, lambda a, n=n: a["scores"].get(n)) for n in names}
         base = data["victims"][source]["base"]
-        for key in [k for k in ORDER if k in own]:
+        for key in _order(own):
             cells = []
             for n in names:
                 cell = _fmt(cols[n][key].values()) if key in cols[n] else "—"
@@ -146,7 +154,7 @@ def gaps(data: dict[str, Any]) -> list[str]:
     sources = _by_source(data)
     pairs = [(s, n) for s in sources for n in victims
              if n == s or victims[n]["base"] != victims[s]["base"]]  # fmt: skip
-    keys = [k for k in ORDER if k != "uat" and any(_key(a) == k for a in data["attacks"])]
+    keys = [k for k in _order(_key(a) for a in data["attacks"]) if k != "uat"]
     head = [f"{s} → {n}" if n != s else f"{s} (own)" for s, n in pairs]
     lines = ["| LUAT − UAT | " + " | ".join(head) + " | cross-family, pooled | p (Holm) | "
              "detectable |", "|---|" + "---|" * (len(pairs) + 3)]  # fmt: skip

@@ -93,3 +93,18 @@ def test_attacks_scored_differently_are_refused(scripts, study, tmp_path):
     (other / "attack.json").write_text(json.dumps(run))
     with pytest.raises(SystemExit, match="scored differently"):
         attack_transfer.main([str(folders[0]), str(other), "--victim", f"a={a}", "--out", str(tmp_path / "t.json")])
+
+
+def test_rows_follow_block_number_at_any_depth(scripts):
+    """A 30-block victim (SmolLM2's depth) keeps every block's row, in block order."""
+    _, table = scripts
+    victims = {n: {"base": n, "clean_accuracy": 0.9, "n_eval": 10, "baseline_fooling_rate": 0.0}
+               for n in ("a", "b")}  # fmt: skip
+    attacks = [{"source": "a", "method": m, "layer": layer, "selected": False, "seed": s,
+                "own_fooling_rate": 0.5, "scores": {"b": 0.1 * s + (layer or 0) / 100}}
+               for s in (0, 1) for m, layer in (("uat", None), ("luat", 30), ("luat", 2))]  # fmt: skip
+    data = {"scoring": {"max_eval": 10, "eval_task": "t"}, "victims": victims, "attacks": attacks}
+    matrix_rows = [line.split("|")[2].strip() for line in table.matrix(data)[2:]]
+    assert matrix_rows == ["uat", "luat, block 2", "luat, block 30"]
+    gap_rows = [line.split("|")[1].strip() for line in table.gaps(data)[2:]]
+    assert gap_rows == ["luat, block 2", "luat, block 30"]

@@ -7,7 +7,7 @@ the trigger is added (targeted: becomes the target).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -85,3 +85,20 @@ def text_fooling_rate(
         return 0.0, 0
     adv = predict(victim, victim.encode(kept, 0), bar=bar)
     return float(fooled(adv, labels[keep], target).float().mean()), len(kept)
+
+
+def text_fooling_rates(
+    victim: Victim,
+    texts: Sequence[str],
+    labels: torch.Tensor,
+    trigger_texts: Iterable[str],
+    target: int | None,
+    bar: str = "",
+) -> tuple[torch.Tensor, dict[str, float], int]:
+    """Several triggers given as text on one classifier: its predictions on the texts alone (N,),
+    made once for all of them, each trigger's fooling rate, and the number of inputs the rates
+    are measured on (the same for every trigger)."""
+    clean = predict(victim, victim.encode(texts, 0), bar=bar)
+    rates = {t: text_fooling_rate(victim, texts, labels, t, target, bar, clean)[0]
+             for t in trigger_texts}  # fmt: skip
+    return clean, rates, int(eligible(clean, labels, target).sum())

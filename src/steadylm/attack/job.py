@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from steadylm import rundir
 from steadylm.attack.config import AttackConfig
-from steadylm.attack.evaluate import fooling_rate, predict, text_fooling_rate
+from steadylm.attack.evaluate import fooling_rate, predict, text_fooling_rates
 from steadylm.attack.jacobian import sensitivity_profile
 from steadylm.attack.reuse import read_reused
 from steadylm.attack.search import Batches, SearchResult, search_trigger
@@ -205,10 +205,11 @@ class AttackJob:
             other = load_victim(path, self.device, cfg.max_length)
             _check_labels(self.eval_task, other, f"--transfer {path}")
             bar = f"transfer {Path(path).name}" if self.progress else ""
-            clean = predict(other, other.encode(texts, 0), bar=bar)
-            rate, n = text_fooling_rate(other, texts, labels, trigger_text, self.target, bar, clean)
-            base, _ = text_fooling_rate(other, texts, labels, neutral, self.target, bar, clean)
-            out[path] = {"fooling_rate": rate, "n_eval": n, "baseline_fooling_rate": base}
+            _, rates, n = text_fooling_rates(
+                other, texts, labels, (trigger_text, neutral), self.target, bar
+            )
+            out[path] = {"fooling_rate": rates[trigger_text], "n_eval": n,
+                         "baseline_fooling_rate": rates[neutral]}  # fmt: skip
         return out
 
     # ------------------------------------------------------------------- run

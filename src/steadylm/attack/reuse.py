@@ -36,7 +36,7 @@ class ReusedTrigger:
     source: str  # the folder it was read from
 
 
-def _same_classifier(a: str, b: str) -> bool:
+def same_classifier(a: str, b: str) -> bool:
     return a == b or Path(a).resolve() == Path(b).resolve()
 
 
@@ -51,7 +51,7 @@ def read_reused(cfg: AttackConfig, n_layer: int) -> dict[int | None, ReusedTrigg
         r = _read(folder)
         _check_kind(folder, r, cfg)
         theirs = r.get("options", {})
-        if not _same_classifier(str(r.get("classifier")), cfg.classifier):
+        if not same_classifier(str(r.get("classifier")), cfg.classifier):
             raise SteadyLMError(
                 f"--reuse {folder}: attacks {r.get('classifier')}, not {cfg.classifier}"
             )
