@@ -39,13 +39,14 @@ def sweep(tmp_path_factory, corpus):
     return root / "sweep"
 
 
-def _write_run(folder, corpus, lr, seed, final_val, mlra=False, spike=False, diverge_at=None, gradvar=True):
+def _write_run(folder, corpus, lr, seed, final_val, mlra=False, spike=False, diverge_at=None, gradvar=True,
+               extra=(), speed=1000.0):
     """A hand-made run on the test corpus whose validation loss ends at `final_val`: smooth TEV
     that steps up TEV_LEAD steps before a loss blow-up (whose gradient norm jumps only at the
     blow-up), or values turning "nan" where it diverges."""
     folder.mkdir(parents=True)
     over = tiny_overrides(corpus, **{"model.n_layer": 3, "train.lr": lr, "train.min_lr": lr / 10, "train.seed": seed})
-    cfg = load_config(None, over + (["model.attention=mlra"] if mlra else []))
+    cfg = load_config(None, over + (["model.attention=mlra"] if mlra else []) + list(extra))
     (folder / "config.toml").write_text(cfg.to_toml())
     rng = np.random.default_rng(seed)
     lines = []
@@ -56,7 +57,8 @@ def _write_run(folder, corpus, lr, seed, final_val, mlra=False, spike=False, div
         if spike and step == SPIKE:
             loss, gnorm = 9.0, 10.0
         row = {"step": step, "tokens": step * 100, "loss": loss, "lr": lr, "grad_norm": gnorm,
-               "tev_mean": tev, "tev_std": tev / 10, "tokens_per_s": 1000.0}
+               "tev_mean": tev, "tev_std": tev / 10,
+               "tokens_per_s": speed * (0.5 if step % 50 == 49 else 1.0)}  # evaluation windows slower
         if gradvar and step % 10 == 0:
             row["grad_var_embed"] = 1e-6 * (1 + 0.1 * rng.standard_normal())
         if (step + 1) % 50 == 0:
@@ -154,6 +156,17 @@ def test_report_tables_match_the_runs_metrics(sweep, combined):
             assert group["final_" + key]["mean"] == pytest.approx(statistics.mean(values), rel=1e-12)
             assert group["final_" + key]["sd"] == pytest.approx(statistics.stdev(values), rel=1e-12)
 
+    # Size: the real runs' parameter counts as their provenance.json records them (MLRA's
+    # factorised projections have fewer); the hand-made runs have no provenance, only throughput.
+    size = {(r["n_layer"], r["variant"]): r for r in _table(_section(md, "## Size and speed"))}
+    assert {k for k in size if k[0] == "2"} == {("2", "base"), ("2", "mlra")}
+    assert size[("3", "baseline")]["parameters"] == "—" and size[("3", "baseline")]["tokens/s"] != "—"
+    for variant in ("base", "mlra"):
+        run_dir = sweep / next(r["dir"] for r in index if r["variant"] == variant)
+        prov = json.loads((run_dir / "provenance.json").read_text())
+        assert size[("2", variant)]["parameters"] == f"{prov['parameters']:,}"
+        assert size[("2", variant)]["embedding parameters"] == f"{prov['embedding_parameters']:,}"
+
     # The hand-made runs: one blow-up, one divergence (its "nan" values read as non-finite).
     deep = {(row["variant"], row["lr"]): row for row in _table(_section(md, "## n_layer = 3"))}
     assert deep[("baseline", "1e-2")]["spikes"] == "1" and deep[("baseline", "1e-2")]["diverged"] == "1/2"
@@ -207,6 +220,36 @@ def test_recipe_comparison_of_hand_made_runs(combined):
     summary = json.loads((out / "summary.json").read_text())
     flat = next(r for r in summary["runs"] if r["name"] == "flat")
     assert flat["collapsed"] is True and flat["unigram_nats"] < 6.0 - COLLAPSE_MARGIN
+
+
+def test_size_and_speed_with_the_loss_against_embedding_parameters(corpus, tmp_path):
+    """Three recipes with known sizes, speeds and losses: the table reads provenance.json and the
+    median throughput, and the Pareto front keeps a smaller, better recipe and drops a larger,
+    worse one."""
+    recipes = {  # name: (extra config, embedding parameters, total, tokens/s, final val loss)
+        "dense": ((), 1000, 5000, 1000.0, 2.5),
+        "small": (("model.qk_norm=true",), 100, 4100, 800.0, 2.7),
+        "worse": (("train.z_loss=0.001",), 500, 4500, 900.0, 2.8),
+    }
+    for name, (extra, emb, total, speed, val) in recipes.items():
+        for seed in (1, 2):
+            run = tmp_path / "runs" / f"{name}-s{seed}"
+            _write_run(run, corpus, 1e-3, seed, val + 0.01 * seed, extra=extra, speed=speed * seed)
+            (run / "provenance.json").write_text(json.dumps({"parameters": total, "embedding_parameters": emb}))
+    out = tmp_path / "rep"
+    assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--no-progress"]) == 0
+    section = _section((out / "report.md").read_text(), "## Size and speed")
+    rows = {r["variant"].split(",")[0]: r for r in _table(section)}
+    assert rows["baseline"]["parameters"] == "5,000" and rows["baseline"]["embedding parameters"] == "1,000"
+    assert rows["qk_norm=True"]["embedding × smaller"] == "10×"
+    assert rows["z_loss=0.001"]["embedding × smaller"] == "2×"
+    # each run's median window (the evaluation windows at half speed are the outliers), mean over seeds
+    assert rows["qk_norm=True"]["tokens/s"] == f"1200 ± {statistics.stdev([800.0, 1600.0]):.0f}"
+    assert rows["qk_norm=True"]["speed vs baseline"] == "0.800"
+    assert "n_layer 3, lr 1e-3: qk_norm=True → baseline." in section
+    assert (out / "plots" / "loss-vs-embedding-parameters.png").is_file()
+    fronts = json.loads((out / "summary.json").read_text())["size"]["fronts"]
+    assert fronts == [{"depth": 3, "lr": 1e-3, "variants": ["qk_norm=True", "baseline"]}]
 
 
 def test_report_says_in_words_what_it_cannot_compute(sweep, handmade, tmp_path, capsys):

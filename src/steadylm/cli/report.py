@@ -13,6 +13,8 @@ REPORT/plots/*.png and REPORT/summary.json (every number of the tables).
 The report has: which runs collapsed (final validation loss within 0.05 nats of the unigram
 cross-entropy of the validation tokens evaluated, or above; computed through the cached data
 preparation); per depth (model.n_layer), curves and a table of finals (mean +- sd over seeds);
+parameters, embedding parameters and tokens/s per recipe, with final loss against embedding
+parameters (the Pareto front) where recipes differ in embedding size (a TT embedding's ranks);
 learning-rate sensitivity (Wortsman et al. 2023); each variant against the baseline per (depth,
 lr) cell, seed-paired, with a pooled standard error, t interval and Holm's correction over the
 cells compared, the depth interaction, the difference along training and each recipe at its own

@@ -53,6 +53,8 @@ def summarize(run: Run, ref: Reference | None = None, recipe: str | None = None)
     )
     skipped = {int(r["step"]) for r in run.rows if r.get("skipped")} | set(run.event_steps("skip"))
     ref = ref or Reference(None, error="not computed")
+    _, speed = run.series("tokens_per_s")
+    speed = speed[np.isfinite(speed)]
     return {
         "name": run.name,
         "variant": run.variant,
@@ -76,6 +78,11 @@ def summarize(run: Run, ref: Reference | None = None, recipe: str | None = None)
         "unigram_nats": ref.nats,
         "collapsed": collapsed(val, ref),
         "final_loss": val if val is not None else final_train,
+        # size and speed: counts from provenance.json; the median over the logged windows of
+        # tokens/s, each window's wall-clock throughput (evaluation windows are the outliers)
+        "parameters": run.provenance.get("parameters"),
+        "embedding_parameters": run.provenance.get("embedding_parameters"),
+        "tokens_per_s": float(np.median(speed)) if len(speed) else None,
     }
 
 
@@ -102,7 +109,13 @@ def group_table(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "final_val_ppl",
                         "final_tev_mean",
                         "final_tev_std",
+                        "tokens_per_s",
                     )
+                },
+                # the same for every seed of a recipe; None when no run recorded it
+                **{
+                    key: max((m[key] for m in members if m[key] is not None), default=None)
+                    for key in ("parameters", "embedding_parameters")
                 },
                 "spikes": sum(m["spikes"] for m in members),
                 "skipped": sum(m["skipped"] for m in members),
@@ -111,6 +124,36 @@ def group_table(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def size_fronts(groups: list[dict[str, Any]]) -> dict[tuple, list[str]]:
+    """Per (depth, lr) whose recipes differ in embedding parameters: the variants on the
+    loss-against-size Pareto front, fewest parameters first. A variant is on it when its mean
+    final validation loss is below that of every variant with no more embedding parameters.
+    Cells with a diverged or collapsed run, or no validation loss, are left out."""
+    cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for g in groups:
+        if (
+            g["embedding_parameters"] is not None
+            and g["final_val_loss"]["mean"] is not None
+            and not g["diverged"]
+            and not g["collapsed"]
+        ):
+            cells[(g["depth"], g["lr"])].append(g)
+    fronts = {}
+    for cell, members in cells.items():
+        if len({g["embedding_parameters"] for g in members}) < 2:
+            continue
+        front, best = [], math.inf
+        by_size = sorted(
+            members, key=lambda g: (g["embedding_parameters"], g["final_val_loss"]["mean"])
+        )
+        for g in by_size:
+            if g["final_val_loss"]["mean"] < best:
+                front.append(g["variant"])
+                best = g["final_val_loss"]["mean"]
+        fronts[cell] = front
+    return fronts
 
 
 def recipe_of(summary: dict[str, Any]) -> str:

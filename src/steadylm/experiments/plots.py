@@ -223,6 +223,54 @@ def lr_sensitivity(entries: list[dict[str, Any]], colors: dict[str, Any]) -> Fig
     return fig
 
 
+def loss_vs_size(
+    groups: list[dict[str, Any]],
+    summaries: list[dict[str, Any]],
+    fronts: dict[tuple, list[str]],
+    colors: dict[str, Any],
+) -> Figure:
+    """Final validation loss against embedding parameters, one panel per (depth, lr) of
+    `fronts`: every seed as a dot, mean ± sd as a bar, the Pareto front as a dashed line."""
+    fig = Figure(figsize=(min(5.5 * len(fronts), 16), 4.2))
+    axes = np.atleast_1d(fig.subplots(1, len(fronts), squeeze=False).ravel())
+    for ax, ((depth, lr), front) in zip(axes, fronts.items()):
+        cell = [g for g in groups if g["depth"] == depth and g["lr"] == lr]
+        for g in cell:
+            if g["embedding_parameters"] is None:
+                continue
+            x, color = g["embedding_parameters"], colors[g["variant"]]
+            seeds = [
+                s["final_val_loss"]
+                for s in summaries
+                if s["depth"] == depth and s["lr"] == lr and s["variant"] == g["variant"]
+                and s["final_val_loss"] is not None
+            ]  # fmt: skip
+            ax.scatter([x] * len(seeds), seeds, s=12, color=color, alpha=0.6, zorder=3)
+            mean, sd = g["final_val_loss"]["mean"], g["final_val_loss"]["sd"] or 0.0
+            if mean is not None:
+                ax.errorbar(x, mean, yerr=sd, marker="o", ms=6, capsize=3, color=color,
+                            label=g["variant"], zorder=4)  # fmt: skip
+        on_front = sorted(
+            (g for g in cell if g["variant"] in front), key=lambda g: g["embedding_parameters"]
+        )
+        ax.plot(
+            [g["embedding_parameters"] for g in on_front],
+            [g["final_val_loss"]["mean"] for g in on_front],
+            ls="--",
+            color="k",
+            lw=1,
+            label="Pareto front",
+            zorder=2,
+        )
+        ax.set_xscale("log")
+        ax.set_xlabel("embedding parameters", fontsize=9)
+        ax.set_ylabel("final validation loss", fontsize=9)
+        ax.set_title(f"n_layer = {depth}, lr = {short_float(lr) if lr else '—'}", fontsize=10)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def _log_axes(ax, xs, ys) -> None:
     if _spans_decade(xs):
         ax.set_xscale("log")

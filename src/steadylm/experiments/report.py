@@ -329,6 +329,90 @@ class Report:
                     "▼ marks a spike event of the trainer.",
                 )
 
+    def size_section(self, groups: list[dict[str, Any]]) -> dict[str, Any]:
+        """Parameters, embedding parameters and throughput per recipe; where the recipes of a
+        (depth, lr) cell differ in embedding parameters, final loss against that size."""
+        rows = [g for g in groups if g["parameters"] is not None or g["tokens_per_s"]["n"]]
+        if not rows:
+            return {}
+        self.blocks += [
+            Heading("Size and speed"),
+            Para(
+                "Parameter counts from each run's provenance.json (the embedding's: its token "
+                "table, or the cores that build it). Throughput is the median over a run's logged "
+                "windows of tokens per wall-clock second, mean ± sd over seeds; it compares "
+                "recipes only when their runs shared a machine and its load alike (one sweep with "
+                f"a fixed --jobs). Ratios are against {self.baseline} at the same depth and "
+                "learning rate."
+            ),
+        ]
+        recipe_of_variant = {r.variant: self.recipe[r.name] for r in self.runs}
+
+        def base(g: dict[str, Any]) -> dict[str, Any] | None:
+            return next(
+                (b for b in groups if b["depth"] == g["depth"] and b["lr"] == g["lr"]
+                 and recipe_of_variant.get(b["variant"]) == self.baseline),
+                None,
+            )  # fmt: skip
+
+        def ratio(num: float | None, den: float | None, spec: str, unit: str = "") -> str:
+            return f"{num / den:{spec}}{unit}" if num and den else "—"
+
+        table = []
+        for g in sorted(rows, key=lambda g: (_sort_key(g["depth"]), self._order(g["variant"]),
+                                             _sort_key(g["lr"]))):  # fmt: skip
+            b = base(g) or {}
+            table.append([
+                str(g["depth"]),
+                g["variant"],
+                lr_text(g["lr"]),
+                str(g["runs"]),
+                fmt(g["parameters"], ",d"),
+                fmt(g["embedding_parameters"], ",d"),
+                ratio(b.get("embedding_parameters"), g["embedding_parameters"], ".3g", "×"),
+                fmt_ms(g["final_val_loss"], ".4f", g["runs"]),
+                fmt_ms(g["tokens_per_s"], ".0f", g["runs"]),
+                ratio(g["tokens_per_s"]["mean"], (b.get("tokens_per_s") or {}).get("mean"), ".3f"),
+            ])  # fmt: skip
+        self.blocks.append(
+            Table(
+                [
+                    "n_layer",
+                    "variant",
+                    "lr",
+                    "runs",
+                    "parameters",
+                    "embedding parameters",
+                    "embedding × smaller",
+                    "val loss",
+                    "tokens/s",
+                    "speed vs baseline",
+                ],
+                table,
+            )  # fmt: skip
+        )
+        fronts = analysis.size_fronts(groups)
+        if fronts:
+            self.blocks.append(
+                Para(
+                    "Pareto front of final validation loss against embedding parameters (a "
+                    "variant is on it when its mean loss is below that of every variant with no "
+                    "more embedding parameters; cells with a diverged or collapsed run left out): "
+                    + "; ".join(
+                        f"n_layer {d}, lr {lr_text(lr)}: {' → '.join(f)}"
+                        for (d, lr), f in fronts.items()
+                    )
+                    + "."
+                )
+            )
+            self.figure(
+                plots.loss_vs_size(groups, self.summaries, fronts, self.colors),
+                "loss-vs-embedding-parameters.png",
+                "Final validation loss against embedding parameters (log scale): dots are "
+                "seeds, bars mean ± sd; the dashed line is the Pareto front.",
+            )
+        return {"fronts": [{"depth": d, "lr": lr, "variants": f} for (d, lr), f in fronts.items()]}
+
     @staticmethod
     def _missing(runs: list[Run]) -> str:
         def logged(key: str) -> bool:
@@ -1036,8 +1120,10 @@ class Report:
         self.intro()
         collapse = self.collapse_section()
         groups = analysis.group_table(self.summaries)
+        size: dict[str, Any] = {}
         if self.with_data:
             self.depth_sections(groups)
+            size = self.size_section(groups)
         lr = self.lr_section()
         cmp = self.comparison_section()
         tev = self.tev_section(cmp)
@@ -1063,6 +1149,7 @@ class Report:
             "runs": self.summaries,
             "collapse": collapse,
             "groups": groups,
+            "size": size,
             "lr_sensitivity": lr,
             "comparison": cmp,
             "tev": tev,

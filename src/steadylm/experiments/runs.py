@@ -81,6 +81,8 @@ class Run:
     rows: list[dict[str, Any]] = field(default_factory=list)  # one per step, in step order
     events: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)  # the run's config.toml as read
+    # provenance.json as read (parameter counts, device, threads), {} when absent
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def cfg(self) -> Config | None:
         """The run's resolved config, or None when its config.toml is missing or no longer valid."""
@@ -126,6 +128,14 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
         return tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError):
         return {}
+
+
+def _read_provenance(run_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((run_dir / "provenance.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def recipe_label(config: dict[str, Any]) -> str:
@@ -213,6 +223,7 @@ def load_run(run_dir: Path, name: str | None = None, index: dict[str, Any] | Non
         rows=[rows[s] for s in sorted(rows)],
         events=events,
         config=config,
+        provenance=_read_provenance(run_dir),
     )
 
 
