@@ -59,8 +59,13 @@ def init_distributed(device_name: str) -> DistContext:
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
-def shutdown(ctx: DistContext) -> None:
+def shutdown(ctx: DistContext, synchronise: bool = False) -> None:
+    """Destroy the process group. `synchronise`: first wait until every rank is here, so no rank
+    tears the group down while a peer is still finishing its last collective (a two-rank gloo
+    run was seen to hang at exit without it); only for a normal end, when every rank arrives."""
     if ctx.enabled and dist.is_initialized():
+        if synchronise:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -798,13 +798,15 @@ class Trainer:
     def fit(self) -> RunResult:
         try:
             with self._signals():
-                return self._fit()
+                result = self._fit()
         except BaseException as e:
             if self._started:  # never mark a run this process did not get to train as failed
                 self._set_status("failed", error=f"{type(e).__name__}: {e}")
+            # No teardown of the process group here: another rank may still be inside a
+            # collective, and destroying the group under it can deadlock both; exiting frees it.
             raise
-        finally:
-            shutdown(self.ctx)
+        shutdown(self.ctx, synchronise=True)
+        return result
 
     def _fit(self) -> RunResult:
         cfg = self.cfg
