@@ -154,10 +154,26 @@ def test_sweep_trains_every_run_and_writes_the_index(tmp_path, corpus, capsys):
     assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 0
     assert {r["name"]: (out / r["dir"] / "metrics.jsonl").stat().st_mtime_ns for r in read_index(out)} == before
 
-    # Another spec may not reuse the folder.
+    # A spec that only adds runs continues the sweep: the new seed trains, the rest stay as done.
     spec.write_text(spec.read_text().replace("seeds = [1, 2]", "seeds = [1, 2, 3]"))
-    assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 2
-    assert "different spec" in capsys.readouterr().err
+    assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 0
+    grown = {r["name"]: r for r in read_index(out)}
+    assert set(grown) == set(before) | {"base-s3", "mlra-s3"}
+    assert all(grown[n]["status"] == "finished" for n in grown)
+    assert {n: (out / grown[n]["dir"] / "metrics.jsonl").stat().st_mtime_ns for n in before} == before
+    assert (out / "spec.toml").read_text() == spec.read_text()
+
+    # A spec that would change or drop a run already there may not reuse the folder.
+    capsys.readouterr()
+    changed = tmp_path / "changed.toml"
+    mlra = '"model.attention" = "mlra"'
+    changed.write_text(spec.read_text().replace(mlra, mlra + '\n"model.mlra_rank" = 4'))
+    assert main(["sweep", str(changed), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "different spec" in err and "run mlra-s1 would train with other overrides" in err
+    changed.write_text(spec.read_text().replace("seeds = [1, 2, 3]", "seeds = [1, 2]"))
+    assert main(["sweep", str(changed), "--out", str(out), "--no-progress"]) == 2
+    assert "run base-s3 is no longer in the spec" in capsys.readouterr().err
 
 
 def _sweep_process(spec, out, fault=None, jobs=1):

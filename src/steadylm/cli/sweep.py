@@ -18,7 +18,8 @@ Every run's config is checked before any training. Runs go to DIR/runs/NAME;
 DIR/index.jsonl lists name, overrides, status and run folder. Re-running the same command
 continues: finished and diverged runs are kept, interrupted ones resume from their latest
 checkpoint, failed ones are tried again. A failed run is recorded and the sweep goes on;
-the exit code is 1 if any run failed.
+the exit code is 1 if any run failed. The spec may grow between re-runs (a control arm, more
+seeds) as long as every run already in DIR keeps its name and overrides.
 With --launcher submitit each run is a cluster job (SLURM) and DIR/index.jsonl records its
 job id; re-running follows jobs still queued or running and submits the rest.
 Then: steadylm report DIR --out REPORT."""

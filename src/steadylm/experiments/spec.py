@@ -336,6 +336,12 @@ def parse_spec(path: str | Path) -> SweepSpec:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SteadyLMError(f"{path}: not valid TOML ({e})") from None
+    return spec_from_raw(path, raw)
+
+
+def spec_from_raw(path: Path, raw: dict[str, Any]) -> SweepSpec:
+    """The spec of parsed TOML `raw`, checked; `path` names it in errors and anchors a relative
+    base."""
     extra = sorted(set(raw) - {"sweep"})
     if extra or "sweep" not in raw:
         raise SteadyLMError(
@@ -365,3 +371,19 @@ def parse_spec(path: str | Path) -> SweepSpec:
     )
     _check_disjoint(path, spec)
     return spec
+
+
+def extension_conflicts(old: SweepSpec, new: SweepSpec) -> list[str]:
+    """Why `new` cannot continue a sweep of `old`, empty when it can: it must train every run of
+    `old` under the same name with the same job, base and overrides, and may add runs (a control
+    arm, another seed). The order and the launcher may change."""
+    if (old.job, old.base) != (new.job, new.base):
+        return [f"job or base differs ({old.job} {old.base!r} against {new.job} {new.base!r})"]
+    plans = {p.name: p.overrides for p in new.runs()}
+    problems = []
+    for p in old.runs():
+        if p.name not in plans:
+            problems.append(f"run {p.name} is no longer in the spec")
+        elif plans[p.name] != p.overrides:
+            problems.append(f"run {p.name} would train with other overrides")
+    return problems

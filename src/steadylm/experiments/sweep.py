@@ -1,19 +1,20 @@
 """Run a sweep: every run of a spec in its own run directory, resumable, optionally in parallel.
 
-    DIR/spec.toml       the spec as given (a re-run must use the same spec)
+    DIR/spec.toml       the spec as given (a re-run must use it, or a spec that only adds runs)
     DIR/index.jsonl     one line per run: name, variant, grid, seed, overrides, status, step, dir
     DIR/runs/NAME/      the run directory (config.toml, metrics.jsonl, status.json, checkpoints/)
     DIR/logs/NAME.log   output of runs trained in subprocesses (--jobs > 1)
 
 Re-running the same command continues the sweep: finished and diverged runs are kept as they
 are, runs with a config.toml that did not finish are resumed from their latest checkpoint, and
-the rest start. A run that fails is recorded with its error and the sweep goes on.
+the rest start. A run that fails is recorded with its error and the sweep goes on. A spec
+that keeps every run of the folder's spec as it was and adds runs (a control arm, a seed)
+continues the sweep with them; any other change is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import signal
@@ -27,7 +28,7 @@ from typing import Any
 
 from steadylm.errors import SteadyLMError
 from steadylm.experiments.jobs import JOBS
-from steadylm.experiments.spec import RunPlan, SweepSpec
+from steadylm.experiments.spec import RunPlan, SweepSpec, extension_conflicts, spec_from_raw
 from steadylm.fsutil import atomic_write
 from steadylm.rundir import read_status
 from steadylm.status import RunStatus
@@ -102,13 +103,20 @@ class Sweep:
         if copy.is_file():
             import tomllib
 
-            old = dataclasses.replace(
-                self.spec, raw=tomllib.loads(copy.read_text(encoding="utf-8"))
-            )
-            if old.identity != self.spec.identity:
+            try:
+                old = spec_from_raw(self.spec.path, tomllib.loads(copy.read_text(encoding="utf-8")))
+                problems = (
+                    []
+                    if old.identity == self.spec.identity
+                    else extension_conflicts(old, self.spec)
+                )
+            except (SteadyLMError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+                problems = [f"its copy no longer reads as a spec ({e})"]
+            if problems:
                 raise SteadyLMError(
-                    f"--out: {self.out} holds a sweep of a different spec ({copy}); "
-                    "re-run with that spec to continue it, or choose another folder"
+                    f"--out: {self.out} holds a sweep of a different spec ({copy}): "
+                    f"{'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''}. A spec may "
+                    "only add runs to a sweep; re-run with that spec, or choose another folder"
                 )
         elif self.out.exists() and any(self.out.iterdir()):
             raise SteadyLMError(
