@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from steadylm.experiments.runs import Run
 from steadylm.experiments.spec import short_float
@@ -263,6 +263,8 @@ def loss_vs_size(
             zorder=2,
         )
         ax.set_xscale("log")
+        # under a decade of span, matplotlib labels every minor tick and they overlap
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("embedding parameters", fontsize=9)
         ax.set_ylabel("final validation loss", fontsize=9)
         ax.set_title(f"n_layer = {depth}, lr = {short_float(lr) if lr else '—'}", fontsize=10)
