@@ -346,6 +346,29 @@ class Report:
                 "learning rate."
             ),
         ]
+        self.blocks.append(
+            Table(
+                [
+                    "n_layer",
+                    "variant",
+                    "lr",
+                    "runs",
+                    "parameters",
+                    "embedding parameters",
+                    "embedding × smaller",
+                    "val loss",
+                    "tokens/s",
+                    "speed vs baseline",
+                ],
+                self._size_rows(rows, groups),
+            )  # fmt: skip
+        )
+        return self._size_front(groups)
+
+    def _size_rows(
+        self, rows: list[dict[str, Any]], groups: list[dict[str, Any]]
+    ) -> list[list[str]]:
+        """The size table's cells, each row's ratios against the baseline of its (depth, lr)."""
         recipe_of_variant = {r.variant: self.recipe[r.name] for r in self.runs}
 
         def base(g: dict[str, Any]) -> dict[str, Any] | None:
@@ -374,23 +397,11 @@ class Report:
                 fmt_ms(g["tokens_per_s"], ".0f", g["runs"]),
                 ratio(g["tokens_per_s"]["mean"], (b.get("tokens_per_s") or {}).get("mean"), ".3f"),
             ])  # fmt: skip
-        self.blocks.append(
-            Table(
-                [
-                    "n_layer",
-                    "variant",
-                    "lr",
-                    "runs",
-                    "parameters",
-                    "embedding parameters",
-                    "embedding × smaller",
-                    "val loss",
-                    "tokens/s",
-                    "speed vs baseline",
-                ],
-                table,
-            )  # fmt: skip
-        )
+        return table
+
+    def _size_front(self, groups: list[dict[str, Any]]) -> dict[str, Any]:
+        """The loss-against-embedding-parameters front, in words and as a figure, where the
+        recipes of a (depth, lr) cell differ in embedding parameters."""
         fronts = analysis.size_fronts(groups)
         if fronts:
             self.blocks.append(
