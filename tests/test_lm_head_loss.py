@@ -1,4 +1,5 @@
-"""The fused, chunked output layer + loss equals logits-then-lm_loss, in value and gradient."""
+"""The fused, chunked and tiled output layer + loss equals logits-then-lm_loss, in value and
+gradient."""
 
 import pytest
 import torch
@@ -13,8 +14,10 @@ def _reference(h, w, t, z):
 
 @pytest.mark.parametrize("z_loss", [0.0, 1e-2])
 @pytest.mark.parametrize("chunk_elements", [1 << 24, 97 * 7])  # one chunk; several uneven chunks
-def test_matches_reference_in_fp32(monkeypatch, z_loss, chunk_elements):
+@pytest.mark.parametrize("vocab_tile", [1024, 10])  # one tile; ten tiles, the last of 7 columns
+def test_matches_reference_in_fp32(monkeypatch, z_loss, chunk_elements, vocab_tile):
     monkeypatch.setattr(fused, "_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(fused, "_CPU_VOCAB_TILE", vocab_tile)
     g = torch.Generator().manual_seed(0)
     h = torch.randn(3, 11, 16, generator=g, requires_grad=True)
     w = torch.randn(97, 16, generator=g, requires_grad=True)
@@ -50,3 +53,26 @@ def test_without_grad_only_the_sums():
     with torch.no_grad():
         loss, lz2 = fused.lm_head_loss(h, w, t)
     torch.testing.assert_close(loss, _reference(h, w, t, 0.0)[0])
+
+
+def test_tiles_far_apart_in_scale_combine_without_overflow(monkeypatch):
+    # One tile's logits 500 above the others': each tile's own max keeps exp finite, and the
+    # combination must still give the plain log-softmax.
+    monkeypatch.setattr(fused, "_CPU_VOCAB_TILE", 8)
+    h = torch.ones(4, 1)
+    w = torch.zeros(40, 1)
+    w[17] = 500.0
+    t = torch.tensor([17, 3, 39, 0])
+    loss, _ = fused.lm_head_loss(h, w.requires_grad_(), t)
+    loss.backward()
+    torch.testing.assert_close(loss, torch.tensor(3 * 500.0), rtol=1e-6, atol=1e-3)
+    assert torch.isfinite(w.grad).all()
+
+
+def test_a_target_outside_the_vocabulary_is_not_a_finite_loss():
+    h, w = torch.randn(3, 8), torch.randn(13, 8)
+    with torch.no_grad():
+        loss, _ = fused.lm_head_loss(h, w, torch.tensor([0, 13, 2]))
+    assert torch.isnan(loss)
+    with pytest.raises(IndexError):
+        fused.lm_head_loss(h, w.requires_grad_(), torch.tensor([0, 13, 2]))
