@@ -42,17 +42,18 @@ def _vocab_tile(device: torch.device, vocab_size: int) -> int:
 
 
 def _chunk_softmax(
-    hc: torch.Tensor, w: torch.Tensor, tc: torch.Tensor, out: torch.Tensor, tile: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fills out (c, V) with exp(logit − the max of its tile) and returns per token (log Z, the
-    factor per tile that turns those exponentials into the softmax, the target's logit):
-    (c,), (c, tiles), (c,)."""
-    c, V = out.shape
+    hc: torch.Tensor, w: torch.Tensor, tc: torch.Tensor, buffer: torch.Tensor | None, tile: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """exp(logit − the max of its tile) (c, V), in the buffer's first c rows when there are
+    several tiles, and per token log Z (c,), the factor per tile that turns those exponentials
+    into the softmax (c, tiles), and the target's logit (c,)."""
+    c, V = hc.shape[0], w.shape[0]
     starts = range(0, V, tile)
-    tile_max = torch.empty(c, len(starts), device=out.device)  # (c, tiles)
+    tile_max = torch.empty(c, len(starts), device=hc.device)  # (c, tiles)
     tile_sum = torch.empty_like(tile_max)  # (c, tiles)
     # NaN stays for a target outside the vocabulary, so such a batch cannot pass as a finite loss.
-    target_logit = torch.full((c,), float("nan"), device=out.device)  # (c,)
+    target_logit = torch.full((c,), float("nan"), device=hc.device)  # (c,)
+    exps = buffer[:c] if buffer is not None else None  # (c, V)
     for j, lo in enumerate(starts):
         hi = min(V, lo + tile)
         logits = (hc @ w[lo:hi].t()).float()  # (c, hi − lo)
@@ -63,11 +64,15 @@ def _chunk_softmax(
         tile_max[:, j] = logits.amax(dim=1)
         # The exponentials made in place are the unnormalised softmax the gradient needs.
         tile_sum[:, j] = logits.sub_(tile_max[:, j, None]).exp_().sum(dim=1)
-        out[:, lo:hi] = logits
+        if exps is None:  # one tile: the matmul's output is the whole chunk
+            exps = logits
+        else:
+            exps[:, lo:hi] = logits
+    assert exps is not None  # the vocabulary has at least one tile
     m = tile_max.amax(dim=1)  # (c,)
     tile_weight = (tile_max - m[:, None]).exp_()  # (c, tiles), each ≤ 1
     s = (tile_sum * tile_weight).sum(dim=1)  # (c,) Σ exp(logit − m)
-    return m + s.log(), tile_weight / s[:, None], target_logit
+    return exps, m + s.log(), tile_weight / s[:, None], target_logit
 
 
 class _LMHeadLoss(torch.autograd.Function):
@@ -83,13 +88,13 @@ class _LMHeadLoss(torch.autograd.Function):
         lz2_sum = torch.zeros((), device=h.device, dtype=torch.float32)
         grad_h = torch.empty_like(h) if needs_h else None
         grad_w = None  # (V, d) fp32, made by the first chunk's matmul rather than zero-filled
-        buffer = torch.empty(min(chunk, N), V, device=h.device)  # (chunk, V) fp32, reused
+        # (chunk, V) fp32, reused by every chunk, where the tiles' exponentials are gathered.
+        buffer = torch.empty(min(chunk, N), V, device=h.device) if tile < V else None
         with torch.autocast(h.device.type, enabled=False):
             for start in range(0, N, chunk):
                 hc = h[start : start + chunk].to(compute_dtype)  # (c, d)
                 tc = targets[start : start + chunk]  # (c,)
-                p = buffer[: len(tc)]  # (c, V)
-                log_z, to_softmax, target_logit = _chunk_softmax(hc, w, tc, p, tile)
+                p, log_z, to_softmax, target_logit = _chunk_softmax(hc, w, tc, buffer, tile)
                 ce_sum += (log_z - target_logit).sum()
                 lz2_sum += log_z.square().sum()
                 if not (needs_h or needs_w):
