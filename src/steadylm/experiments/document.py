@@ -44,9 +44,27 @@ class Figure:
 Block = Heading | Para | Bullets | Table | Figure
 
 
+_TABLE_RULE = re.compile(r"\|(:?-+:?\|)+")  # the rule row, spaces removed
+
+
+def _pipe_table(lines: list[str]) -> Table | None:
+    """A Markdown pipe table (a header row, a `|---|` rule, then rows), or None if `lines` are not
+    one; `\\|` inside a cell is a literal bar."""
+    if len(lines) < 2 or not all(ln.startswith("|") for ln in lines):
+        return None
+    if not _TABLE_RULE.fullmatch(lines[1].replace(" ", "")):
+        return None
+
+    def cells(line: str) -> list[str]:
+        inner = line.strip().removeprefix("|").removesuffix("|")
+        return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", inner)]
+
+    return Table(cells(lines[0]), [cells(ln) for ln in lines[2:]])
+
+
 def parse_markdown(text: str) -> list[Block]:
-    """Blocks from plain Markdown: `#` headings, `- ` bullet lists and paragraphs, separated by
-    blank lines (a reading written by hand, placed in a generated report)."""
+    """Blocks from plain Markdown: `#` headings, `- ` bullet lists, pipe tables and paragraphs,
+    separated by blank lines (a reading written by hand, placed in a generated report)."""
     blocks: list[Block] = []
     for chunk in re.split(r"\n\s*\n", text.strip()):
         lines = [ln.strip() for ln in chunk.splitlines() if ln.strip()]
@@ -56,7 +74,10 @@ def parse_markdown(text: str) -> list[Block]:
             marks = len(lines[0]) - len(lines[0].lstrip("#"))
             blocks.append(Heading(lines[0][marks:].strip(), marks))
             lines = lines[1:]
-        if lines and lines[0].startswith("- "):
+        table = _pipe_table(lines)
+        if table is not None:
+            blocks.append(table)
+        elif lines and lines[0].startswith("- "):
             items: list[str] = []
             for ln in lines:
                 if ln.startswith("- "):
