@@ -251,6 +251,16 @@ def test_recipe_comparison_pairs_seeds_pools_per_lr_and_keeps_collapsed_cells_ou
     assert best[("mlra", 4)]["estimate"] == rows[(4, 1e-3)].estimate
 
 
+def test_the_means_beside_a_difference_are_over_the_seeds_both_sides_ran():
+    # The baseline has three seeds, the variant (still running) two: the shown means must differ
+    # by exactly the paired Δ, not mix seed 3 into one side only.
+    s = [_summary("base", 4, 1e-3, seed, loss) for seed, loss in ((1, 5.2), (2, 5.0), (3, 5.6))]
+    s += [_summary("mlra", 4, 1e-3, 1, 5.1), _summary("mlra", 4, 1e-3, 2, 4.9)]
+    (row,) = analysis.compare_recipes(s, "base")["rows"]
+    assert row.estimate.mean == pytest.approx(-0.1)
+    assert (row.variant_mean, row.baseline_mean) == pytest.approx((5.0, 5.1))
+
+
 def test_best_learning_rates_that_differ_use_each_rates_pooled_seed_variance():
     # base is best at 1e-3 (seed values 5.0, 5.2), mlra at 1e-2 (4.8, 4.9; at 1e-3: 5.4, 5.4).
     s = [

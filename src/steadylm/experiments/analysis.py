@@ -262,6 +262,11 @@ def _by_seed(members: list[dict[str, Any]], key: str) -> dict[int, float]:
     return {m["seed"]: m[key] for m in members if m["seed"] is not None and finite(m[key])}
 
 
+def _of_seeds(members: list[dict[str, Any]], seeds: set[int]) -> list[dict[str, Any]]:
+    """The members of those seeds; all of them when no seed is shared."""
+    return [m for m in members if m["seed"] in seeds] if seeds else members
+
+
 def compare_recipes(
     summaries: list[dict[str, Any]], baseline: str, key: str = "final_loss"
 ) -> dict[str, Any]:
@@ -277,11 +282,14 @@ def compare_recipes(
         if k.variant == baseline or base not in cells:
             continue
         mine, theirs = cells[k], cells[base]
+        # The means shown beside Δ are over the seeds both sides ran, so that they differ by Δ
+        # (the baseline may have more seeds than the variant while a sweep is still running).
+        both = set(_by_seed(mine, key)) & set(_by_seed(theirs, key))
         row = Comparison(
             k,
             baseline,
-            variant_mean=mean_sd(m[key] for m in mine)["mean"],
-            baseline_mean=mean_sd(m[key] for m in theirs)["mean"],
+            variant_mean=mean_sd(m[key] for m in _of_seeds(mine, both))["mean"],
+            baseline_mean=mean_sd(m[key] for m in _of_seeds(theirs, both))["mean"],
         )
         row.excluded = cell_exclusion(mine) or cell_exclusion(theirs)
         if row.excluded is None:
