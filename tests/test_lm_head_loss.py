@@ -35,7 +35,9 @@ def test_matches_reference_in_fp32(monkeypatch, z_loss, chunk_elements, vocab_ti
     assert not lz2.requires_grad
 
 
-def test_bf16_autocast_is_close_and_grads_keep_the_weight_dtype():
+@pytest.mark.parametrize("vocab_tile", [1024, 64])
+def test_bf16_autocast_is_close_and_grads_keep_the_weight_dtype(monkeypatch, vocab_tile):
+    monkeypatch.setattr(fused, "_CPU_VOCAB_TILE", vocab_tile)
     g = torch.Generator().manual_seed(1)
     h = torch.randn(64, 32, generator=g, requires_grad=True)
     w = (torch.randn(301, 32, generator=g) * 0.1).requires_grad_()
