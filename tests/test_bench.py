@@ -112,6 +112,32 @@ def test_compare_table_prints_both_speeds_and_the_ratio():
     assert "fp32" in table and " 660 " in table and " 600 " in table and "1.10x  (1.02-1.20)  1.05x" in table
 
 
+def test_compare_rounds_take_the_median_of_each_process_ratio():
+    # Round 1: plain steps 2x steadylm's; round 2: 1.2x; round 3: 1.5x (with one odd pair).
+    def one(ours, plain):
+        return {"times": {"steadylm": ours, "plain": plain}, "cpu": {"steadylm": ours, "plain": plain},
+                "warmup_s": {"steadylm": 1.0, "plain": 1.0}}
+
+    rounds = [one([1.0, 1.0, 1.0], [2.0, 2.0, 2.0]), one([2.0, 2.0, 2.0], [2.4, 2.4, 2.4]),
+              one([1.0, 1.0, 1.0], [1.5, 1.5, 3.0])]  # fmt: skip
+    row = bench.compare_row(rounds, cpu=True)
+    assert row["round_ratios"] == pytest.approx([2.0, 1.2, 1.5]) and row["ratio"] == pytest.approx(1.5)
+    assert (row["ratio_min"], row["ratio_max"]) == pytest.approx((1.2, 3.0))
+    assert row["cpu_ratio"] == pytest.approx(1.5) and row["steadylm_step_s"] == 1.0
+    r, _ = _result_without_bf16()
+    table = bench.format_compare({**r, "rows": {"fp32": row}})
+    assert "fp32, each round: 2.00x (2.00x CPU), 1.20x (1.20x CPU), 1.50x (1.50x CPU)" in table
+    assert bench.compare_row(rounds, cpu=False)["cpu_ratio"] is None
+
+
+def test_rounds_belong_to_compare(capsys):
+    from steadylm.cli import main
+
+    assert main(["bench", "--rounds", "3"]) == 2
+    assert "--rounds must be >= 1 and goes with --compare" in capsys.readouterr().err
+    assert main(["bench", "--compare", "nanogpt", "--rounds", "0"]) == 2
+
+
 def test_the_plain_loop_steps_from_the_uniform_loss_with_finite_losses():
     from steadylm.bench_nanogpt import plain_step
 

@@ -458,51 +458,82 @@ def _compare_in_process(compiled: bool, steps: int, warmup: int) -> dict[str, An
 
 
 def compare_nanogpt(
-    steps: int = 6, warmup: int = 3, compile: bool = True, progress: Callable[[str], None] = print
+    steps: int = 6,
+    warmup: int = 3,
+    compile: bool = True,
+    rounds: int = 1,
+    progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """steadylm (fp32, every default monitor on) against the plain nanoGPT-equivalent loop
     (`steadylm.bench_nanogpt`, fp32, no monitors) at the reference config, eager and, with
-    `compile`, both compiled. Both run in one fresh process per mode with their steps
-    interleaved; the ratio is the median over steps of plain step time / steadylm step time
-    taken pairwise, robust to a machine whose load changes during the comparison. On a CPU the
-    same ratio of CPU time is given too: with one thread it is what the step costs whatever
-    other processes take of the machine."""
+    `compile`, both compiled. Each round is one fresh process per mode with the two loops' steps
+    interleaved; a round's ratio is the median over steps of plain step time / steadylm step time
+    taken pairwise, robust to a machine whose load changes during the comparison, and the ratio
+    reported is the median over rounds (the ratio moves between processes more than within one).
+    On a CPU the same ratio of CPU time is given too: with one thread it is what the step costs
+    whatever other processes take of the machine."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tokens = REFERENCE_BATCH * REFERENCE_SHAPE["block_size"]
     out: dict[str, Any] = {
         "device": str(device),
         "processor": processor_name(device),
         "hardware": probe(device).as_dict(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "rounds": rounds,
         "rows": {},
     }
     for compiled in [False, True] if compile else [False]:
         label = "fp32 + compile" if compiled else "fp32"
-        progress(f"compare nanogpt: steadylm and the plain loop, {label}")
-        with mp.get_context("spawn").Pool(1) as pool:
-            r = pool.apply(_compare_in_process, (compiled, steps, warmup + (2 if compiled else 0)))
-        ours_s, plain_s = (statistics.median(r["times"][k]) for k in ("steadylm", "plain"))
-        pairs = [p / o for o, p in zip(r["times"]["steadylm"], r["times"]["plain"])]
-        cpu_pairs = [p / o for o, p in zip(r["cpu"]["steadylm"], r["cpu"]["plain"])]
-        out["rows"][label] = {
-            "steadylm_step_s": ours_s,
-            "plain_step_s": plain_s,
-            "steadylm_tokens_per_s": tokens / ours_s,
-            "plain_tokens_per_s": tokens / plain_s,
-            "ratio": statistics.median(pairs),
-            "ratio_min": min(pairs),
-            "ratio_max": max(pairs),
-            "cpu_ratio": statistics.median(cpu_pairs) if device.type == "cpu" else None,
-            "steadylm_cpu_s": statistics.median(r["cpu"]["steadylm"]),
-            "plain_cpu_s": statistics.median(r["cpu"]["plain"]),
-            "steadylm_times_s": r["times"]["steadylm"],
-            "plain_times_s": r["times"]["plain"],
-            "steadylm_cpu_times_s": r["cpu"]["steadylm"],
-            "plain_cpu_times_s": r["cpu"]["plain"],
-            "warmup_s": r["warmup_s"],
-        }
+        measured = []
+        for i in range(rounds):
+            progress(
+                f"compare nanogpt: steadylm and the plain loop, {label}, round {i + 1}/{rounds}"
+            )
+            with mp.get_context("spawn").Pool(1) as pool:
+                measured.append(
+                    pool.apply(
+                        _compare_in_process, (compiled, steps, warmup + (2 if compiled else 0))
+                    )
+                )
+        out["rows"][label] = compare_row(measured, cpu=device.type == "cpu")
     return out
+
+
+def compare_row(rounds: list[dict[str, Any]], cpu: bool) -> dict[str, Any]:
+    """One configuration's figures from its rounds (each `_compare_in_process`'s step times):
+    tokens/s from the median step over all rounds, the ratio as the median of the rounds' median
+    pairwise ratios, its range over all pairs, and each round's ratio."""
+    tokens = REFERENCE_BATCH * REFERENCE_SHAPE["block_size"]
+
+    def joined(kind: str, side: str) -> list[float]:
+        return [t for r in rounds for t in r[kind][side]]
+
+    def pair_ratios(r: dict[str, Any], kind: str) -> list[float]:
+        return [p / o for o, p in zip(r[kind]["steadylm"], r[kind]["plain"], strict=True)]
+
+    per_round = [statistics.median(pair_ratios(r, "times")) for r in rounds]
+    per_round_cpu = [statistics.median(pair_ratios(r, "cpu")) for r in rounds]
+    pairs = [x for r in rounds for x in pair_ratios(r, "times")]
+    ours_s, plain_s = (statistics.median(joined("times", k)) for k in ("steadylm", "plain"))
+    return {
+        "steadylm_step_s": ours_s,
+        "plain_step_s": plain_s,
+        "steadylm_tokens_per_s": tokens / ours_s,
+        "plain_tokens_per_s": tokens / plain_s,
+        "ratio": statistics.median(per_round),
+        "ratio_min": min(pairs),
+        "ratio_max": max(pairs),
+        "round_ratios": per_round,
+        "cpu_ratio": statistics.median(per_round_cpu) if cpu else None,
+        "round_cpu_ratios": per_round_cpu if cpu else None,
+        "steadylm_cpu_s": statistics.median(joined("cpu", "steadylm")),
+        "plain_cpu_s": statistics.median(joined("cpu", "plain")),
+        "steadylm_times_s": joined("times", "steadylm"),
+        "plain_times_s": joined("times", "plain"),
+        "steadylm_cpu_times_s": joined("cpu", "steadylm"),
+        "plain_cpu_times_s": joined("cpu", "plain"),
+        "warmup_s": [r["warmup_s"] for r in rounds],
+    }
 
 
 def format_compare(r: dict[str, Any]) -> str:
@@ -520,11 +551,19 @@ def format_compare(r: dict[str, Any]) -> str:
             f"{label:<16} {row['steadylm_tokens_per_s']:>15.0f} {row['plain_tokens_per_s']:>12.0f} "
             f"{row['ratio']:>6.2f}x  ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})  {cpu}"
         )
+    for label, row in r["rows"].items():
+        if len(row.get("round_ratios") or []) > 1:
+            cpu = row.get("round_cpu_ratios")
+            each = ", ".join(
+                f"{w:.2f}x" + (f" ({c:.2f}x CPU)" if cpu else "")
+                for w, c in zip(row["round_ratios"], cpu or row["round_ratios"], strict=True)
+            )
+            lines.append(f"{label}, each round: {each}")
     lines.append(
         "(tokens/s from median wall-clock step times; ratio = steadylm's speed over the plain "
-        "loop's, the median over pairs of interleaved steps in one process, with its range over "
-        "pairs; the CPU-time ratio is the same from process CPU time, unaffected by other "
-        "processes when running one thread)"
+        "loop's: the median over pairs of interleaved steps in one process, then over rounds "
+        "(fresh processes), with its range over all pairs; the CPU-time ratio is the same from "
+        "process CPU time, unaffected by other processes when running one thread)"
     )
     return "\n".join(lines)
 

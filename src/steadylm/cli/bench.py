@@ -38,6 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "nanoGPT-equivalent plain PyTorch loop at the reference config, side by side, eager and "
         "(unless --no-compile) compiled; prints tokens/s of each and the ratio",
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        metavar="N",
+        help="with --compare: repeat the comparison in N fresh processes and report the median "
+        "ratio over them, with each round's (default 1; the ratio moves between processes more "
+        "than within one, so 3 or more for a figure to quote)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--out", metavar="DIR", help="also write bench.json and bench.md into DIR")
     p.set_defaults(func=run)
@@ -49,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 1 or args.warmup < 0:
         raise SteadyLMError("--steps must be >= 1 and --warmup >= 0")
+    if args.rounds is not None and (args.rounds < 1 or not args.compare):
+        raise SteadyLMError("--rounds must be >= 1 and goes with --compare")
     measure, render, name = (
         (bench.compare_nanogpt, bench.format_compare, "compare-nanogpt")
         if args.compare
@@ -59,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         compile=not args.no_compile,
         progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True),
+        **({"rounds": args.rounds or 1} if args.compare else {}),
     )
     table = render(result)
     print(json.dumps(result, indent=1) if args.json else table)
