@@ -553,10 +553,10 @@ def format_compare(r: dict[str, Any]) -> str:
         )
     for label, row in r["rows"].items():
         if len(row.get("round_ratios") or []) > 1:
-            cpu = row.get("round_cpu_ratios") or [None] * len(row["round_ratios"])
+            per_cpu = row.get("round_cpu_ratios") or [None] * len(row["round_ratios"])
             each = ", ".join(
                 f"{w:.2f}x" + (f" ({c:.2f}x CPU)" if c is not None else "")
-                for w, c in zip(row["round_ratios"], cpu, strict=True)
+                for w, c in zip(row["round_ratios"], per_cpu, strict=True)
             )
             lines.append(f"{label}, each round: {each}")
     lines.append(
