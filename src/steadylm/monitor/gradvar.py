@@ -48,6 +48,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from steadylm import collectives
 from steadylm import metric_names as M
 from steadylm.monitor.layout import model_layout
 from steadylm.monitor.params import local_shard
@@ -164,7 +165,7 @@ class GradVarianceMonitor:
         count = torch.tensor(numel, device=dev, dtype=torch.float32)
         if self.sharded:  # each rank holds a shard of every tensor: sums and counts add up
             both = torch.stack([m2, count])
-            dist.all_reduce(both)
+            collectives.all_reduce(both)
             # the shards hold the rank-averaged gradient: back to one micro-batch's variance
             m2, count = both[0] * dist.get_world_size(), both[1]
         values = m2 / ((k - 1) * count.clamp_min(1))

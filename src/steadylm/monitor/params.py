@@ -25,9 +25,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
+from steadylm import collectives
 from steadylm import metric_names as M
 from steadylm.monitor.layout import model_layout
 
@@ -59,7 +59,7 @@ class ParamStatsMonitor:
         sq = torch.stack(torch._foreach_norm(local, 2, dtype=torch.float32)).square()
         sums = torch.zeros(len(self.names), device=self._device).index_add_(0, index, sq)
         if self.sharded:
-            dist.all_reduce(sums)  # the shards partition each tensor: squared norms add up
+            collectives.all_reduce(sums)  # the shards partition each tensor: squared norms add up
         return sums.sqrt()
 
     def _named(self, prefix: str, values: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -244,8 +244,10 @@ class TEVMonitor:
         """
         import torch.distributed as dist
 
+        from steadylm import collectives
+
         flags = self.seen.to(torch.uint8)  # collectives do not reduce bool tensors on every backend
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
+        collectives.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
         self.seen.copy_(flags.bool())
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from steadylm import collectives
 from steadylm.device import resolve_device
 from steadylm.monitor.tev import tev_per_row_fast
 
@@ -32,18 +33,25 @@ class DistContext:
             dist.barrier()
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.enabled:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t
+        return collectives.all_reduce(t) if self.enabled else t
 
     def first_error(self, error: str | None) -> tuple[int, str] | None:
         """Every rank passes its error (or None) and gets the lowest failing rank's, so that all
-        ranks stop together instead of waiting for one that has given up."""
+        ranks stop together instead of waiting for one that has given up. On the normal path
+        this is one all-reduce; the text travels only when some rank failed."""
         if not self.enabled:
             return None if error is None else (0, error)
-        errors: list[str | None] = [None] * self.world_size
-        dist.all_gather_object(errors, error)
-        return next(((r, e) for r, e in enumerate(errors) if e is not None), None)
+        mine = self.rank if error is not None else self.world_size
+        src = int(collectives.all_reduce(self._int64([mine]), op=dist.ReduceOp.MIN).item())
+        if src == self.world_size:
+            return None
+        text = list((error or "").encode()) if self.rank == src else []
+        size = int(collectives.broadcast(self._int64([len(text)]), src).item())
+        buf = self._int64(text) if self.rank == src else self._int64([0] * size)
+        return src, bytes(collectives.broadcast(buf, src).tolist()).decode()
+
+    def _int64(self, values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.int64, device=self.device)
 
 
 def init_distributed(device_name: str) -> DistContext:
@@ -60,12 +68,14 @@ def init_distributed(device_name: str) -> DistContext:
 
 
 def shutdown(ctx: DistContext, synchronise: bool = False) -> None:
-    """Destroy the process group. `synchronise`: first wait until every rank is here, so no rank
-    tears the group down while a peer is still finishing its last collective (a two-rank gloo
-    run was seen to hang at exit without it); only for a normal end, when every rank arrives."""
+    """Destroy the process group once the backend has let go of every tensor given to it (see
+    `steadylm.collectives`). `synchronise`: first wait until every rank is here, so no rank
+    tears the group down while a peer is still in its last collective; only for a normal end,
+    when every rank arrives."""
     if ctx.enabled and dist.is_initialized():
         if synchronise:
             dist.barrier()
+        collectives.settle()  # no gloo worker may need the GIL when the group is joined
         dist.destroy_process_group()
 
 
@@ -89,7 +99,7 @@ def sharded_tev_summary(
     moments = torch.stack(
         [x for m in masks for x in ((tev * m).sum(), (tev * tev * m).sum(), m.sum())]
     )
-    dist.all_reduce(moments)
+    collectives.all_reduce(moments)
     out = {}
     for prefix, (s1, s2, n) in zip(("tev", "tev_seen"), moments.view(-1, 3)):
         mean = s1 / n
