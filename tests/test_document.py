@@ -2,7 +2,15 @@
 
 from pathlib import Path
 
-from steadylm.experiments.document import Heading, Para, Table, parse_markdown, to_html, to_markdown
+from steadylm.experiments.document import (
+    Bullets,
+    Heading,
+    Para,
+    Table,
+    parse_markdown,
+    to_html,
+    to_markdown,
+)
 
 READING = """## So far
 
@@ -32,3 +40,12 @@ def test_a_pipe_table_is_a_table_and_renders_as_one():
     assert "| depth | pre-LN | MLRA \\| rank 64 |\n|---|---|---|\n| 6 | 5.452 (8; 0.235) | 5.925 |\n" in md
     html = to_html(blocks, Path("."), "t")
     assert "<th>MLRA | rank 64</th>" in html and "<td>not finished</td>" in html
+
+
+def test_a_list_right_under_its_lead_in_is_a_list():
+    blocks = parse_markdown("**Lead-in:** over 39 runs\n- first item\n  continued\n- second\n\n- alone\n")
+    assert blocks == [
+        Para("**Lead-in:** over 39 runs"),
+        Bullets(["first item continued", "second"]),
+        Bullets(["alone"]),
+    ]

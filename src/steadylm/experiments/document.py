@@ -64,7 +64,8 @@ def _pipe_table(lines: list[str]) -> Table | None:
 
 def parse_markdown(text: str) -> list[Block]:
     """Blocks from plain Markdown: `#` headings, `- ` bullet lists, pipe tables and paragraphs,
-    separated by blank lines (a reading written by hand, placed in a generated report)."""
+    separated by blank lines, except that a list may start right under its lead-in paragraph
+    (a reading written by hand, placed in a generated report)."""
     blocks: list[Block] = []
     for chunk in re.split(r"\n\s*\n", text.strip()):
         lines = [ln.strip() for ln in chunk.splitlines() if ln.strip()]
@@ -77,16 +78,19 @@ def parse_markdown(text: str) -> list[Block]:
         table = _pipe_table(lines)
         if table is not None:
             blocks.append(table)
-        elif lines and lines[0].startswith("- "):
+            continue
+        # A list may follow its lead-in paragraph without a blank line, as Markdown allows.
+        first_item = next((i for i, ln in enumerate(lines) if ln.startswith("- ")), len(lines))
+        if first_item:
+            blocks.append(Para(" ".join(lines[:first_item])))
+        if first_item < len(lines):
             items: list[str] = []
-            for ln in lines:
+            for ln in lines[first_item:]:
                 if ln.startswith("- "):
                     items.append(ln[2:])
                 else:  # a continuation line of the item above
                     items[-1] += " " + ln
             blocks.append(Bullets(items))
-        elif lines:
-            blocks.append(Para(" ".join(lines)))
     return blocks
 
 
