@@ -107,7 +107,7 @@ def test_without_native_bf16_the_bf16_figures_are_not_measured_rather_than_faile
 def test_compare_table_prints_both_speeds_and_the_ratio():
     r, _ = _result_without_bf16()
     row = {"steadylm_tokens_per_s": 660.0, "plain_tokens_per_s": 600.0, "ratio": 1.1, "ratio_min": 1.02,
-           "ratio_max": 1.2, "cpu_ratio": 1.05}
+           "ratio_max": 1.2, "cpu_ratio": 1.05, "round_ratios": [1.1], "round_cpu_ratios": [1.05]}
     table = bench.format_compare({**r, "rows": {"fp32": row}})
     assert "fp32" in table and " 660 " in table and " 600 " in table and "1.10x  (1.02-1.20)  1.05x" in table
 

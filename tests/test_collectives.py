@@ -64,6 +64,6 @@ def test_a_reduced_tensor_is_held_until_the_backend_lets_go(results):
     for rank in range(WORLD):
         r = results[rank]
         assert r["sum"] == [3.0, 3.0, 3.0]
-        assert r["held"]  # kept from Python while the gloo worker still referenced it
+        assert r["held"]  # all_reduce_sum went through collectives, which keeps the tensor
         assert r["settled"] and r["left"] == 0
         assert r["use_count"] == 1  # the backend's references are gone

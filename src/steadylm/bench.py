@@ -511,9 +511,10 @@ def compare_row(rounds: list[dict[str, Any]], cpu: bool) -> dict[str, Any]:
     def pair_ratios(r: dict[str, Any], kind: str) -> list[float]:
         return [p / o for o, p in zip(r[kind]["steadylm"], r[kind]["plain"], strict=True)]
 
-    per_round = [statistics.median(pair_ratios(r, "times")) for r in rounds]
+    round_pairs = [pair_ratios(r, "times") for r in rounds]
+    per_round = [statistics.median(x) for x in round_pairs]
     per_round_cpu = [statistics.median(pair_ratios(r, "cpu")) for r in rounds]
-    pairs = [x for r in rounds for x in pair_ratios(r, "times")]
+    pairs = [x for each in round_pairs for x in each]
     ours_s, plain_s = (statistics.median(joined("times", k)) for k in ("steadylm", "plain"))
     return {
         "steadylm_step_s": ours_s,
@@ -552,8 +553,8 @@ def format_compare(r: dict[str, Any]) -> str:
             f"{row['ratio']:>6.2f}x  ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})  {cpu}"
         )
     for label, row in r["rows"].items():
-        if len(row.get("round_ratios") or []) > 1:
-            per_cpu = row.get("round_cpu_ratios") or [None] * len(row["round_ratios"])
+        if len(row["round_ratios"]) > 1:
+            per_cpu = row["round_cpu_ratios"] or [None] * len(row["round_ratios"])
             each = ", ".join(
                 f"{w:.2f}x" + (f" ({c:.2f}x CPU)" if c is not None else "")
                 for w, c in zip(row["round_ratios"], per_cpu, strict=True)
