@@ -149,10 +149,11 @@ def test_sweep_trains_every_run_and_writes_the_index(tmp_path, corpus, capsys):
         assert rec["overrides"]["train.seed"] == rec["seed"]
     assert (out / "spec.toml").read_text() == spec.read_text()
 
-    # Done is done: a second run trains nothing.
+    # Done is done: a second run trains nothing, and keeps what the index recorded of each run.
     before = {r["name"]: (out / r["dir"] / "metrics.jsonl").stat().st_mtime_ns for r in index}
     assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 0
     assert {r["name"]: (out / r["dir"] / "metrics.jsonl").stat().st_mtime_ns for r in read_index(out)} == before
+    assert read_index(out) == index and all(r["seconds"] > 0 for r in index)
 
     # A spec that only adds runs continues the sweep: the new seed trains, the rest stay as done.
     spec.write_text(spec.read_text().replace("seeds = [1, 2]", "seeds = [1, 2, 3]"))

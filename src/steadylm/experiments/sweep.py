@@ -84,9 +84,12 @@ class Sweep:
             Entry(plan, cfg, self.out / "runs" / plan.name) for plan, cfg in spec.resolve()
         ]
         index = self.out / "index.jsonl"
-        jobs = {r["name"]: r.get("job_id") for r in read_index(self.out)} if index.is_file() else {}
+        # What only the index knows (the cluster job, a finished run's wall time) outlives the
+        # process that wrote it: a sweep continued elsewhere must not drop it.
+        before = {r["name"]: r for r in read_index(self.out)} if index.is_file() else {}
         for e in self.entries:
-            e.job_id = jobs.get(e.plan.name)
+            rec = before.get(e.plan.name, {})
+            e.job_id, e.seconds = rec.get("job_id"), rec.get("seconds")
             st = read_status(e.run_dir)
             status = _status_of(st)
             if status is not None and status.is_result:
