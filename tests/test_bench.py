@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import torch
 
 from steadylm import bench
 from steadylm.config import ModelConfig
@@ -167,3 +168,30 @@ def test_revision_export_holds_what_the_before_after_script_imports(tmp_path, mo
     assigned = (t for n in tree.body if isinstance(n, ast.Assign) for t in n.targets)
     names |= {t.id for t in assigned if isinstance(t, ast.Name)}
     assert {"measure_training", "MONITORS_OFF"} <= names
+
+
+def test_compare_rows_add_bf16_only_where_it_is_native():
+    labels = [m.label for m in bench.compare_modes(native_bf16=False, compile=True)]
+    assert labels == ["fp32", "fp32 + compile"]
+    labels = [m.label for m in bench.compare_modes(native_bf16=True, compile=False)]
+    assert labels == ["fp32", "bf16 vs plain fp32", "bf16"]
+    compiled = [m for m in bench.compare_modes(native_bf16=True, compile=True) if m.compiled]
+    assert [m.label for m in compiled] == ["fp32 + compile", "bf16 vs plain fp32 + compile", "bf16 + compile"]
+
+
+def test_the_plain_loop_under_bf16_autocast_computes_in_bf16_from_fp32_weights():
+    from steadylm.bench_nanogpt import PlainGPT, plain_step
+
+    shape = {"vocab_size": 50, "block_size": 8, "n_layer": 1, "n_head": 2, "n_embd": 16}
+    seen = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, i, o: seen.append(o.dtype) if isinstance(m, torch.nn.Linear) else None
+    )
+    try:
+        step = plain_step(shape, batch_size=4, bf16=True)
+        losses = [float(step()) for _ in range(30)]
+    finally:
+        hook.remove()
+    assert set(seen) == {torch.bfloat16} and all(math.isfinite(v) for v in losses)
+    assert abs(losses[0] - math.log(50)) < 0.3  # bf16 rounding, not a different model
+    assert PlainGPT(**shape).lm_head.weight.dtype == torch.float32

@@ -414,7 +414,36 @@ def _ratios(
     return best_bf16, ratios
 
 
-def _compare_in_process(compiled: bool, steps: int, warmup: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CompareMode:
+    """One row of `--compare nanogpt`: steadylm's precision, the plain loop's, and whether both
+    are compiled."""
+
+    bf16: bool  # steadylm under train.precision="bf16" (else "fp32")
+    plain_bf16: bool  # the plain loop's forward under bf16 autocast (else fp32)
+    compiled: bool
+
+    @property
+    def label(self) -> str:
+        ours, plain = ("bf16" if b else "fp32" for b in (self.bf16, self.plain_bf16))
+        name = ours if ours == plain else f"{ours} vs plain {plain}"
+        return name + (" + compile" if self.compiled else "")
+
+
+def compare_modes(native_bf16: bool, compile: bool) -> list[CompareMode]:
+    """fp32 against fp32 everywhere. Where bf16 matmuls are native (what `train.precision="auto"`
+    then picks), steadylm in bf16 against the plain loop in fp32, which is nanoGPT on a CPU (its
+    train.py autocasts only on CUDA), and against the plain loop in bf16 too. Each eager, then
+    compiled with `compile`."""
+    pairs = [(False, False)] + ([(True, False), (True, True)] if native_bf16 else [])
+    return [
+        CompareMode(ours, plain, compiled)
+        for compiled in ([False, True] if compile else [False])
+        for ours, plain in pairs
+    ]
+
+
+def _compare_in_process(mode: CompareMode, steps: int, warmup: int) -> dict[str, Any]:
     """Runs in a spawned process: steadylm's trainer and the plain loop side by side, their
     timed steps interleaved (steadylm, plain, steadylm, ...) so that load from other processes
     falls on both alike. Returns each side's step times, wall-clock and this process's CPU
@@ -423,11 +452,16 @@ def _compare_in_process(compiled: bool, steps: int, warmup: int) -> dict[str, An
     from steadylm.config import load_config
     from steadylm.train.trainer import Trainer
 
-    over = ['train.precision="fp32"', f"train.compile={str(compiled).lower()}"]
+    over = [
+        f'train.precision="{"bf16" if mode.bf16 else "fp32"}"',
+        f"train.compile={str(mode.compiled).lower()}",
+    ]
     trainer = Trainer(
         load_config(None, [*REFERENCE, *over]), Path(tempfile.mkdtemp()) / "run", progress=False
     )
-    plain = plain_step(REFERENCE_SHAPE, REFERENCE_BATCH, compile=compiled)
+    plain = plain_step(
+        REFERENCE_SHAPE, REFERENCE_BATCH, compile=mode.compiled, bf16=mode.plain_bf16
+    )
     sync = _sync_for(trainer.ctx.device)
     step = 1  # typical steps: the periodic monitors first fire at step 50
 
@@ -464,38 +498,36 @@ def compare_nanogpt(
     rounds: int = 1,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """steadylm (fp32, every default monitor on) against the plain nanoGPT-equivalent loop
-    (`steadylm.bench_nanogpt`, fp32, no monitors) at the reference config, eager and, with
-    `compile`, both compiled. Each round is one fresh process per mode with the two loops' steps
-    interleaved; a round's ratio is the median over steps of plain step time / steadylm step time
-    taken pairwise, robust to a machine whose load changes during the comparison, and the ratio
-    reported is the median over rounds (the ratio moves between processes more than within one).
+    """steadylm (every default monitor on) against the plain nanoGPT-equivalent loop
+    (`steadylm.bench_nanogpt`, no monitors) at the reference config, in the precisions of
+    `compare_modes`, eager and, with `compile`, both compiled. Each round is one fresh process
+    per mode with the two loops' steps interleaved; a round's ratio is the median over steps of
+    plain step time / steadylm step time taken pairwise, robust to a machine whose load changes
+    during the comparison, and the ratio reported is the median over rounds (the ratio moves
+    between processes more than within one).
     On a CPU the same ratio of CPU time is given too: with one thread it is what the step costs
     whatever other processes take of the machine."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    hardware = probe(device)
     out: dict[str, Any] = {
         "device": str(device),
         "processor": processor_name(device),
-        "hardware": probe(device).as_dict(),
+        "hardware": hardware.as_dict(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "rounds": rounds,
         "rows": {},
     }
-    for compiled in [False, True] if compile else [False]:
-        label = "fp32 + compile" if compiled else "fp32"
+    for mode in compare_modes(hardware.native_bf16, compile):
         measured = []
         for i in range(rounds):
             progress(
-                f"compare nanogpt: steadylm and the plain loop, {label}, round {i + 1}/{rounds}"
+                f"compare nanogpt: steadylm and the plain loop, {mode.label}, round {i + 1}/{rounds}"
             )
             with mp.get_context("spawn").Pool(1) as pool:
-                measured.append(
-                    pool.apply(
-                        _compare_in_process, (compiled, steps, warmup + (2 if compiled else 0))
-                    )
-                )
-        out["rows"][label] = compare_row(measured, cpu=device.type == "cpu")
+                warm = warmup + (2 if mode.compiled else 0)
+                measured.append(pool.apply(_compare_in_process, (mode, steps, warm)))
+        out["rows"][mode.label] = compare_row(measured, cpu=device.type == "cpu")
     return out
 
 
@@ -542,14 +574,16 @@ def format_compare(r: dict[str, Any]) -> str:
         f"steadylm vs a nanoGPT-equivalent loop on {r['device']} ({r['processor']}), "
         f"{r['threads']} threads, torch {r['torch']}",
         _hardware_line(r.get("hardware")),
-        "reference config (GPT-2 vocab, 6 x 256, 4 heads, block 256, batch 8), fp32; steadylm with "
-        "every default monitor on (typical steps), the plain loop with none:",
-        f"{'run':<16} {'steadylm tok/s':>15} {'plain tok/s':>12} {'ratio':>7}  (range)  CPU-time ratio",
+        "reference config (GPT-2 vocab, 6 x 256, 4 heads, block 256, batch 8); steadylm with "
+        "every default monitor on (typical steps), the plain loop with none; each run names "
+        "steadylm's precision, then the plain loop's where it differs (the plain loop in fp32 is "
+        "nanoGPT on a CPU, which autocasts only on CUDA):",
+        f"{'run':<26} {'steadylm tok/s':>15} {'plain tok/s':>12} {'ratio':>7}  (range)  CPU-time ratio",
     ]
     for label, row in r["rows"].items():
         cpu = f"{row['cpu_ratio']:.2f}x" if row.get("cpu_ratio") is not None else "-"
         lines.append(
-            f"{label:<16} {row['steadylm_tokens_per_s']:>15.0f} {row['plain_tokens_per_s']:>12.0f} "
+            f"{label:<26} {row['steadylm_tokens_per_s']:>15.0f} {row['plain_tokens_per_s']:>12.0f} "
             f"{row['ratio']:>6.2f}x  ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})  {cpu}"
         )
     for label, row in r["rows"].items():

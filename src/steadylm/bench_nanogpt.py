@@ -7,8 +7,10 @@ so that the comparison runs on any machine without that repository: the same GPT
 mask, a 4x MLP with exact GELU, tied embedding and head, init N(0, 0.02²) with the residual
 projections scaled by 1/sqrt(2·n_layer)); full logits and `F.cross_entropy`; AdamW with decay on
 matrices only, fused on CUDA only (nanoGPT's choice; the default implementation elsewhere);
-gradient clipping at 1.0; `zero_grad(set_to_none=True)`; a random batch per step. fp32, no
-monitors, no host sync inside the step. Only its speed is used: it never trains on real text.
+gradient clipping at 1.0; `zero_grad(set_to_none=True)`; a random batch per step. fp32 by
+default, as nanoGPT trains on a CPU (its train.py autocasts only on CUDA); `bf16=True` runs the
+forward pass under bf16 autocast, as it does on a GPU. No monitors, no host sync inside the step.
+Only its speed is used: it never trains on real text.
 """
 
 from __future__ import annotations
@@ -82,10 +84,11 @@ def plain_optimizer(model: nn.Module, device: torch.device) -> torch.optim.AdamW
 
 
 def plain_step(
-    shape: dict[str, int], batch_size: int, compile: bool = False
+    shape: dict[str, int], batch_size: int, compile: bool = False, bf16: bool = False
 ) -> Callable[[], torch.Tensor]:
     """One optimizer step of the plain loop at `shape` (vocab_size, block_size, n_layer, n_head,
-    n_embd) on the default device, as a function returning the step's loss (on the device)."""
+    n_embd) on the default device, as a function returning the step's loss (on the device);
+    `bf16`: the forward pass under bf16 autocast, the weights and optimizer in fp32."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = PlainGPT(**shape).to(device)
@@ -96,7 +99,8 @@ def plain_step(
     def step() -> torch.Tensor:
         x = torch.randint(0, V, (batch_size, T), device=device)
         y = torch.randint(0, V, (batch_size, T), device=device)
-        loss = forward(x, y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = forward(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -34,9 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--compare",
         choices=["nanogpt"],
-        help="instead of the full benchmark: steadylm (fp32, default monitors) against a "
-        "nanoGPT-equivalent plain PyTorch loop at the reference config, side by side, eager and "
-        "(unless --no-compile) compiled; prints tokens/s of each and the ratio",
+        help="instead of the full benchmark: steadylm (default monitors) against a "
+        "nanoGPT-equivalent plain PyTorch loop at the reference config, side by side, in fp32 "
+        "and, where bf16 is native, steadylm in bf16 against the loop in fp32 (nanoGPT on a CPU) "
+        "and in bf16; eager and (unless --no-compile) compiled; prints tokens/s of each and the "
+        "ratio",
     )
     p.add_argument(
         "--rounds",
