@@ -78,3 +78,32 @@ def test_a_target_outside_the_vocabulary_is_not_a_finite_loss():
     assert torch.isnan(loss)
     with pytest.raises(IndexError):
         fused.lm_head_loss(h, w.requires_grad_(), torch.tensor([0, 13, 2]))
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_compiled_head_is_tiled_eagerly_in_fp32_and_traced_whole_in_bf16(monkeypatch, bf16):
+    """Under torch.compile on a CPU the fp32 head runs in tiles behind a graph break and the bf16
+    head is traced as one tile (the faster form of each, measured by `steadylm bench`); both
+    give the eager loss and gradients."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(fused, "_CPU_VOCAB_TILE", 10)
+    tiles = []
+    real = fused._chunk_softmax
+    monkeypatch.setattr(fused, "_chunk_softmax", lambda *a: tiles.append(a[-1]) or real(*a))
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(2, 5, 16, generator=g, requires_grad=True)
+    w = torch.randn(97, 16, generator=g, requires_grad=True)
+    t = torch.randint(0, 97, (2, 5), generator=g)
+
+    def loss_and_grads(fn):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = fn(h, w, t)[0]
+        gh, gw = torch.autograd.grad(loss, (h, w))
+        return loss.detach(), gh, gw
+
+    eager = loss_and_grads(fused.lm_head_loss)
+    tiles.clear()
+    compiled = loss_and_grads(torch.compile(fused.lm_head_loss, backend="eager"))
+    assert tiles == [97 if bf16 else 10]
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-2 if bf16 else 1e-5, atol=1e-3 if bf16 else 1e-5)

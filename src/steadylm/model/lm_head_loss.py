@@ -12,8 +12,15 @@ exponentiated against its own maximum while it is still in cache (the tiles' max
 combined afterwards, as in an online softmax). On an AVX2 EPYC one (333 x 50257) logits matmul ran
 1.3-1.5 times slower than the same FLOPs in 1024-wide tiles, and the max, exp and sum passes then
 run on cached tiles instead of the 64 MB chunk: the head's forward and backward together ran 1.13
-times faster (median of 8 interleaved pairs, range 1.09-1.25, one thread, 2048 tokens). On CUDA,
-and under torch.compile, the whole vocabulary is one tile.
+times faster (median of 8 interleaved pairs, range 1.09-1.25, one thread, 2048 tokens). On CUDA
+the whole vocabulary is one tile.
+
+Compiled on a CPU, the head takes whichever form measured faster at the reference config of
+`steadylm bench` (an AVX-512 EPYC, one thread): in fp32 it runs eagerly in tiles behind a graph
+break (tracing would unroll the tile loop into the graph, and the traced one-tile head made the
+compiled step slower than the eager one: 640 against 713 tokens/s, 755 with the break); in bf16
+it is traced as one tile, which the compiler fuses with the casts (1812 tokens/s, 1534 with the
+break).
 """
 
 from __future__ import annotations
@@ -33,10 +40,7 @@ def _compute_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 
 
 def _vocab_tile(device: torch.device, vocab_size: int) -> int:
-    # Under torch.compile the tile loop would be unrolled into the graph (50 matmuls per chunk at
-    # GPT-2's vocabulary) and lengthen compilation: compiled runs keep one tile per chunk, the
-    # form whose compiled speed `steadylm bench` measured.
-    if device.type != "cpu" or torch.compiler.is_compiling():
+    if device.type != "cpu" or torch.compiler.is_compiling():  # traced: see the module's doc
         return vocab_size
     return _CPU_VOCAB_TILE
 
@@ -140,6 +144,13 @@ def lm_head_loss(
     on (bf16 on CPU and CUDA), the softmax and the sums in fp32.
     """
     d = h.shape[-1]
-    return _LMHeadLoss.apply(
-        h.reshape(-1, d), weight, targets.reshape(-1), float(z_loss), _compute_dtype(h, weight)
-    )
+    dtype = _compute_dtype(h, weight)
+    args = (h.reshape(-1, d), weight, targets.reshape(-1), float(z_loss), dtype)
+    if torch.compiler.is_compiling() and h.device.type == "cpu" and dtype == torch.float32:
+        return _eager_head(*args)  # in tiles, behind a graph break: see the module's doc
+    return _LMHeadLoss.apply(*args)
+
+
+@torch.compiler.disable
+def _eager_head(*args) -> tuple[torch.Tensor, torch.Tensor]:
+    return _LMHeadLoss.apply(*args)
