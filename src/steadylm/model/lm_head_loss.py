@@ -18,9 +18,9 @@ the whole vocabulary is one tile.
 Compiled on a CPU, the head takes whichever form measured faster at the reference config of
 `steadylm bench` (an AVX-512 EPYC, one thread): in fp32 it runs eagerly in tiles behind a graph
 break (tracing would unroll the tile loop into the graph, and the traced one-tile head made the
-compiled step slower than the eager one: 640 against 713 tokens/s, 755 with the break); in bf16
-it is traced as one tile, which the compiler fuses with the casts (1812 tokens/s, 1534 with the
-break).
+compiled step slower than the eager one: 640 against 713 tokens/s, 742-770 with the break in
+three measurements); in bf16 it is traced as one tile (1812 tokens/s, 1534 with the break; the
+compiler likely fuses the traced head with its casts).
 """
 
 from __future__ import annotations
